@@ -1,0 +1,571 @@
+"""The Python API: every command the CLI offers is a function here.
+
+- :func:`fit` builds the target model (source minus its output layer plus a new head),
+  applies the plan, trains, and writes a run dir.
+- :func:`pretrain` trains a source from scratch on a source data set (``file:RUN`` then
+  uses it).
+- :func:`evaluate` and :func:`predict` use a finished run dir and nothing else.
+- :class:`HeadstartClassifier` wraps them in the scikit-learn style.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import classification_report, confusion_matrix
+from torch.utils.data import DataLoader
+
+from headstart._io import atomic_write_json, atomic_write_text
+from headstart.data import (
+    ImageDataset,
+    LabeledData,
+    list_inputs,
+    load_data,
+    make_transform,
+    stratified_split,
+)
+from headstart.errors import ConfigError, DataError
+from headstart.model import TargetModel
+from headstart.plan import Plan, format_plan, make_plan
+from headstart.report import plot_confusion, plot_curves, write_report_md
+from headstart.run import LoadedRun, load_run, prepare_out, write_run
+from headstart.sources import BuildOptions, Source, build_source
+from headstart.train import (
+    History,
+    Predictions,
+    TrainConfig,
+    predict_loader,
+    resolve_device,
+    seed_everything,
+    train,
+)
+
+__all__ = [
+    "EvalResult",
+    "FitOptions",
+    "FitResult",
+    "HeadstartClassifier",
+    "PretrainOptions",
+    "evaluate",
+    "fit",
+    "predict",
+    "pretrain",
+]
+
+log = logging.getLogger(__name__)
+
+
+def _opt(help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text (the CLI maps fields 1:1 to flags)."""
+    default = kw.pop("default")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FitOptions:
+    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
+
+    data: str = _opt(
+        "training data: a folder (one sub-folder per class), a CSV "
+        "(path,label) or builtin:digits[?classes=0-4&per_class=10]",
+        default="",
+    )
+    source: str = _opt(
+        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
+        default="builtin:digits-cnn",
+    )
+    weights: str = _opt(
+        "default (the zoo's weights), none (random) or a weights file", default="default"
+    )
+    strategy: str = _opt("linear | partial:K | full | scratch", default="linear")
+    epochs: int = _opt("training epochs", default=10)
+    lr: float = _opt("base learning rate (the new head's)", default=1e-3)
+    backbone_lr_mult: float = _opt(
+        "backbone learning rate = lr x this (full, partial)", default=0.1
+    )
+    weight_decay: float = _opt("AdamW weight decay (not on biases and norms)", default=0.01)
+    batch_size: int = _opt("batch size", default=32)
+    val: str | None = _opt("validation data (same forms as DATA) instead of a split", default=None)
+    val_fraction: float = _opt("fraction of DATA held out for validation (0: none)", default=0.2)
+    seed: int = _opt("seed for the split, initialisation, shuffling and augmentation", default=0)
+    patience: int | None = _opt(
+        "stop after this many epochs without a better validation accuracy", default=None
+    )
+    select: str = _opt("keep the 'best' epoch on validation or the 'last'", default="best")
+    augment: str = _opt("training augmentation: light or none", default="light")
+    image_size: int | None = _opt("override the source's input size (square)", default=None)
+    arch: str | None = _opt(
+        "architecture of a file: source that does not record it, e.g. timm:resnet18", default=None
+    )
+    dropout: float = _opt("dropout before the new head", default=0.0)
+    label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
+    warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
+    workers: int = _opt("data loader worker processes", default=0)
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    cache_dir: str | None = _opt(
+        "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
+    )
+    strict: bool = _opt(
+        "any weights key mismatch beyond the old output layer is an error", default=False
+    )
+    out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
+    overwrite: bool = _opt("replace an existing --out", default=False)
+    progress: bool = _opt("show progress bars", default=True, cli=False)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            warmup_epochs=self.warmup_epochs,
+            patience=self.patience,
+            select=self.select,
+            label_smoothing=self.label_smoothing,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+        )
+
+
+@dataclass
+class PretrainOptions(FitOptions):
+    """``headstart pretrain``: train a source from scratch (``--source file:OUT`` then)."""
+
+    source: str = _opt(
+        "the architecture to train from scratch, e.g. builtin:digits-cnn",
+        default="builtin:digits-cnn",
+    )
+    weights: str = _opt("starting weights (none: from scratch)", default="none", cli=False)
+    strategy: str = _opt(
+        "scratch trains everything from random weights", default="scratch", cli=False
+    )
+    epochs: int = _opt("training epochs", default=20)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    model: TargetModel
+    classes: list[str]
+    plan: Plan
+    history: History
+    source: dict[str, Any]
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "source": self.source["spec"],
+            "strategy": self.plan.strategy,
+            "classes": self.classes,
+            "metrics": self.metrics,
+            "timings": self.timings,
+        }
+
+
+def _default_out(kind: str) -> str:
+    return str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _loader(
+    data: LabeledData,
+    source_pre: Any,
+    *,
+    train: bool,
+    augment: str,
+    batch_size: int,
+    workers: int,
+    generator: torch.Generator | None = None,
+) -> DataLoader[Any]:
+    transform = make_transform(
+        source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
+    )
+    dataset = ImageDataset(data, transform, source_pre.channels)
+    # BatchNorm cannot train on a last batch of one example; drop it in that case only.
+    drop_last = train and len(dataset) > 1 and len(dataset) % batch_size == 1
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=drop_last,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
+    if options.val:
+        return data, load_data(options.val, classes=data.classes)
+    if not 0.0 <= options.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
+    if options.val_fraction == 0:
+        return data, None
+    train_idx, val_idx = stratified_split(
+        data.targets, val_fraction=options.val_fraction, seed=options.seed
+    )
+    return data.subset(train_idx), data.subset(val_idx)
+
+
+def _build_source(options: FitOptions, *, scratch: bool) -> Source:
+    build = BuildOptions(
+        image_size=options.image_size,
+        cache_dir=options.cache_dir,
+        strict=options.strict,
+        extra={"arch": options.arch} if options.arch else {},
+    )
+    if scratch:
+        # Same architecture, random initialisation: build the architecture itself.
+        probe = (
+            build_source(options.source, weights=options.weights, options=build)
+            if (options.source.startswith("file:"))
+            else None
+        )
+        arch = probe.arch if probe else options.source
+        arch_opts = probe.arch_options if probe else {}
+        build = BuildOptions(
+            image_size=options.image_size or arch_opts.get("image_size"),
+            cache_dir=options.cache_dir,
+        )
+        source = build_source(arch, weights="none", options=build)
+        if probe is not None:
+            source.preprocessing = probe.preprocessing
+        return source
+    return build_source(options.source, weights=options.weights, options=build)
+
+
+def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
+    """Build the target model, apply the plan, train, and write a complete run dir."""
+    t_start = time.perf_counter()
+    config = options.train_config()
+    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+    if not options.data:
+        raise ConfigError("no training data given (DATA)")
+    generator = seed_everything(options.seed)
+    data = load_data(options.data)
+    if len(data.classes) < 2:
+        raise DataError(
+            f"{options.data}: needs at least 2 classes to train (found "
+            f"{len(data.classes)}: {', '.join(data.classes)})"
+        )
+    train_data, val_data = _split(options, data)
+
+    scratch = options.strategy == "scratch"
+    source = _build_source(options, scratch=scratch)
+    plan = make_plan(
+        options.strategy,
+        source.stage_names,
+        lr=options.lr,
+        backbone_lr_mult=options.backbone_lr_mult,
+        weight_decay=options.weight_decay,
+    )
+    log.info("source: %s (%s)", source.spec, source.weights.description)
+    log.info("%s", format_plan(plan))
+    torch.manual_seed(options.seed)  # the new head's initialisation
+    model = TargetModel(source.backbone, len(data.classes), dropout=options.dropout)
+    device = resolve_device(options.device)
+    pre = source.preprocessing
+    train_loader = _loader(
+        train_data,
+        pre,
+        train=True,
+        augment=options.augment,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        generator=generator,
+    )
+    val_loader = (
+        _loader(
+            val_data,
+            pre,
+            train=False,
+            augment="none",
+            batch_size=options.batch_size,
+            workers=options.workers,
+        )
+        if val_data is not None and len(val_data)
+        else None
+    )
+    t_loaded = time.perf_counter()
+    history = train(model, plan, train_loader, val_loader, config, device=device)
+    t_trained = time.perf_counter()
+
+    best = history.best()
+    metrics = {
+        "best_epoch": history.best_epoch,
+        "epochs_run": len(history.epochs),
+        "stopped_early": history.stopped_early,
+        "train_loss": best.train_loss,
+        "train_acc": best.train_acc,
+        "val_loss": best.val_loss,
+        "val_acc": best.val_acc,
+        "val_f1": best.val_f1,
+    }
+    timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "source": source.describe(),
+        "classes": list(data.classes),
+        "preprocessing": pre.to_dict(),
+        "plan": plan.to_dict(),
+        "dropout": options.dropout,
+        "data": {
+            "train": train_data.describe(),
+            "val": val_data.describe() if val_data is not None else None,
+            "spec": options.data,
+        },
+        "metrics": metrics,
+        "config": {k: v for k, v in asdict(options).items() if k != "progress"},
+        "timings": timings,
+    }
+    rows = history.rows()
+
+    def extras(folder: Path) -> None:
+        title = f"{source.spec} · {plan.strategy} · {options.data}"
+        plot_curves(rows, folder / "curves.png", title=title)
+        timings["total_s"] = time.perf_counter() - t_start
+        write_report_md(meta, rows, folder / "report.md")
+
+    model.cpu()
+    run_dir = write_run(
+        out,
+        model=model,
+        meta=meta,
+        metrics_rows=rows,
+        extras=extras,
+        overwrite=options.overwrite,
+    )
+    timings["total_s"] = time.perf_counter() - t_start
+    log.info("run dir: %s", run_dir)
+    return FitResult(
+        run_dir=run_dir,
+        model=model,
+        classes=list(data.classes),
+        plan=plan,
+        history=history,
+        source=source.describe(),
+        metrics=metrics,
+        timings=timings,
+    )
+
+
+def pretrain(options: PretrainOptions) -> FitResult:
+    """Train ``options.source`` from scratch on a source data set; returns the run."""
+    if options.strategy != "scratch" or options.weights != "none":
+        raise ConfigError("pretrain trains from scratch: strategy scratch, weights none")
+    return fit(options, kind="pretrain")
+
+
+@dataclass
+class EvalResult:
+    run_dir: Path
+    out_dir: Path
+    accuracy: float
+    macro_f1: float
+    n_items: int
+    per_class: list[dict[str, Any]]
+    confusion: list[list[int]]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "out_dir": str(self.out_dir),
+            "accuracy": self.accuracy,
+            "macro_f1": self.macro_f1,
+            "n_items": self.n_items,
+            "per_class": self.per_class,
+            "confusion_matrix": self.confusion,
+        }
+
+
+def _as_run(run: str | Path | LoadedRun) -> LoadedRun:
+    return run if isinstance(run, LoadedRun) else load_run(run)
+
+
+def _predict_data(
+    run: LoadedRun, data: LabeledData, *, batch_size: int, device: str, workers: int = 0
+) -> Predictions:
+    loader = _loader(
+        data,
+        run.preprocessing,
+        train=False,
+        augment="none",
+        batch_size=batch_size,
+        workers=workers,
+    )
+    dev = resolve_device(device)
+    run.model.to(dev)
+    try:
+        return predict_loader(run.model, loader, dev)
+    finally:
+        run.model.cpu()
+
+
+def evaluate(
+    run: str | Path | LoadedRun,
+    data: str,
+    *,
+    out: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> EvalResult:
+    """Score a run on labelled data: accuracy, macro-F1, a per-class table, a confusion PNG.
+
+    Files go to ``out`` (default ``RUN/eval``): ``eval.json``, ``per_class.csv`` and
+    ``confusion_matrix.png``.
+    """
+    loaded = _as_run(run)
+    labelled = load_data(data, classes=loaded.classes)
+    if not len(labelled):
+        raise DataError(f"{data}: no items to evaluate")
+    preds = _predict_data(loaded, labelled, batch_size=batch_size, device=device)
+    labels = list(range(len(loaded.classes)))
+    report = classification_report(
+        preds.targets,
+        preds.preds,
+        labels=labels,
+        target_names=loaded.classes,
+        output_dict=True,
+        zero_division=0,
+    )
+    per_class = [
+        {
+            "class": name,
+            "precision": report[name]["precision"],
+            "recall": report[name]["recall"],
+            "f1": report[name]["f1-score"],
+            "support": int(report[name]["support"]),
+        }
+        for name in loaded.classes
+    ]
+    matrix = confusion_matrix(preds.targets, preds.preds, labels=labels)
+    out_dir = Path(out) if out is not None else loaded.path / "eval"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = EvalResult(
+        run_dir=loaded.path,
+        out_dir=out_dir,
+        accuracy=preds.accuracy,
+        macro_f1=preds.macro_f1,
+        n_items=len(labelled),
+        per_class=per_class,
+        confusion=matrix.tolist(),
+    )
+    plot_confusion(
+        matrix,
+        loaded.classes,
+        out_dir / "confusion_matrix.png",
+        title=f"{Path(str(data)).name}: accuracy {result.accuracy:.3f}",
+    )
+    csv_lines = ["class,precision,recall,f1,support"] + [
+        f"{r['class']},{r['precision']:.4f},{r['recall']:.4f},{r['f1']:.4f},{r['support']}"
+        for r in per_class
+    ]
+    atomic_write_text(out_dir / "per_class.csv", "\n".join(csv_lines) + "\n")
+    atomic_write_json(out_dir / "eval.json", {"data": str(data), **result.summary()})
+    return result
+
+
+def predict(
+    run: str | Path | LoadedRun,
+    inputs: Sequence[str | Path],
+    *,
+    top_k: int = 1,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """Label and probability for each image file (folders are searched for images)."""
+    loaded = _as_run(run)
+    paths = list_inputs(inputs)
+    data = LabeledData(
+        spec="predict",
+        classes=loaded.classes,
+        items=list(paths),
+        targets=np.full(len(paths), -1, dtype=np.int64),
+    )
+    preds = _predict_data(loaded, data, batch_size=batch_size, device=device)
+    k = max(1, min(top_k, len(loaded.classes)))
+    out = []
+    for path, p in zip(paths, preds.probs, strict=True):
+        order = np.argsort(-p)[:k]
+        out.append(
+            {
+                "path": str(path),
+                "label": loaded.classes[int(order[0])],
+                "probability": float(p[order[0]]),
+                "top": [
+                    {"label": loaded.classes[int(i)], "probability": float(p[i])} for i in order
+                ],
+            }
+        )
+    return out
+
+
+class HeadstartClassifier:
+    """scikit-learn style: ``HeadstartClassifier(source=..., strategy=...).fit(data)``.
+
+    ``__init__`` only stores options (any :class:`FitOptions` field); ``fit`` returns
+    ``self`` and sets ``classes_``, ``model_``, ``plan_``, ``history_``, ``run_dir_``.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        valid = {f.name for f in fields(FitOptions)} - {"data"}
+        unknown = sorted(set(options) - valid)
+        if unknown:
+            raise ConfigError(
+                f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}"
+            )
+        self.options = options
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return dict(self.options)
+
+    def fit(self, data: str | Path) -> HeadstartClassifier:
+        result = fit(FitOptions(data=str(data), **self.options))
+        self.run_dir_ = result.run_dir
+        self.classes_ = result.classes
+        self.model_ = result.model
+        self.plan_ = result.plan
+        self.history_ = result.history
+        self.metrics_ = result.metrics
+        self._run = load_run(result.run_dir)
+        return self
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> HeadstartClassifier:
+        """A fitted classifier from a run dir."""
+        loaded = load_run(run_dir)
+        self = cls()
+        self.run_dir_ = loaded.path
+        self.classes_ = loaded.classes
+        self.model_ = loaded.model
+        self.plan_ = Plan.from_dict(loaded.meta["plan"])
+        self._run = loaded
+        return self
+
+    def _loaded(self) -> LoadedRun:
+        if not hasattr(self, "_run"):
+            raise ConfigError("this HeadstartClassifier is not fitted yet; call fit(data) first")
+        return self._run
+
+    def predict(self, inputs: Sequence[str | Path]) -> list[str]:
+        return [r["label"] for r in predict(self._loaded(), inputs)]
+
+    def predict_proba(self, inputs: Sequence[str | Path]) -> np.ndarray:
+        rows = predict(self._loaded(), inputs, top_k=len(self.classes_))
+        probs = np.zeros((len(rows), len(self.classes_)))
+        index = {c: i for i, c in enumerate(self.classes_)}
+        for r, row in enumerate(rows):
+            for t in row["top"]:
+                probs[r, index[t["label"]]] = t["probability"]
+        return probs
+
+    def score(self, data: str) -> float:
+        """Accuracy on labelled data (same forms as ``fit``)."""
+        return evaluate(self._loaded(), data).accuracy

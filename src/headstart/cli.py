@@ -1,0 +1,257 @@
+"""The command line: a thin layer that parses flags into the API's option dataclasses.
+
+Every error headstart raises on purpose becomes one line on stderr and a non-zero exit;
+``--debug`` shows the traceback.  With ``--json`` stdout carries exactly one JSON object
+and all human output goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+log = logging.getLogger("headstart")
+
+EXIT_ERROR = 1  # a HeadstartError: bad input, the message says what to do
+EXIT_USAGE = 2  # argparse's own code for bad flags
+EXIT_BUG = 3  # anything else escaped: a bug in headstart
+
+
+_TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
+
+
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: set[str]) -> None:
+    """One flag per field: ``backbone_lr_mult`` -> ``--backbone-lr-mult``; ``data`` positional."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if f.name in skip or not meta.get("cli", True):
+            continue
+        help_text = meta.get("help", "")
+        type_name = str(f.type).replace(" | None", "").strip()
+        if f.name == "data":
+            parser.add_argument("data", metavar="DATA", help=help_text)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if type_name == "bool":
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        else:
+            shown = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(
+                flag,
+                type=_TYPES[type_name],
+                default=f.default,
+                metavar=f.name.upper().split("_")[0],
+                help=help_text + shown,
+            )
+
+
+def _options(cls: type, args: argparse.Namespace) -> Any:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def _common() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout (human output on stderr)",
+    )
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from headstart import __version__
+    from headstart.api import FitOptions, PretrainOptions
+
+    common = _common()
+    parser = argparse.ArgumentParser(
+        prog="headstart",
+        description="Fine-tune a pretrained model on a small labelled data set, and show "
+        "what the pretraining bought.",
+    )
+    parser.add_argument("--version", action="version", version=f"headstart {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="fine-tune a source on DATA",
+        description="Build the target model (source minus its output layer, "
+        "plus a new head), apply the strategy's plan, train, write a run dir.",
+    )
+    _add_dataclass_flags(p, FitOptions, skip=set())
+    p.set_defaults(handler=_cmd_fit)
+
+    p = sub.add_parser(
+        "pretrain",
+        parents=[common],
+        help="train a source from scratch",
+        description="Train an architecture from scratch on a source data set; "
+        "use the result with --source file:OUT.",
+    )
+    _add_dataclass_flags(p, PretrainOptions, skip=set())
+    p.set_defaults(handler=_cmd_pretrain)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data")
+    p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
+    p.add_argument("data", metavar="DATA", help="labelled data (folder, CSV or builtin:...)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for eval.json, per_class.csv and confusion_matrix.png (default RUN/eval)",
+    )
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("predict", parents=[common], help="label images with a run")
+    p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K best")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=_cmd_predict)
+    return parser
+
+
+def _cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.api import FitOptions, fit
+
+    options = _options(FitOptions, args)
+    options.progress = not args.quiet and sys.stderr.isatty()
+    result = fit(options)
+    _human(args, _fit_lines(result.summary()))
+    return result.summary()
+
+
+def _cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.api import PretrainOptions, pretrain
+
+    options = _options(PretrainOptions, args)
+    options.progress = not args.quiet and sys.stderr.isatty()
+    result = pretrain(options)
+    summary = result.summary()
+    _human(args, [*_fit_lines(summary), f"use it: --source file:{summary['run_dir']}"])
+    return summary
+
+
+def _fit_lines(s: dict[str, Any]) -> list[str]:
+    m = s["metrics"]
+    acc = "-" if m["val_acc"] is None else f"{m['val_acc']:.4f}"
+    f1 = "-" if m["val_f1"] is None else f"{m['val_f1']:.4f}"
+    return [
+        f"{s['strategy']} on {s['source']}: validation accuracy {acc}, macro-F1 {f1} "
+        f"(epoch {m['best_epoch']} of {m['epochs_run']}, {s['timings']['total_s']:.1f}s)",
+        f"run dir: {s['run_dir']}",
+    ]
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.api import evaluate
+
+    result = evaluate(
+        args.run, args.data, out=args.out, batch_size=args.batch_size, device=args.device
+    )
+    width = max(len(r["class"]) for r in result.per_class)
+    lines = [f"{'class':<{width}}  precision  recall     f1  support"]
+    for r in result.per_class:
+        lines.append(
+            f"{r['class']:<{width}}  {r['precision']:9.3f}  {r['recall']:6.3f}  "
+            f"{r['f1']:5.3f}  {r['support']:7d}"
+        )
+    lines += [
+        f"accuracy {result.accuracy:.4f}, macro-F1 {result.macro_f1:.4f} on {result.n_items} items",
+        f"confusion matrix: {result.out_dir}/confusion_matrix.png",
+    ]
+    _human(args, lines)
+    return result.summary()
+
+
+def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.api import predict
+
+    rows = predict(
+        args.run, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device
+    )
+    lines = []
+    for r in rows:
+        extra = ""
+        if args.top_k > 1:
+            extra = (
+                "  ("
+                + ", ".join(f"{t['label']} {t['probability']:.3f}" for t in r["top"][1:])
+                + ")"
+            )
+        lines.append(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}{extra}")
+    _human(args, lines, stream=sys.stderr if args.json else sys.stdout)
+    return {"run_dir": args.run, "predictions": rows}
+
+
+def _human(args: argparse.Namespace, lines: Sequence[str], stream: Any = None) -> None:
+    """Results for people: stdout normally, stderr when stdout is reserved for JSON."""
+    if args.quiet and stream is None:
+        return
+    out = stream or (sys.stderr if args.json else sys.stdout)
+    for line in lines:
+        print(line, file=out)
+
+
+def _setup_logging(quiet: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("headstart")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``headstart`` command; returns the exit code."""
+    from headstart.errors import HeadstartError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse has printed its message
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    _setup_logging(args.quiet)
+    try:
+        result = args.handler(args)
+    except HeadstartError as exc:
+        if args.debug:
+            raise
+        print(f"headstart: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("headstart: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(
+            f"headstart: internal error: {type(exc).__name__}: {first} (this is a bug; "
+            "rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
+    if args.json:
+        sys.stdout.write(json.dumps(result, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,222 @@
+"""Plans: which stages train, at which learning rate, with BatchNorm in which mode.
+
+A :class:`Plan` is plain data (printed before training, saved in ``headstart.json``).
+Applying it is a few small functions: :func:`apply_plan` sets ``requires_grad`` and
+returns the optimizer's parameter groups (frozen parameters are not in any group);
+:func:`set_train_mode` puts the model in training mode except the frozen stages, which
+stay in eval mode so BatchNorm statistics and dropout do not move.
+
+Strategies (DESIGN.md "Strategies"):
+
+- ``linear``: the whole backbone frozen, only the new head trains.
+- ``partial:K``: the first K stages frozen; later stages at the backbone rate.
+- ``full``: everything trains; backbone at ``lr * backbone_lr_mult`` (default / 10).
+- ``scratch``: same architecture, random initialisation, everything at the base rate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from torch import nn
+
+from headstart.errors import ConfigError
+from headstart.registry import Registry
+
+__all__ = [
+    "STRATEGIES",
+    "Plan",
+    "apply_plan",
+    "format_plan",
+    "make_plan",
+    "parse_strategy",
+    "set_train_mode",
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What trains and how fast.  Stage lists use the source's stage names."""
+
+    strategy: str  # as given: "linear", "partial:2", "full", "scratch"
+    frozen_stages: tuple[str, ...]
+    trainable_stages: tuple[str, ...]
+    reinitialise: bool  # scratch: the backbone starts from random weights
+    head_lr: float
+    backbone_lr: float  # 0.0 when the whole backbone is frozen
+    bn_mode: str  # "frozen stages in eval mode" / "all train"
+    weight_decay: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["frozen_stages"] = list(self.frozen_stages)
+        d["trainable_stages"] = list(self.trainable_stages)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Plan:
+        return cls(
+            strategy=str(d["strategy"]),
+            frozen_stages=tuple(d["frozen_stages"]),
+            trainable_stages=tuple(d["trainable_stages"]),
+            reinitialise=bool(d["reinitialise"]),
+            head_lr=float(d["head_lr"]),
+            backbone_lr=float(d["backbone_lr"]),
+            bn_mode=str(d["bn_mode"]),
+            weight_decay=float(d["weight_decay"]),
+        )
+
+    @property
+    def num_frozen(self) -> int:
+        return len(self.frozen_stages)
+
+
+# A strategy maps (K or None, number of stages) -> (frozen count, reinitialise, same rate).
+_Rule = Callable[[int | None, int], tuple[int, bool, bool]]
+STRATEGIES: Registry[_Rule] = Registry("strategy")
+
+
+def _linear(k: int | None, n: int) -> tuple[int, bool, bool]:
+    return n, False, False
+
+
+def _full(k: int | None, n: int) -> tuple[int, bool, bool]:
+    return 0, False, False
+
+
+def _scratch(k: int | None, n: int) -> tuple[int, bool, bool]:
+    return 0, True, True
+
+
+def _partial(k: int | None, n: int) -> tuple[int, bool, bool]:
+    assert k is not None
+    return k, False, False
+
+
+STRATEGIES.register("linear", _linear)
+STRATEGIES.register("partial", _partial)
+STRATEGIES.register("full", _full)
+STRATEGIES.register("scratch", _scratch)
+
+_TAKES_K = {"partial"}
+
+
+def parse_strategy(text: str) -> tuple[str, int | None]:
+    """``"partial:2"`` -> ``("partial", 2)``; ``"full"`` -> ``("full", None)``."""
+    name, _, arg = str(text).partition(":")
+    valid = ", ".join(n + (":K" if n in _TAKES_K else "") for n in STRATEGIES.names())
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {text!r}; valid: {valid}")
+    if name in _TAKES_K:
+        if not arg.isdigit():
+            raise ConfigError(f"strategy {text!r}: give the number of frozen stages, e.g. {name}:2")
+        return name, int(arg)
+    if arg:
+        raise ConfigError(f"strategy {name!r} takes no argument (got {text!r}); valid: {valid}")
+    return name, None
+
+
+def make_plan(
+    strategy: str,
+    stage_names: Sequence[str],
+    *,
+    lr: float = 1e-3,
+    backbone_lr_mult: float = 0.1,
+    weight_decay: float = 0.01,
+) -> Plan:
+    """Turn a strategy string into a plan for a backbone with ``stage_names``."""
+    if lr <= 0:
+        raise ConfigError(f"--lr must be positive (got {lr})")
+    if backbone_lr_mult < 0:
+        raise ConfigError(f"--backbone-lr-mult must be >= 0 (got {backbone_lr_mult})")
+    name, k = parse_strategy(strategy)
+    n = len(stage_names)
+    if k is not None and not 1 <= k < n:
+        raise ConfigError(
+            f"strategy {strategy!r}: this source has {n} stages ({', '.join(stage_names)}); "
+            f"K must be 1..{n - 1} (use 'linear' to freeze all of them)"
+        )
+    frozen, reinit, same_rate = STRATEGIES.get(name)(k, n)
+    trainable = tuple(stage_names[frozen:])
+    if not trainable:
+        backbone_lr = 0.0
+    elif same_rate:
+        backbone_lr = lr
+    else:
+        backbone_lr = lr * backbone_lr_mult
+    return Plan(
+        strategy=strategy,
+        frozen_stages=tuple(stage_names[:frozen]),
+        trainable_stages=trainable,
+        reinitialise=reinit,
+        head_lr=lr,
+        backbone_lr=backbone_lr,
+        bn_mode="frozen stages in eval mode" if frozen else "all stages train",
+        weight_decay=weight_decay,
+    )
+
+
+def _frozen_indices(model: Any, plan: Plan) -> list[int]:
+    names = list(model.backbone.stage_names)
+    return [names.index(s) for s in plan.frozen_stages]
+
+
+def apply_plan(model: Any, plan: Plan) -> list[dict[str, Any]]:
+    """Freeze the plan's frozen stages and return AdamW parameter groups.
+
+    ``model`` is a :class:`headstart.model.TargetModel`.  Frozen parameters get
+    ``requires_grad=False`` and appear in no group.  Groups: ``backbone`` (trainable
+    stages, at ``plan.backbone_lr``) and ``head`` (at ``plan.head_lr``); weight decay is
+    not applied to biases and normalisation weights (1-d tensors).
+    """
+    backbone = model.backbone
+    frozen = set(_frozen_indices(model, plan))
+    groups: list[dict[str, Any]] = []
+    train_params: list[tuple[str, nn.Parameter]] = []
+    for name, p in backbone.body.named_parameters():
+        trainable = backbone.stage_of(name) not in frozen and plan.backbone_lr > 0
+        p.requires_grad_(trainable)
+        if trainable:
+            train_params.append((name, p))
+    for gname, params, lr in (
+        ("backbone", train_params, plan.backbone_lr),
+        ("head", list(model.head.named_parameters()), plan.head_lr),
+    ):
+        decay = [p for _, p in params if p.ndim > 1]
+        no_decay = [p for _, p in params if p.ndim <= 1]
+        for suffix, ps, wd in (("", decay, plan.weight_decay), ("_no_decay", no_decay, 0.0)):
+            if ps:
+                groups.append({"name": gname + suffix, "params": ps, "lr": lr, "weight_decay": wd})
+    for _, p in model.head.named_parameters():
+        p.requires_grad_(True)
+    return groups
+
+
+def set_train_mode(model: Any, plan: Plan, training: bool = True) -> None:
+    """``model.train(training)``, but frozen stages always stay in eval mode."""
+    model.train(training)
+    if training and plan.frozen_stages:
+        frozen = _frozen_indices(model, plan)
+        if len(frozen) == model.backbone.num_stages:
+            model.backbone.eval()
+            return
+        for module in model.backbone.stage_modules(frozen):
+            module.eval()
+
+
+def format_plan(plan: Plan) -> str:
+    """A few human lines describing the plan, for printing before training."""
+    frozen = ", ".join(plan.frozen_stages) or "nothing"
+    trains = ", ".join(plan.trainable_stages) or "nothing (backbone frozen)"
+    lines = [
+        f"plan: {plan.strategy}" + (" (random initialisation)" if plan.reinitialise else ""),
+        f"  frozen:    {frozen}",
+        f"  trains:    {trains} @ lr {plan.backbone_lr:g}"
+        if plan.trainable_stages
+        else f"  trains:    {trains}",
+        f"  head:      new Linear @ lr {plan.head_lr:g}",
+        f"  batchnorm: {plan.bn_mode}; weight decay {plan.weight_decay:g}",
+    ]
+    return "\n".join(lines)

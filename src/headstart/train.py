@@ -1,0 +1,263 @@
+"""The training loop: AdamW, cosine schedule with warm-up, best-epoch selection.
+
+One loop that reads top to bottom (nanoGPT's ``train.py`` is the model): each epoch
+trains over the loader, evaluates on the validation set, records a row of metrics and
+keeps the best weights.  Freezing is the plan's business (:mod:`headstart.plan`);
+this module only trains what the optimizer was given.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import f1_score
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from headstart.errors import ConfigError
+from headstart.model import TargetModel
+from headstart.plan import Plan, apply_plan, set_train_mode
+
+__all__ = [
+    "EpochMetrics",
+    "History",
+    "Predictions",
+    "TrainConfig",
+    "predict_loader",
+    "resolve_device",
+    "seed_everything",
+    "train",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train (the plan says *what* trains)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    warmup_epochs: float = 1.0
+    patience: int | None = None  # early stopping: epochs without improvement
+    select: str = "best"  # keep the "best" epoch on validation, or the "last"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ConfigError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {self.batch_size})")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"--select must be 'best' or 'last' (got {self.select!r})")
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(f"--patience must be at least 1 (got {self.patience})")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+
+
+@dataclass(frozen=True)
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_acc: float
+    val_loss: float | None
+    val_acc: float | None
+    val_f1: float | None
+    lr_head: float
+    lr_backbone: float
+    seconds: float
+
+
+@dataclass
+class History:
+    epochs: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+
+    def best(self) -> EpochMetrics:
+        return self.epochs[self.best_epoch - 1]
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [asdict(e) for e in self.epochs]
+
+
+@dataclass
+class Predictions:
+    targets: np.ndarray
+    probs: np.ndarray  # [N, C]
+    loss: float
+
+    @property
+    def preds(self) -> np.ndarray:
+        return self.probs.argmax(axis=1)
+
+    @property
+    def accuracy(self) -> float:
+        return float((self.preds == self.targets).mean()) if len(self.targets) else float("nan")
+
+    @property
+    def macro_f1(self) -> float:
+        return float(f1_score(self.targets, self.preds, average="macro", zero_division=0))
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed python, numpy and torch; return a generator for the data loader's shuffling."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as exc:
+        raise ConfigError(f"--device {device!r}: {exc}; use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here; use --device cpu")
+    return dev
+
+
+def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
+    def f(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+@torch.no_grad()
+def predict_loader(
+    model: nn.Module, loader: Iterable[Any], device: torch.device, *, progress: bool = False
+) -> Predictions:
+    """Run ``model`` over ``loader`` in eval mode; targets of -1 are not scored in the loss."""
+    model.eval()
+    probs, targets, total_loss, n = [], [], 0.0, 0
+    for x, y in tqdm(loader, desc="predict", leave=False, disable=not progress):
+        logits = model(x.to(device))
+        y = y.to(device)
+        scored = y >= 0
+        if scored.any():
+            total_loss += float(
+                nn.functional.cross_entropy(logits[scored], y[scored], reduction="sum")
+            )
+            n += int(scored.sum())
+        probs.append(torch.softmax(logits.float(), dim=1).cpu())
+        targets.append(y.cpu())
+    if not probs:
+        return Predictions(np.zeros(0, dtype=np.int64), np.zeros((0, 0)), float("nan"))
+    return Predictions(
+        targets=torch.cat(targets).numpy(),
+        probs=torch.cat(probs).numpy(),
+        loss=total_loss / n if n else float("nan"),
+    )
+
+
+def _better(new: EpochMetrics, old: EpochMetrics | None) -> bool:
+    if old is None or old.val_acc is None or new.val_acc is None:
+        return True
+    if new.val_acc != old.val_acc:
+        return new.val_acc > old.val_acc
+    return (new.val_loss or 0.0) < (old.val_loss or 0.0)
+
+
+def train(
+    model: TargetModel,
+    plan: Plan,
+    train_loader: DataLoader[Any],
+    val_loader: DataLoader[Any] | None,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+) -> History:
+    """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights."""
+    model.to(device)
+    groups = apply_plan(model, plan)
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = max(1, len(train_loader))
+    total = config.epochs * steps_per_epoch
+    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    lrs = {g["name"].removesuffix("_no_decay"): g for g in optimizer.param_groups}
+
+    history = History()
+    best: EpochMetrics | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+    since_best = 0
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        lr_head = float(lrs["head"]["lr"])
+        lr_backbone = float(lrs["backbone"]["lr"]) if "backbone" in lrs else 0.0
+        set_train_mode(model, plan, True)
+        loss_sum, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            train_loader,
+            desc=f"epoch {epoch}/{config.epochs}",
+            leave=False,
+            disable=not config.progress,
+        )
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        val = predict_loader(model, val_loader, device) if val_loader is not None else None
+        row = EpochMetrics(
+            epoch=epoch,
+            train_loss=loss_sum / max(1, seen),
+            train_acc=correct / max(1, seen),
+            val_loss=val.loss if val else None,
+            val_acc=val.accuracy if val else None,
+            val_f1=val.macro_f1 if val else None,
+            lr_head=lr_head,
+            lr_backbone=lr_backbone,
+            seconds=time.perf_counter() - t0,
+        )
+        history.epochs.append(row)
+        log.info(_format_row(row))
+        if config.select == "last" or val is None or _better(row, best):
+            best, history.best_epoch, since_best = row, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            since_best += 1
+            if config.patience is not None and since_best >= config.patience:
+                history.stopped_early = True
+                log.info("early stop: no better validation accuracy for %d epochs", since_best)
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    return history
+
+
+def _format_row(r: EpochMetrics) -> str:
+    text = f"epoch {r.epoch:3d}  train loss {r.train_loss:.4f} acc {r.train_acc:.3f}"
+    if r.val_acc is not None:
+        text += f"  val loss {r.val_loss:.4f} acc {r.val_acc:.3f} f1 {r.val_f1:.3f}"
+    return text + f"  ({r.seconds:.1f}s)"

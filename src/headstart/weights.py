@@ -1,0 +1,268 @@
+"""Weights: the one place that resolves ``--weights``, finds the cache, and loads files.
+
+``--weights`` is ``default`` (the zoo's weights for the source), ``none`` (random
+initialisation) or a local path.  Loading never executes pickled code: safetensors
+first, ``torch.load(weights_only=True)`` otherwise.  Loading reports missing, unexpected
+and shape-mismatched keys by name; only the old output layer is dropped silently.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import urllib.error
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+
+from headstart._io import atomic_path
+from headstart.errors import WeightsError
+
+__all__ = [
+    "KeyReport",
+    "WeightsRequest",
+    "cache_dir",
+    "download",
+    "load_into",
+    "load_state_dict",
+    "parse_weights",
+    "read_metadata",
+    "unwrap_state_dict",
+]
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+
+
+@dataclass(frozen=True)
+class WeightsRequest:
+    """A parsed ``--weights`` value."""
+
+    kind: Literal["default", "none", "path"]
+    path: Path | None = None
+
+    @property
+    def spec(self) -> str:
+        return str(self.path) if self.path is not None else self.kind
+
+
+def parse_weights(spec: str | os.PathLike[str] | None) -> WeightsRequest:
+    """Parse ``--weights``: ``default``, ``none``, or the path of an existing file."""
+    if spec is None or str(spec) == "default":
+        return WeightsRequest("default")
+    text = str(spec)
+    if text in ("none", "random"):
+        return WeightsRequest("none")
+    if text.startswith(("http://", "https://")):
+        raise WeightsError(
+            f"--weights {text}: URLs are not supported yet; download the file and pass its path"
+        )
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise WeightsError(
+            f"--weights {text}: no such file; give 'default', 'none' or the path of a weights "
+            f"file ({', '.join(WEIGHT_SUFFIXES)})"
+        )
+    if path.is_dir():
+        raise WeightsError(
+            f"--weights {text} is a folder; pass a weights file, or use --source file:{text} "
+            "for a headstart run dir"
+        )
+    return WeightsRequest("path", path)
+
+
+def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The one cache folder: ``explicit``, else ``$HEADSTART_CACHE``, else torch hub's.
+
+    Defaulting to ``$TORCH_HOME/hub/checkpoints`` means files people already downloaded
+    with torchvision (or dropped there by hand) are found and reused.
+    """
+    if explicit:
+        return Path(explicit).expanduser()
+    env = os.environ.get("HEADSTART_CACHE")
+    if env:
+        return Path(env).expanduser()
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The string metadata in a safetensors header (empty for other formats)."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return dict(fh.metadata() or {})
+    except Exception as exc:
+        raise WeightsError(f"{path}: not a readable safetensors file ({exc})") from exc
+
+
+def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Load a state dict without running pickled code.
+
+    Raises :class:`WeightsError` naming the file if it is truncated, not a weights file,
+    or a pickle that would execute code.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: weights file not found")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: weights file is empty (an interrupted download?)")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as exc:
+            raise WeightsError(
+                f"{path}: damaged or truncated safetensors file ({exc}); delete it and "
+                "fetch it again"
+            ) from exc
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise WeightsError(
+            f"{path}: refused to load: the file holds pickled objects that could run code "
+            f"({str(exc).splitlines()[0][:200]}). If you trust it, convert it to safetensors"
+        ) from exc
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise WeightsError(
+            f"{path}: not a readable weights file, or truncated ({str(exc)[:200]})"
+        ) from exc
+    return unwrap_state_dict(obj, where=str(path))
+
+
+def unwrap_state_dict(obj: object, *, where: str = "weights") -> dict[str, torch.Tensor]:
+    """Unwrap ``{"state_dict": ...}`` / ``{"model": ...}`` and strip ``module.`` prefixes."""
+    for _ in range(3):
+        if isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+            for key in ("state_dict", "model", "model_state_dict", "module"):
+                if key in obj and isinstance(obj[key], Mapping):
+                    obj = obj[key]
+                    break
+            else:
+                break
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{where}: expected a state dict, found {type(obj).__name__}")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise WeightsError(f"{where}: holds no tensors")
+    # DataParallel / DistributedDataParallel save every key under "module.".
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+@dataclass
+class KeyReport:
+    """What happened to each key when a state dict was loaded into a backbone."""
+
+    loaded: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)  # the old output layer
+    missing: list[str] = field(default_factory=list)  # in the model, not in the file
+    unexpected: list[str] = field(default_factory=list)  # in the file, not in the model
+    mismatched: list[str] = field(default_factory=list)  # "name: file (a, b) vs model (c, d)"
+    head_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{len(self.loaded)} tensors loaded"]
+        if self.dropped:
+            parts.append(f"old output layer dropped ({', '.join(self.dropped)})")
+        for label, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("shape-mismatched", self.mismatched),
+        ):
+            if keys:
+                shown = ", ".join(keys[:10]) + (
+                    f", ... ({len(keys)} in all)" if len(keys) > 10 else ""
+                )
+                parts.append(f"{label}: {shown}")
+        return "; ".join(parts)
+
+
+def load_into(
+    body: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    head_prefixes: Sequence[str] = (),
+    strict: bool = False,
+    where: str = "weights",
+) -> KeyReport:
+    """Load ``state_dict`` into ``body`` (a model whose old output layer is gone).
+
+    Keys under ``head_prefixes`` belong to the old output layer: they are dropped (kept in
+    ``head_state``).  Shape mismatches are always an error, and so is a file that matches
+    nothing; with ``strict`` any missing or unexpected key is an error too, otherwise they
+    are logged by name.
+    """
+
+    def is_head(key: str) -> bool:
+        return any(key == p or key.startswith(p + ".") for p in head_prefixes if p)
+
+    own = body.state_dict()
+    report = KeyReport()
+    to_load: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if is_head(key) and key not in own:
+            report.dropped.append(key)
+            report.head_state[key] = value
+        elif key not in own:
+            report.unexpected.append(key)
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append(
+                f"{key}: file {tuple(value.shape)} vs model {tuple(own[key].shape)}"
+            )
+        else:
+            to_load[key] = value
+    report.loaded = sorted(to_load)
+    report.missing = [k for k in own if k not in to_load and not k.endswith("num_batches_tracked")]
+    if not to_load:
+        raise WeightsError(
+            f"{where}: none of its {len(state_dict)} tensors fit this architecture "
+            f"(first keys: {', '.join(list(state_dict)[:5])}); is it for another model?"
+        )
+    if report.mismatched:
+        raise WeightsError(f"{where}: does not fit this architecture: {report.summary()}")
+    if strict and (report.missing or report.unexpected):
+        raise WeightsError(f"{where}: keys do not match (strict): {report.summary()}")
+    if report.missing or report.unexpected:
+        log.warning("%s: %s", where, report.summary())
+    body.load_state_dict(to_load, strict=False)
+    return report
+
+
+def download(url: str, *, dest_dir: Path, hash_prefix: str | None = None) -> Path:
+    """Fetch ``url`` into ``dest_dir`` unless a file of that name is already there.
+
+    The file is written beside its final name and moved into place only when complete
+    (and, with ``hash_prefix``, verified), so an interrupted download never leaves a
+    file that later passes for a good one.
+    """
+    from urllib.parse import urlparse
+
+    name = Path(urlparse(url).path).name
+    dest = dest_dir / name
+    if dest.is_file() and dest.stat().st_size > 0:
+        return dest
+    if os.environ.get("HEADSTART_OFFLINE") == "1":
+        raise WeightsError(
+            f"offline: {dest} is missing; download {url} by hand and put it at {dest}"
+        )
+    try:
+        with atomic_path(dest) as tmp:
+            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as exc:
+        raise WeightsError(
+            f"could not download {url} ({exc}); download it by hand and put it at {dest}, "
+            "or pass --weights FILE"
+        ) from exc
+    return dest

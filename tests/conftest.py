@@ -1,0 +1,74 @@
+"""Shared fixtures: a real folder of PNG images (scikit-learn's digits, drawn large)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_digit_pngs(root: Path, *, digits: Sequence[int], per_class: int, size: int = 32) -> Path:
+    """One sub-folder per class ("d0", "d1", ...) of RGB PNGs made from real digits."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images, targets = bunch.images, bunch.target
+    for d in digits:
+        folder = root / f"d{d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, idx in enumerate(np.flatnonzero(targets == d)[:per_class]):
+            gray = (images[idx] * (255.0 / 16.0)).astype(np.uint8)
+            img = Image.fromarray(gray, mode="L").resize((size, size), Image.BILINEAR)
+            # a coloured digit on a coloured background, so RGB matters a little
+            rgb = Image.merge("RGB", (img, img.point(lambda v: 255 - v), img))
+            rgb.save(folder / f"{d}_{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Weights the tests make (builtin defaults) go to a temporary cache, not the user's."""
+    os.environ["HEADSTART_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    os.environ.setdefault("HEADSTART_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of 3 classes x 12 real digit images, 32x32 RGB PNG."""
+    return write_digit_pngs(tmp_path_factory.mktemp("images") / "digits", digits=(0, 1, 2),
+                            per_class=12)
+
+
+@dataclass
+class CliResult:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def headstart(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: int = 300) -> CliResult:
+    """Run the real ``headstart`` command in a child process, as a user would."""
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, "-m", "headstart", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
