@@ -46,8 +46,9 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 @pytest.fixture(scope="session")
 def digits_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder of 3 classes x 12 real digit images, 32x32 RGB PNG."""
-    return write_digit_pngs(tmp_path_factory.mktemp("images") / "digits", digits=(0, 1, 2),
-                            per_class=12)
+    return write_digit_pngs(
+        tmp_path_factory.mktemp("images") / "digits", digits=(0, 1, 2), per_class=12
+    )
 
 
 @dataclass
@@ -60,7 +61,9 @@ class CliResult:
         return json.loads(self.stdout)
 
 
-def headstart(*args: str | os.PathLike[str], cwd: Path | None = None, timeout: int = 300) -> CliResult:
+def headstart(
+    *args: str | os.PathLike[str], cwd: Path | None = None, timeout: int = 300
+) -> CliResult:
     """Run the real ``headstart`` command in a child process, as a user would."""
     env = dict(os.environ)
     proc = subprocess.run(

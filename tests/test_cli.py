@@ -7,7 +7,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import CliResult, headstart
 
 RUN_FILES = ("model.safetensors", "headstart.json", "metrics.csv", "curves.png", "report.md")
@@ -45,8 +44,9 @@ def _use_run(run: Path, folder: Path) -> None:
 
 
 def _fit(folder: Path, out: Path, *extra: str) -> CliResult:
-    result = headstart("fit", folder, *extra, "--epochs", "2", "--batch-size", "8",
-                       "--out", out, "--json")
+    result = headstart(
+        "fit", folder, *extra, "--epochs", "2", "--batch-size", "8", "--out", out, "--json"
+    )
     assert result.code == 0, result.stderr
     return result
 
@@ -75,13 +75,30 @@ def test_fit_predict_evaluate_on_a_png_folder(
 
 
 def test_pretrain_then_fit_from_file_source(digits_folder: Path, tmp_path: Path) -> None:
-    pre = headstart("pretrain", digits_folder, "--source", "builtin:small-cnn", "--epochs", "2",
-                    "--batch-size", "8", "--out", tmp_path / "pre", "--json")
+    pre = headstart(
+        "pretrain",
+        digits_folder,
+        "--source",
+        "builtin:small-cnn",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "8",
+        "--out",
+        tmp_path / "pre",
+        "--json",
+    )
     assert pre.code == 0, pre.stderr
     meta = _check_run(tmp_path / "pre", ["d0", "d1", "d2"])
     assert meta["kind"] == "pretrain" and meta["plan"]["strategy"] == "scratch"
-    _fit(digits_folder, tmp_path / "run", "--source", f"file:{tmp_path / 'pre'}",
-         "--strategy", "partial:2")
+    _fit(
+        digits_folder,
+        tmp_path / "run",
+        "--source",
+        f"file:{tmp_path / 'pre'}",
+        "--strategy",
+        "partial:2",
+    )
     meta = _check_run(tmp_path / "run", ["d0", "d1", "d2"])
     weights = meta["source"]["weights"]
     assert weights["pretrained"] and weights["source_classes"] == ["d0", "d1", "d2"]
@@ -122,23 +139,45 @@ def test_corrupt_image(digits_folder: Path, tmp_path: Path) -> None:
     shutil.copytree(digits_folder, data)
     bad = data / "d1" / "broken.png"
     bad.write_bytes(b"<html>not an image</html>")
-    _error(headstart("fit", data, "--source", "builtin:small-cnn", "--weights", "none",
-                     "--out", tmp_path / "run"), str(bad))
+    _error(
+        headstart(
+            "fit",
+            data,
+            "--source",
+            "builtin:small-cnn",
+            "--weights",
+            "none",
+            "--out",
+            tmp_path / "run",
+        ),
+        str(bad),
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_unknown_source_lists_valid(digits_folder: Path, tmp_path: Path) -> None:
-    _error(headstart("fit", digits_folder, "--source", "timm:resnet1800", "--out", tmp_path),
-           "resnet1800", "resnet18")
-    _error(headstart("fit", digits_folder, "--source", "zoo:thing", "--out", tmp_path),
-           "zoo", "builtin, file, timm, torchvision")
-    _error(headstart("fit", digits_folder, "--source", "builtin:nope", "--out", tmp_path),
-           "digits-cnn, small-cnn")
+    _error(
+        headstart("fit", digits_folder, "--source", "timm:resnet1800", "--out", tmp_path),
+        "resnet1800",
+        "resnet18",
+    )
+    _error(
+        headstart("fit", digits_folder, "--source", "zoo:thing", "--out", tmp_path),
+        "zoo",
+        "builtin, file, timm, torchvision",
+    )
+    _error(
+        headstart("fit", digits_folder, "--source", "builtin:nope", "--out", tmp_path),
+        "digits-cnn, small-cnn",
+    )
 
 
 def test_unknown_strategy_lists_valid(digits_folder: Path, tmp_path: Path) -> None:
-    _error(headstart("fit", digits_folder, "--strategy", "finetune", "--out", tmp_path / "r"),
-           "finetune", "full, linear, partial:K, scratch")
+    _error(
+        headstart("fit", digits_folder, "--strategy", "finetune", "--out", tmp_path / "r"),
+        "finetune",
+        "full, linear, partial:K, scratch",
+    )
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

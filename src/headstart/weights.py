@@ -12,6 +12,7 @@ import logging
 import os
 import pickle
 import urllib.error
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,7 +237,11 @@ def load_into(
         raise WeightsError(f"{where}: keys do not match (strict): {report.summary()}")
     if report.missing or report.unexpected:
         log.warning("%s: %s", where, report.summary())
-    body.load_state_dict(to_load, strict=False)
+    loadable = OrderedDict(to_load)
+    # Module versions (``_metadata``) are lost by unwrapping and by safetensors, and some
+    # modules refuse to load without one (torchvision's MNASNet): use the model's own.
+    loadable._metadata = getattr(own, "_metadata", None)  # type: ignore[attr-defined]
+    body.load_state_dict(loadable, strict=False)
     return report
 
 

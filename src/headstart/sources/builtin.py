@@ -189,8 +189,14 @@ class BuiltinAdapter:
             assert request.path is not None
             path = request.path
             description = f"weights file {path}"
-        classes = _recorded_classes(path.with_suffix(".json"))
-        loaded = load_headstart_weights(source, path, strict=options.strict, source_classes=classes)
-        source.weights = loaded.origin(spec=request.spec, description=description)
-        source.old_head = loaded.old_head or old_head
+        load_headstart_weights(
+            source,
+            path,
+            spec=request.spec,
+            description=description,
+            strict=options.strict,
+            source_classes=_recorded_classes(path.with_suffix(".json")),
+        )
+        if source.old_head is None:
+            source.old_head = old_head
         return source

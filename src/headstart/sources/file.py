@@ -13,96 +13,62 @@ The old output layer of the file (the source run's head) is dropped and kept as
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from headstart._io import sha256_file
 from headstart.errors import SourceError
-from headstart.sources.base import BuildOptions, Preprocessing, Source, WeightsOrigin, build_source
-from headstart.weights import KeyReport, load_into, load_state_dict, read_metadata
+from headstart.sources._zoo import load_weights_file
+from headstart.sources.base import BuildOptions, Preprocessing, Source, build_source
+from headstart.weights import read_metadata
 
-__all__ = ["FileAdapter", "LoadedWeights", "load_headstart_weights"]
+__all__ = ["FileAdapter", "load_headstart_weights"]
 
 _HEAD = "__headstart_head__"  # the saved TargetModel's head, renamed so it cannot collide
 
 
-@dataclass
-class LoadedWeights:
-    path: Path
-    sha256: str
-    report: KeyReport
-    old_head: nn.Module | None
-    source_classes: tuple[str, ...] | None
+def _from_target_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a saved :class:`~headstart.model.TargetModel` onto its backbone's body.
 
-    def origin(self, *, spec: str, description: str) -> WeightsOrigin:
-        return WeightsOrigin(
-            spec=spec,
-            description=description,
-            pretrained=True,
-            path=str(self.path),
-            sha256=self.sha256,
-            source_classes=self.source_classes,
-            dropped_keys=tuple(self.report.dropped),
-            missing_keys=tuple(self.report.missing),
-            unexpected_keys=tuple(self.report.unexpected),
-        )
-
-
-def _head_from_state(state: dict[str, torch.Tensor], prefix: str) -> nn.Module | None:
-    weight = state.get(f"{prefix}.weight")
-    if weight is None or weight.ndim != 2:
-        return None
-    bias = state.get(f"{prefix}.bias")
-    head = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        if bias is not None:
-            head.bias.copy_(bias)
-    return head
+    ``backbone.body.*`` become the body's keys; the run's head (``head.*``) is renamed so
+    that it cannot collide with a body module that happens to be called ``head``.
+    """
+    if not any(k.startswith("backbone.body.") for k in state):
+        return state
+    mapped: dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        if k.startswith("backbone.body."):
+            mapped[k[len("backbone.body.") :]] = v
+        elif k.startswith("head."):
+            mapped[f"{_HEAD}.{k[len('head.') :]}"] = v
+        else:
+            mapped[k] = v
+    return mapped
 
 
 def load_headstart_weights(
     source: Source,
     path: Path,
     *,
+    spec: str,
+    description: str,
     strict: bool = False,
-    head_prefixes: tuple[str, ...] = ("fc",),
     source_classes: tuple[str, ...] | None = None,
-) -> LoadedWeights:
-    """Load a weights file into ``source.backbone.body``.
-
-    A file headstart wrote (keys ``backbone.body.*`` and ``head.*``) is mapped onto the
-    body and its head dropped; any other state dict is loaded as the full source model
-    whose old output layer lives under ``head_prefixes``.
-    """
-    state = load_state_dict(path)
-    if any(k.startswith("backbone.body.") for k in state):
-        mapped: dict[str, torch.Tensor] = {}
-        for k, v in state.items():
-            if k.startswith("backbone.body."):
-                mapped[k[len("backbone.body.") :]] = v
-            elif k.startswith("head."):
-                mapped[f"{_HEAD}.{k[len('head.') :]}"] = v
-            else:
-                mapped[k] = v
-        state = mapped
-        prefixes: tuple[str, ...] = (_HEAD,)
-        head_name = _HEAD
-    else:
-        prefixes = head_prefixes
-        head_name = head_prefixes[0] if head_prefixes else ""
-    report = load_into(
-        source.backbone.body, state, head_prefixes=prefixes, strict=strict, where=str(path)
-    )
-    return LoadedWeights(
-        path=path,
-        sha256=sha256_file(path),
-        report=report,
-        old_head=_head_from_state(report.head_state, head_name) if head_name else None,
+) -> None:
+    """Load a weights file headstart wrote (or a plain state dict of the same
+    architecture, whose old output layer is ``fc``) into ``source``, in place:
+    its weights origin and old head are set from the file."""
+    source.weights, source.old_head = load_weights_file(
+        source.backbone.body,
+        path,
+        spec=spec,
+        description=description,
+        head_prefixes=(_HEAD, "fc"),
+        old_head=None,
+        strict=strict,
+        fix=_from_target_model,
         source_classes=source_classes,
     )
 
@@ -166,16 +132,19 @@ class FileAdapter:
             return source
         source = build_source(arch, weights="none", options=base_options)
         classes = tuple(meta["classes"]) if meta else None
-        loaded = load_headstart_weights(
-            source, weights_path, strict=options.strict, source_classes=classes
+        description = _describe_run(meta, path) if meta else f"headstart weights {path}"
+        load_headstart_weights(
+            source,
+            weights_path,
+            spec=f"file:{name}",
+            description=description,
+            strict=options.strict,
+            source_classes=classes,
         )
         if meta is not None:
             source.preprocessing = Preprocessing.from_dict(meta["preprocessing"]).with_image_size(
                 options.image_size
             )
-        description = _describe_run(meta, path) if meta else f"headstart weights {path}"
         source.spec = f"file:{name}"
-        source.weights = loaded.origin(spec=f"file:{name}", description=description)
-        source.old_head = loaded.old_head
         source.arch_options = arch_options
         return source
