@@ -61,6 +61,27 @@ class CliResult:
         return json.loads(self.stdout)
 
 
+def run_cli(*args: str | os.PathLike[str]) -> CliResult:
+    """Run the CLI's ``main`` in this process (same code path, no interpreter start-up)."""
+    import contextlib
+    import io
+
+    from headstart.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as exc:  # --debug lets errors escape as they would
+            code = int(exc.code or 0)
+        except Exception:
+            import traceback
+
+            traceback.print_exc(file=err)
+            code = 1
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
 def headstart(
     *args: str | os.PathLike[str], cwd: Path | None = None, timeout: int = 300
 ) -> CliResult:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from tests.conftest import CliResult, headstart
+from tests.conftest import CliResult, headstart, run_cli
 
 RUN_FILES = ("model.safetensors", "headstart.json", "metrics.csv", "curves.png", "report.md")
 
@@ -25,15 +26,15 @@ def _check_run(run: Path, classes: list[str]) -> dict:
     return meta
 
 
-def _use_run(run: Path, folder: Path) -> None:
+def _use_run(run: Path, folder: Path, cli: Callable[..., CliResult] = run_cli) -> None:
     one = sorted(folder.glob("d1/*.png"))[0]
-    pred = headstart("predict", run, one, folder / "d2", "--json")
+    pred = cli("predict", run, one, folder / "d2", "--json")
     assert pred.code == 0, pred.stderr
     rows = pred.json()["predictions"]
     assert len(rows) == 1 + len(list((folder / "d2").glob("*.png")))
     assert rows[0]["path"] == str(one)
     assert all(r["label"] in ("d0", "d1", "d2") and 0 <= r["probability"] <= 1 for r in rows)
-    ev = headstart("evaluate", run, folder, "--json")
+    ev = cli("evaluate", run, folder, "--json")
     assert ev.code == 0, ev.stderr
     summary = ev.json()
     assert summary["n_items"] == 36
@@ -43,8 +44,10 @@ def _use_run(run: Path, folder: Path) -> None:
     assert (run / "eval" / "confusion_matrix.png").stat().st_size > 0
 
 
-def _fit(folder: Path, out: Path, *extra: str) -> CliResult:
-    result = headstart(
+def _fit(
+    folder: Path, out: Path, *extra: str, cli: Callable[..., CliResult] = run_cli
+) -> CliResult:
+    result = cli(
         "fit", folder, *extra, "--epochs", "2", "--batch-size", "8", "--out", out, "--json"
     )
     assert result.code == 0, result.stderr
@@ -63,7 +66,9 @@ def _fit(folder: Path, out: Path, *extra: str) -> CliResult:
 def test_fit_predict_evaluate_on_a_png_folder(
     digits_folder: Path, tmp_path: Path, source: list[str]
 ) -> None:
-    result = _fit(digits_folder, tmp_path / "run", *source, "--strategy", "full")
+    # one source goes through real child processes, as a user's shell would run them
+    cli = headstart if "builtin:small-cnn" in source else run_cli
+    result = _fit(digits_folder, tmp_path / "run", *source, "--strategy", "full", cli=cli)
     summary = result.json()  # stdout is exactly one JSON object
     assert summary["run_dir"] == str(tmp_path / "run")
     assert summary["metrics"]["epochs_run"] == 2
@@ -71,11 +76,11 @@ def test_fit_predict_evaluate_on_a_png_folder(
     meta = _check_run(tmp_path / "run", ["d0", "d1", "d2"])
     assert meta["plan"]["strategy"] == "full"
     assert "plan: full" in result.stderr  # the plan is printed before training
-    _use_run(tmp_path / "run", digits_folder)
+    _use_run(tmp_path / "run", digits_folder, cli)
 
 
 def test_pretrain_then_fit_from_file_source(digits_folder: Path, tmp_path: Path) -> None:
-    pre = headstart(
+    pre = run_cli(
         "pretrain",
         digits_folder,
         "--source",
@@ -131,7 +136,7 @@ def test_empty_class(digits_folder: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(digits_folder, data)
     (data / "empty").mkdir()
-    _error(headstart("fit", data, "--out", tmp_path / "run"), "empty")
+    _error(run_cli("fit", data, "--out", tmp_path / "run"), "empty")
 
 
 def test_corrupt_image(digits_folder: Path, tmp_path: Path) -> None:
@@ -140,7 +145,7 @@ def test_corrupt_image(digits_folder: Path, tmp_path: Path) -> None:
     bad = data / "d1" / "broken.png"
     bad.write_bytes(b"<html>not an image</html>")
     _error(
-        headstart(
+        run_cli(
             "fit",
             data,
             "--source",
@@ -157,24 +162,24 @@ def test_corrupt_image(digits_folder: Path, tmp_path: Path) -> None:
 
 def test_unknown_source_lists_valid(digits_folder: Path, tmp_path: Path) -> None:
     _error(
-        headstart("fit", digits_folder, "--source", "timm:resnet1800", "--out", tmp_path),
+        run_cli("fit", digits_folder, "--source", "timm:resnet1800", "--out", tmp_path),
         "resnet1800",
         "resnet18",
     )
     _error(
-        headstart("fit", digits_folder, "--source", "zoo:thing", "--out", tmp_path),
+        run_cli("fit", digits_folder, "--source", "zoo:thing", "--out", tmp_path),
         "zoo",
         "builtin, file, timm, torchvision",
     )
     _error(
-        headstart("fit", digits_folder, "--source", "builtin:nope", "--out", tmp_path),
+        run_cli("fit", digits_folder, "--source", "builtin:nope", "--out", tmp_path),
         "digits-cnn, small-cnn",
     )
 
 
 def test_unknown_strategy_lists_valid(digits_folder: Path, tmp_path: Path) -> None:
     _error(
-        headstart("fit", digits_folder, "--strategy", "finetune", "--out", tmp_path / "r"),
+        run_cli("fit", digits_folder, "--strategy", "finetune", "--out", tmp_path / "r"),
         "finetune",
         "full, linear, partial:K, scratch",
     )
@@ -189,9 +194,9 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def test_refuses_to_overwrite_a_run(digits_folder: Path, tmp_path: Path) -> None:
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "keep.txt").write_text("precious")
-    _error(headstart("fit", digits_folder, "--out", tmp_path / "run"), "--overwrite")
+    _error(run_cli("fit", digits_folder, "--out", tmp_path / "run"), "--overwrite")
     assert (tmp_path / "run" / "keep.txt").read_text() == "precious"
 
 
 def test_predict_on_a_missing_run(tmp_path: Path) -> None:
-    _error(headstart("predict", tmp_path / "norun", tmp_path), str(tmp_path / "norun"))
+    _error(run_cli("predict", tmp_path / "norun", tmp_path), str(tmp_path / "norun"))

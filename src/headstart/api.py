@@ -13,17 +13,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import classification_report, confusion_matrix
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from headstart._io import atomic_write_json, atomic_write_text
 from headstart.data import (
+    UNLABELLED,
     ImageDataset,
     LabeledData,
     list_inputs,
@@ -33,14 +33,14 @@ from headstart.data import (
 )
 from headstart.errors import ConfigError, DataError
 from headstart.model import TargetModel
-from headstart.plan import Plan, format_plan, make_plan
+from headstart.options import FitOptions, PretrainOptions
+from headstart.plan import Plan, format_plan, make_plan, parse_strategy
 from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
-from headstart.sources import BuildOptions, Source, build_source
+from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.train import (
     History,
     Predictions,
-    TrainConfig,
     predict_loader,
     resolve_device,
     seed_everything,
@@ -60,92 +60,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _opt(help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its CLI help text (the CLI maps fields 1:1 to flags)."""
-    default = kw.pop("default")
-    return field(default=default, metadata={"help": help, **kw})
-
-
-@dataclass
-class FitOptions:
-    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
-
-    data: str = _opt(
-        "training data: a folder (one sub-folder per class), a CSV "
-        "(path,label) or builtin:digits[?classes=0-4&per_class=10]",
-        default="",
-    )
-    source: str = _opt(
-        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
-        default="builtin:digits-cnn",
-    )
-    weights: str = _opt(
-        "default (the zoo's weights), none (random) or a weights file", default="default"
-    )
-    strategy: str = _opt("linear | partial:K | full | scratch", default="linear")
-    epochs: int = _opt("training epochs", default=10)
-    lr: float = _opt("base learning rate (the new head's)", default=1e-3)
-    backbone_lr_mult: float = _opt(
-        "backbone learning rate = lr x this (full, partial)", default=0.1
-    )
-    weight_decay: float = _opt("AdamW weight decay (not on biases and norms)", default=0.01)
-    batch_size: int = _opt("batch size", default=32)
-    val: str | None = _opt("validation data (same forms as DATA) instead of a split", default=None)
-    val_fraction: float = _opt("fraction of DATA held out for validation (0: none)", default=0.2)
-    seed: int = _opt("seed for the split, initialisation, shuffling and augmentation", default=0)
-    patience: int | None = _opt(
-        "stop after this many epochs without a better validation accuracy", default=None
-    )
-    select: str = _opt("keep the 'best' epoch on validation or the 'last'", default="best")
-    augment: str = _opt("training augmentation: light or none", default="light")
-    image_size: int | None = _opt("override the source's input size (square)", default=None)
-    arch: str | None = _opt(
-        "architecture of a file: source that does not record it, e.g. timm:resnet18", default=None
-    )
-    dropout: float = _opt("dropout before the new head", default=0.0)
-    label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
-    warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
-    workers: int = _opt("data loader worker processes", default=0)
-    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
-    cache_dir: str | None = _opt(
-        "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
-    )
-    strict: bool = _opt(
-        "any weights key mismatch beyond the old output layer is an error", default=False
-    )
-    out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
-    overwrite: bool = _opt("replace an existing --out", default=False)
-    progress: bool = _opt("show progress bars", default=True, cli=False)
-
-    def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            warmup_epochs=self.warmup_epochs,
-            patience=self.patience,
-            select=self.select,
-            label_smoothing=self.label_smoothing,
-            seed=self.seed,
-            device=self.device,
-            progress=self.progress,
-        )
-
-
-@dataclass
-class PretrainOptions(FitOptions):
-    """``headstart pretrain``: train a source from scratch (``--source file:OUT`` then)."""
-
-    source: str = _opt(
-        "the architecture to train from scratch, e.g. builtin:digits-cnn",
-        default="builtin:digits-cnn",
-    )
-    weights: str = _opt("starting weights (none: from scratch)", default="none", cli=False)
-    strategy: str = _opt(
-        "scratch trains everything from random weights", default="scratch", cli=False
-    )
-    epochs: int = _opt("training epochs", default=20)
 
 
 @dataclass
@@ -187,9 +101,11 @@ def _loader(
     transform = make_transform(
         source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
     )
-    dataset = ImageDataset(data, transform, source_pre.channels)
+    dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
+    if not train:
+        dataset = _materialise(dataset, source_pre, len(data))
     # BatchNorm cannot train on a last batch of one example; drop it in that case only.
-    drop_last = train and len(dataset) > 1 and len(dataset) % batch_size == 1
+    drop_last = train and len(data) > 1 and len(data) % batch_size == 1
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -199,6 +115,21 @@ def _loader(
         generator=generator,
         persistent_workers=workers > 0,
     )
+
+
+# Evaluation transforms are deterministic: decode and resize each image once per run,
+# not once per epoch, while the result fits in this budget.
+EVAL_CACHE_BYTES = 512 * 1024 * 1024
+# Evaluation needs no gradients: bigger batches cost little memory and save overhead.
+EVAL_BATCH = 128
+
+
+def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
+    c, h, w = pre.input_size
+    if n == 0 or n * c * h * w * 4 > EVAL_CACHE_BYTES:
+        return dataset
+    xs, ys = zip(*(dataset[i] for i in range(n)), strict=True)
+    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
 
 
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
@@ -248,6 +179,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
     if not options.data:
         raise ConfigError("no training data given (DATA)")
+    parse_strategy(options.strategy)  # a typo should fail before any slow work
+    parse_source_spec(options.source)
     generator = seed_everything(options.seed)
     data = load_data(options.data)
     if len(data.classes) < 2:
@@ -287,7 +220,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
             pre,
             train=False,
             augment="none",
-            batch_size=options.batch_size,
+            batch_size=max(options.batch_size, EVAL_BATCH),
             workers=options.workers,
         )
         if val_data is not None and len(val_data)
@@ -421,6 +354,8 @@ def evaluate(
     Files go to ``out`` (default ``RUN/eval``): ``eval.json``, ``per_class.csv`` and
     ``confusion_matrix.png``.
     """
+    from sklearn.metrics import classification_report, confusion_matrix
+
     loaded = _as_run(run)
     labelled = load_data(data, classes=loaded.classes)
     if not len(labelled):
@@ -487,7 +422,7 @@ def predict(
         spec="predict",
         classes=loaded.classes,
         items=list(paths),
-        targets=np.full(len(paths), -1, dtype=np.int64),
+        targets=np.full(len(paths), UNLABELLED, dtype=np.int64),
     )
     preds = _predict_data(loaded, data, batch_size=batch_size, device=device)
     k = max(1, min(top_k, len(loaded.classes)))

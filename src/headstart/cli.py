@@ -73,7 +73,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.api import FitOptions, PretrainOptions
+    from headstart.options import FitOptions, PretrainOptions
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
-    from headstart.api import FitOptions, fit
+    from headstart.api import fit
+    from headstart.options import FitOptions
 
     options = _options(FitOptions, args)
     options.progress = not args.quiet and sys.stderr.isatty()
@@ -137,7 +138,8 @@ def _cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
-    from headstart.api import PretrainOptions, pretrain
+    from headstart.api import pretrain
+    from headstart.options import PretrainOptions
 
     options = _options(PretrainOptions, args)
     options.progress = not args.quiet and sys.stderr.isatty()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from headstart.api import FitOptions, PretrainOptions, evaluate, fit, pretrain
+from headstart.sources.builtin import DIGITS_PRETRAIN
 
 __all__ = ["main", "run_demo"]
 
@@ -27,7 +28,7 @@ STRATEGIES = ("linear", "full", "scratch")
 
 
 def run_demo(
-    out: Path, *, seeds: int = 3, per_class: int = 5, epochs: int = 30, pretrain_epochs: int = 15
+    out: Path, *, seeds: int = 3, per_class: int = 5, epochs: int = 30
 ) -> list[dict[str, object]]:
     """Run the demo; return one row per (strategy, seed)."""
     source_run = pretrain(
@@ -35,9 +36,9 @@ def run_demo(
             data="builtin:digits?classes=0-4",
             source="builtin:digits-cnn",
             out=str(out / "pretrain-digits0-4"),
-            epochs=pretrain_epochs,
             overwrite=True,
             progress=False,
+            **DIGITS_PRETRAIN,
         )
     )
     print(
@@ -58,7 +59,7 @@ def run_demo(
                     strategy=strategy,
                     epochs=epochs,
                     batch_size=8,
-                    lr=3e-3,
+                    lr=1e-2,
                     val=held_out,
                     select="last",
                     seed=seed,

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -111,6 +110,8 @@ class Predictions:
 
     @property
     def macro_f1(self) -> float:
+        from sklearn.metrics import f1_score
+
         return float(f1_score(self.targets, self.preds, average="macro", zero_division=0))
 
 

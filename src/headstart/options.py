@@ -1,0 +1,102 @@
+"""The options of each command, as typed dataclasses: the CLI's flags are their fields.
+
+Kept free of heavy imports so that ``headstart --help`` and argument errors are quick.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from headstart.train import TrainConfig
+
+__all__ = ["FitOptions", "PretrainOptions"]
+
+
+def _opt(help: str, **kw: Any) -> Any:
+    """A dataclass field carrying its CLI help text (the CLI maps fields 1:1 to flags)."""
+    default = kw.pop("default")
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class FitOptions:
+    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
+
+    data: str = _opt(
+        "training data: a folder (one sub-folder per class), a CSV "
+        "(path,label) or builtin:digits[?classes=0-4&per_class=10]",
+        default="",
+    )
+    source: str = _opt(
+        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
+        default="builtin:digits-cnn",
+    )
+    weights: str = _opt(
+        "default (the zoo's weights), none (random) or a weights file", default="default"
+    )
+    strategy: str = _opt("linear | partial:K | full | scratch", default="linear")
+    epochs: int = _opt("training epochs", default=10)
+    lr: float = _opt("base learning rate (the new head's)", default=1e-3)
+    backbone_lr_mult: float = _opt(
+        "backbone learning rate = lr x this (full, partial)", default=0.1
+    )
+    weight_decay: float = _opt("AdamW weight decay (not on biases and norms)", default=0.01)
+    batch_size: int = _opt("batch size", default=32)
+    val: str | None = _opt("validation data (same forms as DATA) instead of a split", default=None)
+    val_fraction: float = _opt("fraction of DATA held out for validation (0: none)", default=0.2)
+    seed: int = _opt("seed for the split, initialisation, shuffling and augmentation", default=0)
+    patience: int | None = _opt(
+        "stop after this many epochs without a better validation accuracy", default=None
+    )
+    select: str = _opt("keep the 'best' epoch on validation or the 'last'", default="best")
+    augment: str = _opt("training augmentation: light or none", default="light")
+    image_size: int | None = _opt("override the source's input size (square)", default=None)
+    arch: str | None = _opt(
+        "architecture of a file: source that does not record it, e.g. timm:resnet18", default=None
+    )
+    dropout: float = _opt("dropout before the new head", default=0.0)
+    label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
+    warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
+    workers: int = _opt("data loader worker processes", default=0)
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    cache_dir: str | None = _opt(
+        "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
+    )
+    strict: bool = _opt(
+        "any weights key mismatch beyond the old output layer is an error", default=False
+    )
+    out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
+    overwrite: bool = _opt("replace an existing --out", default=False)
+    progress: bool = _opt("show progress bars", default=True, cli=False)
+
+    def train_config(self) -> TrainConfig:
+        from headstart.train import TrainConfig
+
+        return TrainConfig(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            warmup_epochs=self.warmup_epochs,
+            patience=self.patience,
+            select=self.select,
+            label_smoothing=self.label_smoothing,
+            seed=self.seed,
+            device=self.device,
+            progress=self.progress,
+        )
+
+
+@dataclass
+class PretrainOptions(FitOptions):
+    """``headstart pretrain``: train a source from scratch (``--source file:OUT`` then)."""
+
+    source: str = _opt(
+        "the architecture to train from scratch, e.g. builtin:digits-cnn",
+        default="builtin:digits-cnn",
+    )
+    weights: str = _opt("starting weights (none: from scratch)", default="none", cli=False)
+    strategy: str = _opt(
+        "scratch trains everything from random weights", default="scratch", cli=False
+    )
+    epochs: int = _opt("training epochs", default=20)
