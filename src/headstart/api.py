@@ -140,9 +140,16 @@ def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, Labeled
     if options.val_fraction == 0:
         return data, None
     train_idx, val_idx = stratified_split(
-        data.targets, val_fraction=options.val_fraction, seed=options.seed
+        data.targets, val_fraction=options.val_fraction, seed=options.seed, classes=data.classes
     )
-    return data.subset(train_idx), data.subset(val_idx)
+    return (
+        data.subset(
+            train_idx, note=f"train split ({1 - options.val_fraction:.0%}, seed {options.seed})"
+        ),
+        data.subset(
+            val_idx, note=f"validation split ({options.val_fraction:.0%}, seed {options.seed})"
+        ),
+    )
 
 
 def _build_source(options: FitOptions, *, scratch: bool) -> Source:
@@ -396,7 +403,7 @@ def evaluate(
         matrix,
         loaded.classes,
         out_dir / "confusion_matrix.png",
-        title=f"{Path(str(data)).name}: accuracy {result.accuracy:.3f}",
+        title=f"{data}: accuracy {result.accuracy:.3f} on {result.n_items} items",
     )
     csv_lines = ["class,precision,recall,f1,support"] + [
         f"{r['class']},{r['precision']:.4f},{r['recall']:.4f},{r['f1']:.4f},{r['support']}"

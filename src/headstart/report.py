@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], dest: Path, *, ti
     ax.imshow(matrix, cmap="Blues")
     ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
     ax.set_yticks(range(n), labels=list(classes))
-    ax.set(xlabel="predicted", ylabel="true", title=title)
+    ax.set(xlabel="predicted", ylabel="true")
+    # Data specs can be long (builtin:digits?classes=...): wrap rather than cut off.
+    ax.set_title(textwrap.fill(title, width=int(8 * size)), fontsize=9)
     top = matrix.max() if matrix.size else 0
     for i in range(n):
         for j in range(n):
