@@ -200,3 +200,30 @@ def test_refuses_to_overwrite_a_run(digits_folder: Path, tmp_path: Path) -> None
 
 def test_predict_on_a_missing_run(tmp_path: Path) -> None:
     _error(run_cli("predict", tmp_path / "norun", tmp_path), str(tmp_path / "norun"))
+
+
+def test_compare_from_the_command_line(tmp_path: Path) -> None:
+    pre = run_cli(
+        "pretrain", "builtin:digits?classes=0-4", "--epochs", "2", "--out", tmp_path / "pre", "-q"
+    )
+    assert pre.code == 0, pre.stderr
+    result = run_cli(
+        "compare",
+        "builtin:digits?classes=5-9&per_class=20",
+        "--source",
+        f"file:{tmp_path / 'pre'}",
+        "--strategies",
+        "linear,full,scratch",
+        "--folds",
+        "3",
+        "--out",
+        tmp_path / "cmp",
+        "--json",
+    )
+    assert result.code == 0, result.stderr
+    summary = result.json()
+    assert {s["strategy"] for s in summary["summary"]} == {"linear", "full", "scratch"}
+    assert len(summary["scores"]) == 9
+    assert "vs " in result.stderr  # the table goes to stderr when stdout carries JSON
+    for name in ("compare.csv", "compare.md", "compare.html", "compare.png", "curves.png"):
+        assert (tmp_path / "cmp" / name).is_file()

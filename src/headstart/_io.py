@@ -17,6 +17,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "atomic_write_with",
+    "current_umask",
     "sha256_file",
 ]
 
@@ -38,12 +39,20 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         with open(tmp, "rb+") as fh:
             fh.flush()
             os.fsync(fh.fileno())
+        # mkstemp creates the file 0600; give it the mode a plain open() would have.
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, dest)
         _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

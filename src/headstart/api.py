@@ -179,26 +179,46 @@ def _build_source(options: FitOptions, *, scratch: bool) -> Source:
     return build_source(options.source, weights=options.weights, options=build)
 
 
-def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
-    """Build the target model, apply the plan, train, and write a complete run dir."""
-    t_start = time.perf_counter()
-    config = options.train_config()
-    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+@dataclass
+class Trained:
+    """A trained target model and what made it; nothing written to disk yet."""
+
+    model: TargetModel
+    source: Source
+    plan: Plan
+    history: History
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+
+
+def check_options(options: FitOptions) -> None:
+    """Fail on a typo in the strategy or source before any slow work."""
     if not options.data:
         raise ConfigError("no training data given (DATA)")
-    parse_strategy(options.strategy)  # a typo should fail before any slow work
+    parse_strategy(options.strategy)
     parse_source_spec(options.source)
-    generator = seed_everything(options.seed)
+
+
+def load_training_data(options: FitOptions) -> LabeledData:
     data = load_data(options.data)
     if len(data.classes) < 2:
         raise DataError(
             f"{options.data}: needs at least 2 classes to train (found "
             f"{len(data.classes)}: {', '.join(data.classes)})"
         )
-    train_data, val_data = _split(options, data)
+    return data
 
-    scratch = options.strategy == "scratch"
-    source = _build_source(options, scratch=scratch)
+
+def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData | None) -> Trained:
+    """Build the source and target model, apply the plan and train on the given split.
+
+    The building block of :func:`fit` (which also writes a run dir) and of
+    cross-validation, which trains on folds it made itself.
+    """
+    t_start = time.perf_counter()
+    config = options.train_config()
+    generator = seed_everything(options.seed)
+    source = _build_source(options, scratch=options.strategy == "scratch")
     plan = make_plan(
         options.strategy,
         source.stage_names,
@@ -209,7 +229,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
-    model = TargetModel(source.backbone, len(data.classes), dropout=options.dropout)
+    model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = resolve_device(options.device)
     pre = source.preprocessing
     train_loader = _loader(
@@ -236,7 +256,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     t_loaded = time.perf_counter()
     history = train(model, plan, train_loader, val_loader, config, device=device)
     t_trained = time.perf_counter()
-
+    model.cpu()
     best = history.best()
     metrics = {
         "best_epoch": history.best_epoch,
@@ -249,11 +269,26 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         "val_f1": best.val_f1,
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
+    return Trained(model, source, plan, history, metrics, timings)
+
+
+def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
+    """Build the target model, apply the plan, train, and write a complete run dir."""
+    t_start = time.perf_counter()
+    options.train_config()  # validates epochs, batch size... before any slow work
+    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+    check_options(options)
+    data = load_training_data(options)
+    train_data, val_data = _split(options, data)
+    trained = train_on(options, train_data, val_data)
+    source, plan, metrics = trained.source, trained.plan, trained.metrics
+    timings = dict(trained.timings)
+    timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
     meta: dict[str, Any] = {
         "kind": kind,
         "source": source.describe(),
         "classes": list(data.classes),
-        "preprocessing": pre.to_dict(),
+        "preprocessing": source.preprocessing.to_dict(),
         "plan": plan.to_dict(),
         "dropout": options.dropout,
         "data": {
@@ -265,7 +300,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
     }
-    rows = history.rows()
+    rows = trained.history.rows()
 
     def extras(folder: Path) -> None:
         title = f"{source.spec} · {plan.strategy} · {options.data}"
@@ -273,10 +308,9 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         timings["total_s"] = time.perf_counter() - t_start
         write_report_md(meta, rows, folder / "report.md")
 
-    model.cpu()
     run_dir = write_run(
         out,
-        model=model,
+        model=trained.model,
         meta=meta,
         metrics_rows=rows,
         extras=extras,
@@ -286,10 +320,10 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     log.info("run dir: %s", run_dir)
     return FitResult(
         run_dir=run_dir,
-        model=model,
+        model=trained.model,
         classes=list(data.classes),
         plan=plan,
-        history=history,
+        history=trained.history,
         source=source.describe(),
         metrics=metrics,
         timings=timings,

@@ -45,11 +45,12 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: se
             )
         else:
             shown = "" if f.default is None else f" (default: {f.default})"
+            metavar = {"int": "N", "float": "X"}.get(type_name, f.name.upper())
             parser.add_argument(
                 flag,
                 type=_TYPES[type_name],
                 default=f.default,
-                metavar=f.name.upper().split("_")[0],
+                metavar=metavar,
                 help=help_text + shown,
             )
 
@@ -73,7 +74,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.options import FitOptions, PretrainOptions
+    from headstart.options import CompareOptions, FitOptions, PretrainOptions
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -103,6 +104,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_dataclass_flags(p, PretrainOptions, skip=set())
     p.set_defaults(handler=_cmd_pretrain)
+
+    p = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="cross-validate strategies on the same folds",
+        description="Train every strategy on the same stratified k folds; report mean +- "
+        "std, paired differences against the best with 95% intervals, time per strategy; "
+        "write compare.csv, compare.md, compare.html, compare.json and plots.",
+    )
+    _add_dataclass_flags(p, CompareOptions, skip=set())
+    p.set_defaults(handler=_cmd_compare)
 
     p = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data")
     p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
@@ -158,6 +170,24 @@ def _fit_lines(s: dict[str, Any]) -> list[str]:
         f"(epoch {m['best_epoch']} of {m['epochs_run']}, {s['timings']['total_s']:.1f}s)",
         f"run dir: {s['run_dir']}",
     ]
+
+
+def _cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.compare import compare, format_table
+    from headstart.options import CompareOptions
+
+    options = _options(CompareOptions, args)
+    options.progress = not args.quiet and sys.stderr.isatty()
+    result = compare(options)
+    _human(
+        args,
+        [
+            format_table(result.summary),
+            f"written to {result.out_dir} (compare.md, compare.html, compare.csv, plots) in "
+            f"{result.timings['total_s']:.0f}s",
+        ],
+    )
+    return result.to_dict()
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["FitOptions", "PretrainOptions"]
+__all__ = ["CompareOptions", "FitOptions", "PretrainOptions"]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -100,3 +100,25 @@ class PretrainOptions(FitOptions):
         "scratch trains everything from random weights", default="scratch", cli=False
     )
     epochs: int = _opt("training epochs", default=20)
+
+
+@dataclass
+class CompareOptions(FitOptions):
+    """``headstart compare``: the same folds for every strategy, mean +- std each."""
+
+    strategies: str = _opt(
+        "comma-separated strategies to compare", default="linear,partial:2,full,scratch"
+    )
+    folds: int = _opt("stratified k-fold cross-validation folds", default=5)
+    seeds: int = _opt("repeat the k folds with this many shuffles (seed, seed+1, ...)", default=1)
+    out: str | None = _opt(
+        "folder for compare.csv/.md/.html/.json and plots (default runs/compare-TIMESTAMP)",
+        default=None,
+    )
+    # Not meaningful here: each fold's held-out part is the validation set, and the last
+    # epoch is scored (picking the best epoch on the test fold would flatter every score).
+    strategy: str = _opt("", default="linear", cli=False)
+    val: str | None = _opt("", default=None, cli=False)
+    val_fraction: float = _opt("", default=0.0, cli=False)
+    select: str = _opt("", default="last", cli=False)
+    patience: int | None = _opt("", default=None, cli=False)

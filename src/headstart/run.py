@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from headstart import __version__
-from headstart._io import atomic_path, atomic_write_json, atomic_write_text
+from headstart._io import atomic_path, atomic_write_json, atomic_write_text, current_umask
 from headstart.errors import ConfigError, RunError
 from headstart.model import TargetModel
 from headstart.sources.base import Preprocessing
@@ -114,6 +114,7 @@ def write_run(
     out = prepare_out(out, overwrite=overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
     try:
         save_model(
             staging / MODEL_FILE,

@@ -1,0 +1,387 @@
+"""``headstart compare``: cross-validate strategies on the same folds and say which wins.
+
+Every strategy is trained on exactly the same stratified k folds (scikit-learn's
+``StratifiedKFold``, optionally repeated with other shuffles), scored on the held-out
+fold at the last epoch, and summarised as mean +- std.  Each strategy is then compared
+with the best one *pairwise* (fold by fold), with a 95% confidence interval from the
+corrected resampled t-test of Nadeau & Bengio (2003, "Inference for the Generalization
+Error"): k-fold scores share most of their training data, so the plain t-test's
+variance is too small; theirs is inflated by ``n_test / n_train``.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._io import atomic_path, atomic_write_json, atomic_write_text
+from headstart.api import check_options, load_training_data, train_on
+from headstart.errors import ConfigError, DataError
+from headstart.options import CompareOptions
+from headstart.plan import parse_strategy
+from headstart.run import prepare_out
+
+__all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FoldScore:
+    strategy: str
+    repeat: int
+    fold: int
+    accuracy: float
+    macro_f1: float
+    seconds: float
+    n_train: int
+    n_test: int
+    curve: tuple[float, ...] = ()  # held-out accuracy after each epoch
+
+
+@dataclass(frozen=True)
+class StrategySummary:
+    strategy: str
+    mean: float
+    std: float
+    f1_mean: float
+    seconds: float  # mean training time per fold
+    n: int
+    diff_vs_best: float  # mean paired difference (this - best), 0 for the best
+    ci_low: float
+    ci_high: float
+
+
+@dataclass
+class CompareResult:
+    out_dir: Path
+    scores: list[FoldScore]
+    summary: list[StrategySummary]
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def best(self) -> str:
+        return self.summary[0].strategy
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "best": self.best,
+            "summary": [asdict(s) for s in self.summary],
+            "scores": [asdict(s) for s in self.scores],
+            "timings": self.timings,
+        }
+
+
+def _strategies(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ConfigError("--strategies is empty; e.g. --strategies linear,full,scratch")
+    for name in names:
+        parse_strategy(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies names a strategy twice: {text}")
+    return names
+
+
+def _t_quantile(df: int) -> float:
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, df))
+
+
+def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
+    """Mean +- std per strategy, best first, with paired differences against the best."""
+    by: dict[str, list[FoldScore]] = {}
+    for s in scores:
+        by.setdefault(s.strategy, []).append(s)
+    for rows in by.values():
+        rows.sort(key=lambda r: (r.repeat, r.fold))
+    means = {k: float(np.mean([r.accuracy for r in v])) for k, v in by.items()}
+    order = sorted(by, key=lambda k: -means[k])
+    best = np.array([r.accuracy for r in by[order[0]]])
+    out = []
+    for name in order:
+        rows = by[name]
+        acc = np.array([r.accuracy for r in rows])
+        diff = acc - best
+        n = len(diff)
+        mean_diff = float(diff.mean())
+        if name == order[0] or n < 2:
+            low = high = mean_diff
+        else:
+            ratio = float(np.mean([r.n_test / r.n_train for r in rows]))
+            var = float(diff.var(ddof=1)) * (1.0 / n + ratio)
+            half = _t_quantile(n - 1) * math.sqrt(var)
+            low, high = mean_diff - half, mean_diff + half
+        out.append(
+            StrategySummary(
+                strategy=name,
+                mean=float(acc.mean()),
+                std=float(acc.std(ddof=1)) if n > 1 else 0.0,
+                f1_mean=float(np.mean([r.macro_f1 for r in rows])),
+                seconds=float(np.mean([r.seconds for r in rows])),
+                n=n,
+                diff_vs_best=mean_diff,
+                ci_low=low,
+                ci_high=high,
+            )
+        )
+    return out
+
+
+def compare(options: CompareOptions) -> CompareResult:
+    """Cross-validate ``options.strategies`` on the same folds; write the comparison."""
+    from sklearn.model_selection import StratifiedKFold
+
+    t0 = time.perf_counter()
+    strategies = _strategies(options.strategies)
+    if options.folds < 2:
+        raise ConfigError(f"--folds must be at least 2 (got {options.folds})")
+    if options.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {options.seeds})")
+    options.train_config()
+    out = prepare_out(
+        options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
+        overwrite=options.overwrite,
+    )
+    check_options(replace(options, strategy=strategies[0]))
+    data = load_training_data(options)
+    smallest = int(np.bincount(data.targets).min())
+    if smallest < options.folds:
+        worst = data.classes[int(np.bincount(data.targets).argmin())]
+        raise DataError(
+            f"{options.data}: class {worst!r} has {smallest} examples, fewer than "
+            f"--folds {options.folds}; use fewer folds or add data"
+        )
+    scores: list[FoldScore] = []
+    total = options.seeds * options.folds * len(strategies)
+    done = 0
+    for repeat in range(options.seeds):
+        seed = options.seed + repeat
+        splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
+        for fold, (train_idx, test_idx) in enumerate(splitter.split(data.targets, data.targets)):
+            train_data = data.subset(train_idx, note=f"fold {fold + 1} train (repeat {repeat})")
+            test_data = data.subset(test_idx, note=f"fold {fold + 1} held out (repeat {repeat})")
+            for strategy in strategies:
+                fold_options = replace(
+                    options, strategy=strategy, seed=seed, select="last", patience=None
+                )
+                trained = train_on(fold_options, train_data, test_data)
+                done += 1
+                m = trained.metrics
+                scores.append(
+                    FoldScore(
+                        strategy=strategy,
+                        repeat=repeat,
+                        fold=fold,
+                        accuracy=float(m["val_acc"]),
+                        macro_f1=float(m["val_f1"]),
+                        seconds=trained.timings["train_s"],
+                        n_train=len(train_data),
+                        n_test=len(test_data),
+                        curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
+                    )
+                )
+                log.info(
+                    "[%d/%d] repeat %d fold %d %-10s accuracy %.3f (%.1fs)",
+                    done,
+                    total,
+                    repeat,
+                    fold + 1,
+                    strategy,
+                    m["val_acc"],
+                    trained.timings["train_s"],
+                )
+    result = CompareResult(out_dir=out, scores=scores, summary=summarise(scores))
+    result.timings["total_s"] = time.perf_counter() - t0
+    write_comparison(result, options)
+    return result
+
+
+def format_table(summary: list[StrategySummary]) -> str:
+    best = summary[0].strategy
+    lines = [
+        f"{'strategy':<12} {'accuracy':>17} {'macro-F1':>9} {'vs ' + best:>26} {'s/fold':>7}",
+    ]
+    for s in summary:
+        vs = (
+            "best"
+            if s.strategy == best
+            else (f"{s.diff_vs_best:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
+        )
+        lines.append(
+            f"{s.strategy:<12} {s.mean:>8.3f} +- {s.std:.3f} {s.f1_mean:>9.3f} {vs:>26} "
+            f"{s.seconds:>7.1f}"
+        )
+    return "\n".join(lines)
+
+
+def _markdown(result: CompareResult, options: CompareOptions) -> str:
+    best = result.best
+    lines = [
+        f"# headstart compare: {options.source} on {options.data}",
+        "",
+        f"{options.folds}-fold stratified cross-validation x {options.seeds} repeat(s), the "
+        f"same folds for every strategy, {options.epochs} epochs each, scored on the held-out "
+        "fold after the last epoch. Differences are paired (fold by fold) against the best, "
+        "with a 95% interval from the corrected resampled t-test (Nadeau & Bengio, 2003).",
+        "",
+        f"| strategy | accuracy (mean +- std) | macro-F1 | difference vs {best} [95% CI] "
+        "| seconds per fold |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for s in result.summary:
+        vs = (
+            "best"
+            if s.strategy == best
+            else (f"{s.diff_vs_best:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
+        )
+        lines.append(
+            f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
+            f"{s.seconds:.1f} |"
+        )
+    lines += [
+        "",
+        _verdict(result),
+        "",
+        "![accuracy per fold](compare.png)",
+        "",
+        "![held-out accuracy per epoch](curves.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _verdict(result: CompareResult) -> str:
+    best = result.summary[0]
+    tied = [s.strategy for s in result.summary[1:] if s.ci_high >= 0]
+    text = f"**{best.strategy}** has the highest mean accuracy ({best.mean:.3f})."
+    if tied:
+        text += (
+            f" It is not clearly better than {', '.join(tied)}: their intervals include 0, "
+            "so more folds, seeds or data would be needed to separate them."
+        )
+    scratch = next((s for s in result.summary if s.strategy == "scratch"), None)
+    if scratch is not None and best.strategy == "scratch":
+        text += (
+            " Training from scratch beat every use of the pretrained source: this source "
+            "does not transfer to this data (negative transfer)."
+        )
+    return text
+
+
+def _plots(result: CompareResult, folder: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [s.strategy for s in result.summary]
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
+    for i, name in enumerate(names):
+        accs = [r.accuracy for r in result.scores if r.strategy == name]
+        jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else [0.0]
+        ax.scatter(i + np.asarray(jitter), accs, alpha=0.6, zorder=2)
+        s = result.summary[i]
+        ax.errorbar(i, s.mean, yerr=s.std, fmt="o", color="black", capsize=6, zorder=3)
+    ax.set_xticks(range(len(names)), labels=names)
+    ax.set(ylabel="held-out accuracy", title="accuracy per fold (mean +- std)")
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    with atomic_path(folder / "compare.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        curves = [r.curve for r in result.scores if r.strategy == name and r.curve]
+        if not curves:
+            continue
+        length = min(len(c) for c in curves)
+        arr = np.array([c[:length] for c in curves])
+        epochs = np.arange(1, length + 1)
+        mean, std = arr.mean(axis=0), arr.std(axis=0)
+        ax.plot(epochs, mean, marker="o", label=name)
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
+    ax.set(
+        xlabel="epoch",
+        ylabel="held-out accuracy",
+        ylim=(0, 1.02),
+        title="held-out accuracy per epoch (mean over folds)",
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(folder / "curves.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _html(markdown_text: str, result: CompareResult, folder: Path, title: str) -> str:
+    """A standalone page: the table as HTML and the plots embedded as data URIs."""
+    rows = "".join(
+        "<tr>"
+        + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
+        + "</tr>"
+        for line in markdown_text.splitlines()
+        if line.startswith("| ") and not line.startswith("| ---")
+    )
+    images = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,'
+        f'{base64.b64encode((folder / name).read_bytes()).decode()}"></figure>'
+        for name in ("compare.png", "curves.png")
+    )
+    intro = markdown_text.split("\n\n")[1]
+    verdict = _verdict(result).replace("**", "")
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:.3em .6em}"
+        "tr:first-child td{font-weight:bold;background:#f3f3f3}img{max-width:100%}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
+        f"<table>{rows}</table><p>{html.escape(verdict)}</p>{images}</body></html>\n"
+    )
+
+
+def write_comparison(result: CompareResult, options: CompareOptions) -> None:
+    folder = result.out_dir
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(
+        ["strategy", "repeat", "fold", "accuracy", "macro_f1", "seconds", "n_train", "n_test"]
+    )
+    for s in result.scores:
+        writer.writerow(
+            [
+                s.strategy,
+                s.repeat,
+                s.fold + 1,
+                f"{s.accuracy:.6f}",
+                f"{s.macro_f1:.6f}",
+                f"{s.seconds:.3f}",
+                s.n_train,
+                s.n_test,
+            ]
+        )
+    atomic_write_text(folder / "compare.csv", buf.getvalue())
+    _plots(result, folder)
+    markdown_text = _markdown(result, options)
+    atomic_write_text(folder / "compare.md", markdown_text)
+    title = f"headstart compare: {options.source} on {options.data}"
+    atomic_write_text(folder / "compare.html", _html(markdown_text, result, folder, title))
+    config = {k: v for k, v in asdict(options).items() if k != "progress"}
+    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": config})
+    log.info("comparison written to %s", folder)

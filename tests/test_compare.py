@@ -1,0 +1,92 @@
+"""`compare`: the same folds for every strategy, honest paired intervals, every output."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+from scipy.stats import t as student_t
+
+from headstart.compare import FoldScore, compare, format_table, summarise
+from headstart.errors import ConfigError, DataError
+from headstart.options import CompareOptions
+
+
+def _score(strategy: str, fold: int, acc: float) -> FoldScore:
+    return FoldScore(strategy, 0, fold, acc, acc, 1.0, n_train=80, n_test=20)
+
+
+def test_summary_orders_and_pairs_against_the_best() -> None:
+    a = [0.90, 0.80, 0.85, 0.95]
+    b = [0.80, 0.78, 0.70, 0.90]
+    scores = [_score("a", i, x) for i, x in enumerate(a)] + [
+        _score("b", i, x) for i, x in enumerate(b)
+    ]
+    best, other = summarise(scores)
+    assert best.strategy == "a" and best.diff_vs_best == 0.0
+    diffs = [y - x for x, y in zip(a, b, strict=True)]
+    mean = sum(diffs) / 4
+    var = sum((d - mean) ** 2 for d in diffs) / 3
+    half = student_t.ppf(0.975, 3) * math.sqrt(var * (1 / 4 + 20 / 80))  # Nadeau-Bengio
+    assert other.diff_vs_best == pytest.approx(mean)
+    assert other.ci_low == pytest.approx(mean - half)
+    assert other.ci_high == pytest.approx(mean + half)
+    assert other.std == pytest.approx(math.sqrt(sum((x - sum(b) / 4) ** 2 for x in b) / 3))
+    table = format_table([best, other])
+    assert "best" in table and f"{mean:+.3f}" in table
+
+
+def test_compare_writes_everything_on_the_same_folds(tmp_path: Path) -> None:
+    options = CompareOptions(
+        data="builtin:digits?classes=0-2&per_class=12",
+        source="builtin:digits-cnn",
+        weights="none",
+        strategies="linear,scratch",
+        folds=3,
+        epochs=2,
+        batch_size=16,
+        out=str(tmp_path / "cmp"),
+        progress=False,
+    )
+    result = compare(options)
+    out = tmp_path / "cmp"
+    for name in (
+        "compare.csv",
+        "compare.md",
+        "compare.html",
+        "compare.json",
+        "compare.png",
+        "curves.png",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    assert len(rows) == 3 * 2
+    for fold in ("1", "2", "3"):
+        sizes = {(r["n_train"], r["n_test"]) for r in rows if r["fold"] == fold}
+        assert len(sizes) == 1  # every strategy saw the same fold
+    assert sum(int(r["n_test"]) for r in rows if r["strategy"] == "linear") == 36
+    assert {s.strategy for s in result.summary} == {"linear", "scratch"}
+    page = (out / "compare.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page
+    stored = json.loads((out / "compare.json").read_text())
+    assert stored["best"] == result.best and len(stored["scores"]) == 6
+    assert all(len(s.curve) == 2 for s in result.scores)
+
+
+def test_compare_refuses_bad_requests(tmp_path: Path) -> None:
+    base = dict(
+        data="builtin:digits?classes=0-2&per_class=2",
+        source="builtin:digits-cnn",
+        weights="none",
+        out=str(tmp_path / "c"),
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="unknown strategy 'fine'"):
+        compare(CompareOptions(strategies="linear,fine", **base))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="twice"):
+        compare(CompareOptions(strategies="linear,linear", **base))  # type: ignore[arg-type]
+    with pytest.raises(DataError, match="fewer than --folds 3"):
+        compare(CompareOptions(strategies="linear", folds=3, **base))  # type: ignore[arg-type]
