@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
 from tests.conftest import CliResult, headstart, run_cli
 
 RUN_FILES = ("model.safetensors", "headstart.json", "metrics.csv", "curves.png", "report.md")

@@ -116,6 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_flags(p, CompareOptions, skip=set())
     p.set_defaults(handler=_cmd_compare)
 
+    p = sub.add_parser(
+        "report",
+        parents=[common],
+        help="transfer vs scratch: start, slope, asymptote",
+        description="Put the validation curves of several runs on one plot and measure "
+        "the three benefits of transfer (start, slope, asymptote) against the scratch run.",
+    )
+    p.add_argument("runs", metavar="RUN", nargs="+", help="run dirs written by fit")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="folder for report.md, report.html, curves.png (default runs/report-TIMESTAMP)",
+    )
+    p.set_defaults(handler=_cmd_report)
+
     p = sub.add_parser("evaluate", parents=[common], help="score a run on labelled data")
     p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
     p.add_argument("data", metavar="DATA", help="labelled data (folder, CSV or builtin:...)")
@@ -188,6 +203,22 @@ def _cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         ],
     )
     return result.to_dict()
+
+
+def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    import time
+
+    from headstart.report import report_runs
+
+    out = args.out or f"runs/report-{time.strftime('%Y%m%d-%H%M%S')}"
+    result = report_runs(args.runs, out)
+    lines = [
+        f"{r['label']:<24} start {r['start']:.3f}  epochs to 90% {r['epochs_to_90'] or '-'}  "
+        f"early {r['early_auc']:.3f}  best {r['asymptote']:.3f}"
+        for r in result["runs"]
+    ]
+    _human(args, [*lines, f"report: {result['out_dir']}/report.html"])
+    return result
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,9 +11,7 @@ variance is too small; theirs is inflated by ``n_test / n_train``.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import logging
 import math
@@ -29,6 +27,7 @@ from headstart.api import check_options, load_training_data, train_on
 from headstart.errors import ConfigError, DataError
 from headstart.options import CompareOptions
 from headstart.plan import parse_strategy
+from headstart.report import benefits, benefits_table, html_page, plot_lines
 from headstart.run import prepare_out
 
 __all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
@@ -47,6 +46,8 @@ class FoldScore:
     n_train: int
     n_test: int
     curve: tuple[float, ...] = ()  # held-out accuracy after each epoch
+    fraction: float = 1.0  # share of the fold's training labels used
+    labels_per_class: float = 0.0  # mean training labels per class
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,33 @@ def _strategies(text: str) -> list[str]:
     return names
 
 
+def _fractions(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(
+            f"--label-fractions {text!r}: give numbers, e.g. 0.1,0.25,0.5,1"
+        ) from None
+    if not values or values[0] <= 0 or values[-1] > 1:
+        raise ConfigError(f"--label-fractions {text!r}: each must be in (0, 1]")
+    if values[-1] != 1.0:
+        values.append(1.0)  # the full folds are what the main table compares
+    return values
+
+
+def _subsample(targets: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified share of ``idx``: ``fraction`` of each class, at least one example."""
+    if fraction == 1.0:
+        return idx
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in np.unique(targets[idx]):
+        members = idx[targets[idx] == label]
+        n = max(1, round(fraction * len(members)))
+        keep.extend(rng.choice(members, size=n, replace=False).tolist())
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
 def _t_quantile(df: int) -> float:
     from scipy.stats import t
 
@@ -104,7 +132,8 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
     """Mean +- std per strategy, best first, with paired differences against the best."""
     by: dict[str, list[FoldScore]] = {}
     for s in scores:
-        by.setdefault(s.strategy, []).append(s)
+        if s.fraction == 1.0:
+            by.setdefault(s.strategy, []).append(s)
     for rows in by.values():
         rows.sort(key=lambda r: (r.repeat, r.fold))
     means = {k: float(np.mean([r.accuracy for r in v])) for k, v in by.items()}
@@ -164,45 +193,54 @@ def compare(options: CompareOptions) -> CompareResult:
             f"{options.data}: class {worst!r} has {smallest} examples, fewer than "
             f"--folds {options.folds}; use fewer folds or add data"
         )
+    fractions = _fractions(options.label_fractions)
     scores: list[FoldScore] = []
-    total = options.seeds * options.folds * len(strategies)
+    total = options.seeds * options.folds * len(strategies) * len(fractions)
     done = 0
     for repeat in range(options.seeds):
         seed = options.seed + repeat
         splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
         for fold, (train_idx, test_idx) in enumerate(splitter.split(data.targets, data.targets)):
-            train_data = data.subset(train_idx, note=f"fold {fold + 1} train (repeat {repeat})")
             test_data = data.subset(test_idx, note=f"fold {fold + 1} held out (repeat {repeat})")
-            for strategy in strategies:
-                fold_options = replace(
-                    options, strategy=strategy, seed=seed, select="last", patience=None
+            for fraction in fractions:
+                idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
+                train_data = data.subset(
+                    idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
                 )
-                trained = train_on(fold_options, train_data, test_data)
-                done += 1
-                m = trained.metrics
-                scores.append(
-                    FoldScore(
-                        strategy=strategy,
-                        repeat=repeat,
-                        fold=fold,
-                        accuracy=float(m["val_acc"]),
-                        macro_f1=float(m["val_f1"]),
-                        seconds=trained.timings["train_s"],
-                        n_train=len(train_data),
-                        n_test=len(test_data),
-                        curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
+                per_class = len(idx) / len(data.classes)
+                for strategy in strategies:
+                    fold_options = replace(
+                        options, strategy=strategy, seed=seed, select="last", patience=None
                     )
-                )
-                log.info(
-                    "[%d/%d] repeat %d fold %d %-10s accuracy %.3f (%.1fs)",
-                    done,
-                    total,
-                    repeat,
-                    fold + 1,
-                    strategy,
-                    m["val_acc"],
-                    trained.timings["train_s"],
-                )
+                    trained = train_on(fold_options, train_data, test_data)
+                    done += 1
+                    m = trained.metrics
+                    scores.append(
+                        FoldScore(
+                            strategy=strategy,
+                            repeat=repeat,
+                            fold=fold,
+                            accuracy=float(m["val_acc"]),
+                            macro_f1=float(m["val_f1"]),
+                            seconds=trained.timings["train_s"],
+                            n_train=len(train_data),
+                            n_test=len(test_data),
+                            curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
+                            fraction=fraction,
+                            labels_per_class=per_class,
+                        )
+                    )
+                    log.info(
+                        "[%d/%d] repeat %d fold %d labels %g %-10s accuracy %.3f (%.1fs)",
+                        done,
+                        total,
+                        repeat,
+                        fold + 1,
+                        fraction,
+                        strategy,
+                        m["val_acc"],
+                        trained.timings["train_s"],
+                    )
     result = CompareResult(out_dir=out, scores=scores, summary=summarise(scores))
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)
@@ -251,15 +289,48 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
             f"{s.seconds:.1f} |"
         )
+    lines += ["", _verdict(result), ""]
+    curves = mean_curves(result)
+    named = [(name, benefits(mean)) for name, (mean, _) in curves.items()]
+    baseline = "scratch" if "scratch" in curves else None
     lines += [
+        "## The three benefits of transfer",
         "",
-        _verdict(result),
+        "From the mean held-out accuracy per epoch: *start* is the accuracy after the first "
+        "epoch, *slope* the epochs needed to reach 90% of the best and the mean over the "
+        "first 3 epochs, *asymptote* the best accuracy"
+        + (" (in brackets: the gain over scratch)." if baseline else "."),
+        "",
+        *benefits_table(named, baseline=baseline),
         "",
         "![accuracy per fold](compare.png)",
         "",
         "![held-out accuracy per epoch](curves.png)",
         "",
     ]
+    if any(r.fraction < 1.0 for r in result.scores):
+        lines += [_labels_table(result), "", "![accuracy against labels](labels.png)", ""]
+    return "\n".join(lines)
+
+
+def _labels_table(result: CompareResult) -> str:
+    fractions = sorted({r.fraction for r in result.scores})
+    names = [s.strategy for s in result.summary]
+    per_class = [
+        np.mean([r.labels_per_class for r in result.scores if r.fraction == f]) for f in fractions
+    ]
+    lines = [
+        "## Accuracy against labels per class",
+        "",
+        "| strategy | " + " | ".join(f"{p:.1f} labels/class" for p in per_class) + " |",
+        "| --- |" + " ---: |" * len(fractions),
+    ]
+    for name in names:
+        cells = [
+            np.mean([r.accuracy for r in result.scores if r.strategy == name and r.fraction == f])
+            for f in fractions
+        ]
+        lines.append(f"| `{name}` | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
 
 
@@ -272,12 +343,17 @@ def _verdict(result: CompareResult) -> str:
             f" It is not clearly better than {', '.join(tied)}: their intervals include 0, "
             "so more folds, seeds or data would be needed to separate them."
         )
-    scratch = next((s for s in result.summary if s.strategy == "scratch"), None)
-    if scratch is not None and best.strategy == "scratch":
-        text += (
-            " Training from scratch beat every use of the pretrained source: this source "
-            "does not transfer to this data (negative transfer)."
-        )
+    if best.strategy == "scratch" and len(result.summary) > 1:
+        if not tied:
+            text += (
+                " Every use of the pretrained source is clearly worse than training from "
+                "scratch: this source does not transfer to this data (negative transfer)."
+            )
+        else:
+            text += (
+                " The pretrained source gives no measurable head start over training from "
+                "scratch with this much data."
+            )
     return text
 
 
@@ -303,56 +379,59 @@ def _plots(result: CompareResult, folder: Path) -> None:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
-        curves = [r.curve for r in result.scores if r.strategy == name and r.curve]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        arr = np.array([c[:length] for c in curves])
-        epochs = np.arange(1, length + 1)
-        mean, std = arr.mean(axis=0), arr.std(axis=0)
-        ax.plot(epochs, mean, marker="o", label=name)
-        ax.fill_between(epochs, mean - std, mean + std, alpha=0.15)
-    ax.set(
+    curves = mean_curves(result)
+    plot_lines(
+        [(name, mean, std) for name, (mean, std) in curves.items()],
+        folder / "curves.png",
+        title="held-out accuracy per epoch (mean +- std over folds)",
         xlabel="epoch",
         ylabel="held-out accuracy",
-        ylim=(0, 1.02),
-        title="held-out accuracy per epoch (mean over folds)",
     )
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(folder / "curves.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
+    fractions = sorted({r.fraction for r in result.scores})
+    if len(fractions) > 1:
+        series = []
+        xs = [
+            float(np.mean([r.labels_per_class for r in result.scores if r.fraction == f]))
+            for f in fractions
+        ]
+        for name in names:
+            accs = [
+                float(
+                    np.mean(
+                        [
+                            r.accuracy
+                            for r in result.scores
+                            if r.strategy == name and r.fraction == f
+                        ]
+                    )
+                )
+                for f in fractions
+            ]
+            series.append((name, accs, None))
+        plot_lines(
+            series,
+            folder / "labels.png",
+            xs=xs,
+            xlabel="labels per class",
+            ylabel="held-out accuracy",
+            title="accuracy against labels per class",
+        )
 
 
-def _html(markdown_text: str, result: CompareResult, folder: Path, title: str) -> str:
-    """A standalone page: the table as HTML and the plots embedded as data URIs."""
-    rows = "".join(
-        "<tr>"
-        + "".join(f"<td>{html.escape(c.strip())}</td>" for c in line.strip("|").split("|"))
-        + "</tr>"
-        for line in markdown_text.splitlines()
-        if line.startswith("| ") and not line.startswith("| ---")
-    )
-    images = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,'
-        f'{base64.b64encode((folder / name).read_bytes()).decode()}"></figure>'
-        for name in ("compare.png", "curves.png")
-    )
-    intro = markdown_text.split("\n\n")[1]
-    verdict = _verdict(result).replace("**", "")
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-        "table{border-collapse:collapse}td{border:1px solid #ccc;padding:.3em .6em}"
-        "tr:first-child td{font-weight:bold;background:#f3f3f3}img{max-width:100%}"
-        f"</style></head><body><h1>{html.escape(title)}</h1><p>{html.escape(intro)}</p>"
-        f"<table>{rows}</table><p>{html.escape(verdict)}</p>{images}</body></html>\n"
-    )
+def mean_curves(result: CompareResult) -> dict[str, tuple[list[float], list[float]]]:
+    """Per strategy: the held-out accuracy per epoch, mean and std over folds (all labels)."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for s in result.summary:
+        curves = [
+            r.curve
+            for r in result.scores
+            if r.strategy == s.strategy and r.fraction == 1.0 and r.curve
+        ]
+        if curves:
+            length = min(len(c) for c in curves)
+            arr = np.array([c[:length] for c in curves])
+            out[s.strategy] = (arr.mean(axis=0).tolist(), arr.std(axis=0).tolist())
+    return out
 
 
 def write_comparison(result: CompareResult, options: CompareOptions) -> None:
@@ -381,7 +460,9 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     markdown_text = _markdown(result, options)
     atomic_write_text(folder / "compare.md", markdown_text)
     title = f"headstart compare: {options.source} on {options.data}"
-    atomic_write_text(folder / "compare.html", _html(markdown_text, result, folder, title))
+    images = [folder / n for n in ("compare.png", "curves.png", "labels.png")]
+    page = html_page(title, markdown_text, [p for p in images if p.is_file()])
+    atomic_write_text(folder / "compare.html", page)
     config = {k: v for k, v in asdict(options).items() if k != "progress"}
     atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": config})
     log.info("comparison written to %s", folder)

@@ -122,3 +122,8 @@ class CompareOptions(FitOptions):
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)
     patience: int | None = _opt("", default=None, cli=False)
+    label_fractions: str = _opt(
+        "also train on these shares of each training fold's labels, for a plot of accuracy "
+        "against labels per class, e.g. 0.1,0.25,0.5,1",
+        default="1",
+    )
