@@ -242,13 +242,19 @@ def test_file_for_another_architecture_is_refused(tmp_path: Path) -> None:
         )
 
 
-def test_strict_refuses_missing_keys(tmp_path: Path) -> None:
+def test_missing_keys_are_an_error_and_strict_refuses_unexpected_ones(tmp_path: Path) -> None:
     saved = full_model("torchvision", "shufflenet_v2_x0_5").state_dict()
     partial = {k: v for k, v in saved.items() if not k.startswith("conv5.")}
     torch.save(partial, tmp_path / "partial.pth")
-    path = str(tmp_path / "partial.pth")
+    # a layer left random in a model called pretrained: an error that names it
+    with pytest.raises(WeightsError, match=r"missing from the file: conv5\.0\.weight"):
+        ADAPTERS["torchvision"].build(
+            "shufflenet_v2_x0_5", weights=str(tmp_path / "partial.pth"), options=options()
+        )
+    torch.save({**saved, "extra.weight": torch.zeros(1)}, tmp_path / "extra.pth")
+    path = str(tmp_path / "extra.pth")
     source = ADAPTERS["torchvision"].build("shufflenet_v2_x0_5", weights=path, options=options())
-    assert "conv5.0.weight" in source.weights.missing_keys
+    assert source.weights.unexpected_keys == ("extra.weight",)  # only a warning
     with pytest.raises(WeightsError, match="strict"):
         ADAPTERS["torchvision"].build(
             "shufflenet_v2_x0_5", weights=path, options=BuildOptions(image_size=32, strict=True)
@@ -399,6 +405,8 @@ def test_torchvision_default_weights_from_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    # A stand-in with random weights cannot match the hash in torchvision's file name.
+    monkeypatch.setattr("headstart.sources.torchvision_.hash_prefix_in_name", lambda url: None)
     name = "shufflenet_v2_x0_5"
     zoo = torchvision.models.get_model_weights(name).DEFAULT
     saved = full_model("torchvision", name).state_dict()

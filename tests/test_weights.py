@@ -1,7 +1,12 @@
-"""Weights files: safe loading, unwrapping, key reports, the cache folder."""
+"""Weights files: parsing --weights, safe loading, unwrapping, key reports, cache checks.
+
+Downloads are tested against a real server in ``test_weights_download.py``.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -11,7 +16,16 @@ from safetensors.torch import save_file
 from torch import nn
 
 from headstart.errors import WeightsError
-from headstart.weights import cache_dir, load_into, load_state_dict, parse_weights
+from headstart.weights import (
+    cache_dir,
+    check_file,
+    hash_prefix_in_name,
+    incomplete_reason,
+    load_into,
+    load_state_dict,
+    parse_weights,
+    sidecar_path,
+)
 
 
 class _Net(nn.Module):
@@ -43,6 +57,57 @@ def test_parse_weights_forms(tmp_path: Path) -> None:
         parse_weights(str(tmp_path / "missing.pth"))
     with pytest.raises(WeightsError, match="is a folder"):
         parse_weights(str(tmp_path))
+
+
+def test_parse_weights_urls() -> None:
+    plain = parse_weights("https://127.0.0.1/models/w.safetensors")
+    assert (plain.kind, plain.url, plain.sha256) == (
+        "url",
+        "https://127.0.0.1/models/w.safetensors",
+        None,
+    )
+    digest = "AB" * 32
+    hashed = parse_weights(f"http://127.0.0.1:8000/w.pth#sha256={digest}")
+    assert hashed.url == "http://127.0.0.1:8000/w.pth"
+    assert hashed.sha256 == digest.lower()
+    assert hashed.spec == f"http://127.0.0.1:8000/w.pth#sha256={digest.lower()}"
+    with pytest.raises(WeightsError, match="sha256=HEX"):
+        parse_weights("http://127.0.0.1/w.pth#md5=abc")
+    with pytest.raises(WeightsError, match="sha256=HEX"):
+        parse_weights("http://127.0.0.1/w.pth#sha256=xyz")
+    with pytest.raises(WeightsError, match="does not end in a file name"):
+        parse_weights("http://127.0.0.1/models/")
+
+
+def test_hash_prefix_in_torch_hub_names() -> None:
+    assert hash_prefix_in_name("resnet18-f37072fd.pth") == "f37072fd"
+    assert hash_prefix_in_name("shufflenetv2_x0.5-f707e7126e.pth") == "f707e7126e"
+    assert hash_prefix_in_name("vit-base-patch16.pth") is None
+    assert hash_prefix_in_name("model.safetensors") is None
+
+
+def test_incomplete_files_are_seen_from_their_structure(tmp_path: Path) -> None:
+    sd = {k: v.contiguous() for k, v in _Net().state_dict().items()}
+    st = tmp_path / "w.safetensors"
+    save_file(sd, str(st))
+    pth = tmp_path / "w.pth"
+    torch.save(sd, pth)
+    assert incomplete_reason(st) is None and incomplete_reason(pth) is None
+    for path in (st, pth):
+        path.write_bytes(path.read_bytes()[:-10])
+        assert "truncated" in str(incomplete_reason(path))
+
+
+def test_check_file_records_and_compares_hashes(tmp_path: Path) -> None:
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"weights")
+    first = check_file(path)  # put there by hand: nothing to compare with, recorded
+    assert first.ok and first.basis == "" and first.sha256 == hashlib.sha256(b"weights").hexdigest()
+    assert sidecar_path(path).is_file()
+    assert check_file(path).basis == "its recorded sha256"
+    path.write_bytes(b"weight")
+    assert "was 7 when stored" in str(check_file(path).problem)
+    assert "not the expected" in str(check_file(path, expected="00000000").problem)
 
 
 def test_cache_dir_precedence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -96,15 +161,33 @@ def test_truncated_files_are_reported(tmp_path: Path) -> None:
         load_state_dict(empty)
 
 
-def test_key_report_names_keys(tmp_path: Path) -> None:
+def test_key_report_names_keys(caplog: pytest.LogCaptureFixture) -> None:
     sd = _Net().state_dict()
     sd["extra.weight"] = torch.zeros(3)
+    with caplog.at_level(logging.WARNING, logger="headstart"):
+        report = load_into(_body(), sd, head_prefixes=["fc"])
+    assert report.unexpected == ["extra.weight"]  # a warning, by name
+    assert "unexpected: extra.weight" in caplog.text
     del sd["bn.bias"]
-    report = load_into(_body(), sd, head_prefixes=["fc"])
-    assert report.unexpected == ["extra.weight"]
-    assert report.missing == ["bn.bias"]
     with pytest.raises(WeightsError, match=r"missing: bn\.bias; unexpected: extra\.weight"):
         load_into(_body(), sd, head_prefixes=["fc"], strict=True)
+
+
+def test_a_learned_tensor_missing_from_the_file_is_an_error() -> None:
+    # A layer left random in a model called pretrained is the worst outcome: refuse it.
+    sd = _Net().state_dict()
+    del sd["bn.bias"], sd["bn.running_var"]
+    with pytest.raises(WeightsError, match=r"missing from the file: bn\.bias, bn\.running_var"):
+        load_into(_body(), sd, head_prefixes=["fc"])
+
+
+def test_a_missing_computed_buffer_is_only_reported() -> None:
+    body = _body()
+    body.register_buffer("index", torch.arange(3))  # computed by the model, not learned
+    report = load_into(body, _Net().state_dict(), head_prefixes=["fc"])
+    assert report.missing == ["index"]
+    with pytest.raises(WeightsError, match="strict"):
+        load_into(body, _Net().state_dict(), head_prefixes=["fc"], strict=True)
 
 
 def test_shape_mismatch_and_foreign_files_are_errors() -> None:

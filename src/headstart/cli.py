@@ -74,7 +74,7 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.options import CompareOptions, FitOptions, PretrainOptions
+    from headstart.options import CompareOptions, FitOptions, PretrainOptions, RecommendOptions
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -117,6 +117,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_compare)
 
     p = sub.add_parser(
+        "recommend",
+        parents=[common],
+        help="measure size and similarity, name the case, propose a plan",
+        description="Measure the target data against the source (size; probe accuracy "
+        "against random features, LEEP, BatchNorm statistics shift), name which of the four "
+        "cases (small/large x similar/dissimilar) it is, and propose the plan; "
+        "'fit --strategy auto' does the same, then trains.",
+    )
+    _add_dataclass_flags(p, RecommendOptions, skip=set())
+    p.set_defaults(handler=_cmd_recommend)
+
+    p = sub.add_parser(
         "report",
         parents=[common],
         help="transfer vs scratch: start, slope, asymptote",
@@ -150,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=_cmd_predict)
+
+    _add_cache_parser(sub, common)
     return parser
 
 
@@ -203,6 +217,15 @@ def _cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
         ],
     )
     return result.to_dict()
+
+
+def _cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.options import RecommendOptions
+    from headstart.recommend import recommend
+
+    rec = recommend(_options(RecommendOptions, args))
+    _human(args, [rec.describe()])
+    return rec.to_dict()
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
@@ -260,6 +283,174 @@ def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         lines.append(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}{extra}")
     _human(args, lines, stream=sys.stderr if args.json else sys.stdout)
     return {"run_dir": args.run, "predictions": rows}
+
+
+def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """``headstart cache list|verify|path|add|convert|clear``: the weights cache."""
+    folder = argparse.ArgumentParser(add_help=False)
+    folder.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="the cache folder (default $HEADSTART_CACHE, else $TORCH_HOME/hub/checkpoints)",
+    )
+    p = sub.add_parser(
+        "cache",
+        help="the weights cache: list, verify, path, add, convert, clear",
+        description="The one folder where default weights and URLs are downloaded, "
+        "checked (size and sha256, recorded in NAME.sha256.json) and reused.",
+    )
+    actions = p.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
+
+    q = actions.add_parser(
+        "list", parents=[common, folder], help="the files in the cache (nothing is hashed)"
+    )
+    q.set_defaults(handler=_cmd_cache_list)
+
+    q = actions.add_parser(
+        "verify",
+        parents=[common, folder],
+        help="hash every file again; damaged ones are an error",
+        description="Hash the cached files again and check each against the hash recorded "
+        "when it was stored, or the hash in its name (NAME-HASH.pth). A damaged file is "
+        "fetched again the next time it is needed.",
+    )
+    q.add_argument("names", metavar="NAME", nargs="*", help="only these (as list names them)")
+    q.set_defaults(handler=_cmd_cache_verify)
+
+    q = actions.add_parser("path", parents=[common, folder], help="print the cache folder")
+    q.add_argument(
+        "--for",
+        dest="spec",
+        metavar="SPEC",
+        help="print where SPEC's weights are kept instead (timm:NAME, torchvision:NAME, a URL)",
+    )
+    q.set_defaults(handler=_cmd_cache_path)
+
+    q = actions.add_parser(
+        "add",
+        parents=[common, folder],
+        help="put a file you downloaded where headstart looks for SPEC's weights",
+        description="Check FILE (published hash, completeness, safe to load) and copy it to "
+        "where the resolver looks for SPEC's weights: for a machine without network.",
+    )
+    q.add_argument("file", metavar="FILE", help="the weights file you downloaded")
+    q.add_argument(
+        "--for",
+        dest="spec",
+        metavar="SPEC",
+        required=True,
+        help="whose weights: timm:NAME, torchvision:NAME, or the URL given to --weights",
+    )
+    q.set_defaults(handler=_cmd_cache_add)
+
+    q = actions.add_parser(
+        "convert",
+        parents=[common],
+        help="rewrite a TRUSTED .pth as safetensors (may run its pickled code)",
+        description="Rewrite a checkpoint as safetensors, which loads without running any "
+        "code. A file headstart refuses (pickled objects) is read with "
+        "torch.load(weights_only=False), which RUNS the code inside it: convert only files "
+        "you trust.",
+    )
+    q.add_argument("file", metavar="FILE", help="a .pth / .pt / .bin checkpoint you trust")
+    q.add_argument("--out", default=None, help="where to write (default FILE.safetensors)")
+    q.set_defaults(handler=_cmd_cache_convert)
+
+    q = actions.add_parser(
+        "clear", parents=[common, folder], help="delete the cached weights (with --yes)"
+    )
+    q.add_argument("--yes", action="store_true", help="really delete")
+    q.set_defaults(handler=_cmd_cache_clear)
+
+
+def _entry_lines(entries: Sequence[Any]) -> list[str]:
+    if not entries:
+        return ["(the cache is empty)"]
+    width = max(len(e.name) for e in entries)
+    return [
+        f"{e.name:<{width}}  {e.size / 2**20:9.1f} MB  {(e.sha256 or '-')[:12]:<12}  "
+        f"{e.status}{f' ({e.detail})' if e.detail else ''}"
+        for e in entries
+    ]
+
+
+def _cmd_cache_list(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import list_cache
+    from headstart.weights import cache_dir
+
+    entries = list_cache(args.cache_dir)
+    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries)])
+    return {"cache_dir": str(cache_dir(args.cache_dir)), "entries": [e.to_dict() for e in entries]}
+
+
+def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import verify_cache
+    from headstart.errors import WeightsError
+    from headstart.weights import cache_dir
+
+    entries = verify_cache(args.cache_dir, args.names)
+    result = {
+        "cache_dir": str(cache_dir(args.cache_dir)),
+        "entries": [e.to_dict() for e in entries],
+    }
+    _human(args, _entry_lines(entries))
+    damaged = [e.name for e in entries if e.status == "damaged"]
+    if damaged:
+        if args.json:  # the report still goes to stdout; the exit code says it failed
+            sys.stdout.write(json.dumps(result) + "\n")
+        raise WeightsError(
+            f"damaged in {result['cache_dir']}: {', '.join(damaged)}; a download is fetched "
+            "again when next needed; for a file you put there, put a good copy (headstart "
+            "cache add FILE --for SPEC)"
+        )
+    return result
+
+
+def _cmd_cache_path(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import location_for
+    from headstart.weights import cache_dir
+
+    if args.spec:
+        remote = location_for(args.spec, args.cache_dir)
+        _human(args, [str(remote.dest)])
+        return {"spec": args.spec, "path": str(remote.dest), "url": remote.url}
+    _human(args, [str(cache_dir(args.cache_dir))])
+    return {"cache_dir": str(cache_dir(args.cache_dir))}
+
+
+def _cmd_cache_add(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import add_to_cache
+
+    dest = add_to_cache(args.file, spec=args.spec, cache=args.cache_dir)
+    _human(args, [f"{args.file} -> {dest}"])
+    return {"spec": args.spec, "path": str(dest)}
+
+
+def _cmd_cache_convert(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import convert_to_safetensors
+
+    dest = convert_to_safetensors(args.file, args.out)
+    _human(args, [f"written: {dest}"])
+    return {"path": str(dest)}
+
+
+def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.cache import clear_cache
+    from headstart.errors import ConfigError
+    from headstart.weights import cache_dir
+
+    removed = clear_cache(args.cache_dir, yes=args.yes)
+    files = f"{len(removed)} file{'' if len(removed) == 1 else 's'}"
+    if not args.yes and removed:
+        size = sum(p.stat().st_size for p in removed) / 2**20
+        _human(args, [str(p) for p in removed], stream=sys.stderr)
+        raise ConfigError(
+            f"nothing deleted: {files} ({size:.1f} MB) in {cache_dir(args.cache_dir)}; run "
+            "again with --yes to delete them"
+        )
+    _human(args, [f"deleted {files} from {cache_dir(args.cache_dir)}"])
+    return {"cache_dir": str(cache_dir(args.cache_dir)), "deleted": [str(p) for p in removed]}
 
 
 def _human(args: argparse.Namespace, lines: Sequence[str], stream: Any = None) -> None:

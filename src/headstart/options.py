@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["CompareOptions", "FitOptions", "PretrainOptions"]
+__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RecommendOptions"]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -34,9 +34,14 @@ class FitOptions:
         default="builtin:digits-cnn",
     )
     weights: str = _opt(
-        "default (the zoo's weights), none (random) or a weights file", default="default"
+        "default (the zoo's weights), none (random), a weights file, or a URL "
+        "(http(s)://...[#sha256=HEX]) fetched into the cache",
+        default="default",
     )
-    strategy: str = _opt("linear | partial:K | full | scratch", default="linear")
+    strategy: str = _opt(
+        "linear | partial:K | full | scratch | auto (measure the data, then choose)",
+        default="linear",
+    )
     epochs: int = _opt("training epochs", default=10)
     lr: float = _opt("base learning rate (the new head's)", default=1e-3)
     backbone_lr_mult: float = _opt(
@@ -127,3 +132,27 @@ class CompareOptions(FitOptions):
         "against labels per class, e.g. 0.1,0.25,0.5,1",
         default="1",
     )
+
+
+@dataclass
+class RecommendOptions(FitOptions):
+    """``headstart recommend``: the fit options that matter for measuring, no training."""
+
+    lr: float = _opt("base learning rate the proposed plan starts from", default=1e-3)
+    # Training-only options: not flags of recommend.
+    strategy: str = _opt("", default="auto", cli=False)
+    epochs: int = _opt("", default=10, cli=False)
+    backbone_lr_mult: float = _opt("", default=0.1, cli=False)
+    weight_decay: float = _opt("", default=0.01, cli=False)
+    batch_size: int = _opt("", default=32, cli=False)
+    val: str | None = _opt("", default=None, cli=False)
+    val_fraction: float = _opt("", default=0.2, cli=False)
+    patience: int | None = _opt("", default=None, cli=False)
+    select: str = _opt("", default="best", cli=False)
+    augment: str = _opt("", default="light", cli=False)
+    dropout: float = _opt("", default=0.0, cli=False)
+    label_smoothing: float = _opt("", default=0.0, cli=False)
+    warmup_epochs: float = _opt("", default=1.0, cli=False)
+    workers: int = _opt("", default=0, cli=False)
+    out: str | None = _opt("", default=None, cli=False)
+    overwrite: bool = _opt("", default=False, cli=False)

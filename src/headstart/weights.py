@@ -1,74 +1,131 @@
-"""Weights: the one place that resolves ``--weights``, finds the cache, and loads files.
+"""Weights: the one place that resolves ``--weights``, keeps the cache, and loads files.
 
 ``--weights`` is ``default`` (the zoo's weights for the source), ``none`` (random
-initialisation) or a local path.  Loading never executes pickled code: safetensors
-first, ``torch.load(weights_only=True)`` otherwise.  Loading reports missing, unexpected
-and shape-mismatched keys by name; only the old output layer is dropped silently.
+initialisation), a local path, or a URL (``http(s)://...``, optionally ending in
+``#sha256=HEX``).  Zoo defaults and URLs share one cache folder and one downloader:
+
+- a download is written to ``NAME.partial`` beside its final name, resumed with an HTTP
+  Range request after an interruption, retried with back-off, hash-checked, fsynced and
+  only then renamed to ``NAME``: nothing incomplete or unverified is ever under a final
+  name, whenever the process dies;
+- a cached file is checked before use (size and sha256, kept in ``NAME.sha256.json`` so
+  that the check is cheap next time); a damaged one is reported and fetched again, never
+  loaded; a file put there by hand with nothing to check it against is used as it is;
+- offline (no network, or ``HEADSTART_OFFLINE=1``) a missing file is an error that says
+  which URL to fetch and where to put it.
+
+Loading never executes pickled code: safetensors first, ``torch.load(weights_only=True)``
+otherwise.  Loading reports missing, unexpected and shape-mismatched keys by name; only
+the old output layer is dropped silently.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import http.client
+import json
 import logging
 import os
 import pickle
+import posixpath
+import re
+import socket
+import struct
+import sys
+import time
 import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
-from headstart._io import atomic_path
+from headstart._io import atomic_write_json, sha256_file
 from headstart.errors import WeightsError
 
 __all__ = [
+    "DOWNLOAD_ATTEMPTS",
+    "PARTIAL_SUFFIX",
+    "SIDECAR_SUFFIX",
+    "URL_SCHEMES",
+    "WEIGHT_SUFFIXES",
+    "FileCheck",
     "KeyReport",
+    "Remote",
+    "Stamp",
     "WeightsRequest",
     "cache_dir",
+    "check_file",
+    "discard",
     "download",
+    "file_sha256",
+    "hash_prefix_in_name",
+    "incomplete_reason",
     "load_into",
     "load_state_dict",
     "parse_weights",
+    "partial_path",
     "read_metadata",
+    "read_stamp",
+    "sidecar_path",
     "unwrap_state_dict",
+    "url_filename",
+    "weights_file",
+    "write_stamp",
 ]
 
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+URL_SCHEMES = ("http://", "https://")
+SIDECAR_SUFFIX = ".sha256.json"  # NAME.sha256.json: size, mtime and sha256 of NAME
+PARTIAL_SUFFIX = ".partial"  # NAME.partial: a download in progress or interrupted
+DOWNLOAD_ATTEMPTS = 4
+_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
+_TIMEOUT_S = 60.0  # per socket operation, not for the whole transfer
+_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
 class WeightsRequest:
     """A parsed ``--weights`` value."""
 
-    kind: Literal["default", "none", "path"]
+    kind: Literal["default", "none", "path", "url"]
     path: Path | None = None
+    url: str | None = None  # without its "#sha256=" part
+    sha256: str | None = None  # given after "#sha256=": the whole hash or a prefix
 
     @property
     def spec(self) -> str:
+        if self.url is not None:
+            return self.url + (f"#sha256={self.sha256}" if self.sha256 else "")
         return str(self.path) if self.path is not None else self.kind
 
 
 def parse_weights(spec: str | os.PathLike[str] | None) -> WeightsRequest:
-    """Parse ``--weights``: ``default``, ``none``, or the path of an existing file."""
+    """Parse ``--weights``: ``default``, ``none``, a URL, or the path of an existing file.
+
+    Nothing is fetched here; a URL is checked for form only.
+    """
     if spec is None or str(spec) == "default":
         return WeightsRequest("default")
     text = str(spec)
     if text in ("none", "random"):
         return WeightsRequest("none")
-    if text.startswith(("http://", "https://")):
-        raise WeightsError(
-            f"--weights {text}: URLs are not supported yet; download the file and pass its path"
-        )
+    if text.startswith(URL_SCHEMES):
+        return _parse_url(text)
     path = Path(text).expanduser()
     if not path.exists():
         raise WeightsError(
-            f"--weights {text}: no such file; give 'default', 'none' or the path of a weights "
-            f"file ({', '.join(WEIGHT_SUFFIXES)})"
+            f"--weights {text}: no such file; give 'default', 'none', a URL or the path of a "
+            f"weights file ({', '.join(WEIGHT_SUFFIXES)})"
         )
     if path.is_dir():
         raise WeightsError(
@@ -76,6 +133,34 @@ def parse_weights(spec: str | os.PathLike[str] | None) -> WeightsRequest:
             "for a headstart run dir"
         )
     return WeightsRequest("path", path)
+
+
+def _parse_url(text: str) -> WeightsRequest:
+    url, _, fragment = text.partition("#")
+    digest = None
+    if fragment:
+        key, _, value = fragment.partition("=")
+        digest = value.strip().lower()
+        if key != "sha256" or not re.fullmatch(r"[0-9a-f]{8,64}", digest):
+            raise WeightsError(
+                f"--weights {text}: after '#' give sha256=HEX (the file's sha256, or at least "
+                "its first 8 hex digits)"
+            )
+    if not url_filename(url):
+        raise WeightsError(f"--weights {text}: the URL does not end in a file name")
+    return WeightsRequest("url", url=url, sha256=digest)
+
+
+def url_filename(url: str) -> str:
+    """The file name a URL's path ends in (``""`` if it ends in ``/``)."""
+    return posixpath.basename(urllib.parse.urlparse(url).path)
+
+
+def hash_prefix_in_name(name: str) -> str | None:
+    """The sha256 prefix a torch hub file name carries: ``f37072fd`` in
+    ``resnet18-f37072fd.pth`` (torchvision names all its files this way)."""
+    match = re.search(r"-([0-9a-f]{8,64})\.[^.]+$", name)
+    return match.group(1) if match else None
 
 
 def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -90,6 +175,29 @@ def cache_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+@dataclass(frozen=True)
+class Remote:
+    """A file the cache keeps a copy of: where it comes from and where the copy lives."""
+
+    url: str
+    dest: Path
+    sha256: str | None = None  # the whole hash or a prefix; None when not published
+
+
+def weights_file(request: WeightsRequest, *, cache: str | os.PathLike[str] | None = None) -> Path:
+    """The local file behind a ``path`` or ``url`` request.
+
+    A URL is found in the cache folder under its file name (checked), or fetched there.
+    Raises :class:`WeightsError` when it can be neither.
+    """
+    if request.kind == "path" and request.path is not None:
+        return request.path
+    if request.kind == "url" and request.url is not None:
+        dest = cache_dir(cache) / url_filename(request.url)
+        return download(request.url, dest, sha256=request.sha256, for_spec=request.spec)
+    raise ValueError(f"weights {request.spec!r} name no file")
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
@@ -132,7 +240,8 @@ def load_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{path}: refused to load: the file holds pickled objects that could run code "
-            f"({str(exc).splitlines()[0][:200]}). If you trust it, convert it to safetensors"
+            f"({str(exc).splitlines()[0][:200]}); if you trust it, convert it: headstart "
+            f"cache convert {path}"
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise WeightsError(
@@ -201,9 +310,10 @@ def load_into(
     """Load ``state_dict`` into ``body`` (a model whose old output layer is gone).
 
     Keys under ``head_prefixes`` belong to the old output layer: they are dropped (kept in
-    ``head_state``).  Shape mismatches are always an error, and so is a file that matches
-    nothing; with ``strict`` any missing or unexpected key is an error too, otherwise they
-    are logged by name.
+    ``head_state``).  Errors, naming the keys: a file that matches nothing, a shape
+    mismatch, and a learned tensor of ``body`` the file lacks (it would stay random in a
+    model reported as pretrained).  Keys of the file that ``body`` lacks are logged as a
+    warning.  With ``strict`` any missing or unexpected key is an error.
     """
 
     def is_head(key: str) -> bool:
@@ -235,6 +345,21 @@ def load_into(
         raise WeightsError(f"{where}: does not fit this architecture: {report.summary()}")
     if strict and (report.missing or report.unexpected):
         raise WeightsError(f"{where}: keys do not match (strict): {report.summary()}")
+    # Parameters and BatchNorm statistics are learned; other buffers (position indices,
+    # masks) are computed by the model itself, so a file may leave them out.
+    params = {n for n, _ in body.named_parameters(remove_duplicate=False)}
+    learned = [
+        k for k in report.missing if k in params or k.endswith(("running_mean", "running_var"))
+    ]
+    if learned:
+        shown = ", ".join(learned[:10]) + (
+            f", ... ({len(learned)} in all)" if len(learned) > 10 else ""
+        )
+        raise WeightsError(
+            f"{where}: missing from the file: {shown}; those layers would stay random in a "
+            "model called pretrained; use weights made for this architecture, or --weights "
+            "none to train from random weights"
+        )
     if report.missing or report.unexpected:
         log.warning("%s: %s", where, report.summary())
     loadable = OrderedDict(to_load)
@@ -245,29 +370,449 @@ def load_into(
     return report
 
 
-def download(url: str, *, dest_dir: Path, hash_prefix: str | None = None) -> Path:
-    """Fetch ``url`` into ``dest_dir`` unless a file of that name is already there.
+# --------------------------------------------------------------------------- cache files
 
-    The file is written beside its final name and moved into place only when complete
-    (and, with ``hash_prefix``, verified), so an interrupted download never leaves a
-    file that later passes for a good one.
-    """
-    from urllib.parse import urlparse
 
-    name = Path(urlparse(url).path).name
-    dest = dest_dir / name
-    if dest.is_file() and dest.stat().st_size > 0:
-        return dest
-    if os.environ.get("HEADSTART_OFFLINE") == "1":
-        raise WeightsError(
-            f"offline: {dest} is missing; download {url} by hand and put it at {dest}"
-        )
+def sidecar_path(path: Path) -> Path:
+    """``NAME.sha256.json``: what is known about the cached file ``NAME``."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def partial_path(dest: Path) -> Path:
+    """``NAME.partial``: the download of ``NAME`` in progress, or interrupted."""
+    return dest.with_name(dest.name + PARTIAL_SUFFIX)
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A cached file's sidecar: its size, mtime and sha256 when last checked."""
+
+    size: int
+    mtime_ns: int
+    sha256: str
+    source: str  # the URL it was downloaded from, or how it came into the cache
+
+    def matches(self, st: os.stat_result) -> bool:
+        return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
+
+
+def read_stamp(path: Path) -> Stamp | None:
+    """The sidecar of ``path``, or None if it has none (or an unreadable one)."""
     try:
-        with atomic_path(dest) as tmp:
-            torch.hub.download_url_to_file(url, str(tmp), hash_prefix=hash_prefix, progress=True)
-    except (urllib.error.URLError, OSError, RuntimeError) as exc:
-        raise WeightsError(
-            f"could not download {url} ({exc}); download it by hand and put it at {dest}, "
-            "or pass --weights FILE"
-        ) from exc
+        d = json.loads(sidecar_path(path).read_text())
+        return Stamp(int(d["size"]), int(d["mtime_ns"]), str(d["sha256"]), str(d["source"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_stamp(path: Path, sha256: str, source: str) -> Stamp:
+    """Record ``path``'s size, mtime and ``sha256`` in its sidecar."""
+    st = path.stat()
+    stamp = Stamp(st.st_size, st.st_mtime_ns, sha256, source)
+    try:
+        atomic_write_json(sidecar_path(path), asdict(stamp))
+    except OSError as exc:  # a read-only cache still works; its files are hashed each time
+        log.debug("could not write %s: %s", sidecar_path(path), exc)
+    return stamp
+
+
+def file_sha256(path: Path) -> str:
+    """``path``'s sha256: from its sidecar while size and mtime are unchanged, else hashed."""
+    stamp = read_stamp(path)
+    if stamp is not None and stamp.matches(path.stat()):
+        return stamp.sha256
+    return sha256_file(path)
+
+
+def discard(path: Path) -> None:
+    """Remove a cached file and its sidecar."""
+    for p in (path, sidecar_path(path)):
+        p.unlink(missing_ok=True)
+
+
+def incomplete_reason(path: Path) -> str | None:
+    """Why ``path`` is visibly cut short, judged by its own structure; None if it looks whole.
+
+    A safetensors header says exactly how long the file is; a zip (``torch.save``'s
+    format) ends in a directory that a truncated file lacks.  Other formats say nothing.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+        if path.suffix == ".safetensors":
+            if len(head) < 8:
+                return f"is truncated ({size} bytes)"
+            (header_len,) = struct.unpack("<Q", head)
+            if 8 + header_len > size:
+                return f"is truncated ({size} bytes; its header alone is {8 + header_len})"
+            try:
+                header = json.loads(fh.read(header_len))
+                end = max(
+                    (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+                    default=0,
+                )
+            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+                return "is not a safetensors file (unreadable header)"
+            expected = 8 + header_len + end
+            if size != expected:
+                return f"is {size} bytes where its header says {expected} (truncated or altered)"
+            return None
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        return f"is truncated ({size} bytes, and the end of its zip archive is missing)"
+    return None
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """The verdict on one cached file."""
+
+    path: Path
+    size: int
+    sha256: str | None
+    problem: str | None = None  # None: good to load
+    basis: str = ""  # what the hash was checked against ("" for nothing: recorded now)
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+def check_file(
+    path: Path, *, expected: str | None = None, url: str | None = None, rehash: bool = False
+) -> FileCheck:
+    """Check a cached file before it is used; its sidecar is updated when it is good.
+
+    Good means: not empty, not cut short (:func:`incomplete_reason`), and its sha256
+    starts with ``expected`` when that is given, else equals the one its sidecar
+    recorded.  While size and mtime match the sidecar the recorded hash is trusted,
+    unless ``rehash``.  A file with nothing to check it against (put there by hand) is
+    good as it is, and its hash is recorded.  With ``url``, a file the sidecar says came
+    from another URL (two URLs, one file name) is not good for this one.
+    """
+    st = path.stat()
+    stamp = read_stamp(path)
+
+    def bad(problem: str, digest: str | None = None) -> FileCheck:
+        return FileCheck(path, st.st_size, digest, problem)
+
+    if st.st_size == 0:
+        return bad("is empty")
+    if expected is None and stamp is not None:
+        if stamp.size != st.st_size:
+            return bad(
+                f"is {st.st_size} bytes but was {stamp.size} when stored (truncated or altered)"
+            )
+        if url is not None and stamp.source.startswith(URL_SCHEMES) and stamp.source != url:
+            return bad(f"was downloaded from {stamp.source}, not from {url}")
+    fresh = stamp is not None and stamp.matches(st) and not rehash
+    if not fresh and (reason := incomplete_reason(path)):
+        return bad(reason)
+    digest = stamp.sha256 if stamp is not None and fresh else sha256_file(path)
+    if expected is not None:
+        if not digest.startswith(expected):
+            return bad(f"has sha256 {digest[:16]}..., not the expected {expected[:16]}...", digest)
+        basis = "the expected sha256"
+    elif stamp is not None:
+        if digest != stamp.sha256:
+            return bad(
+                f"changed since it was stored (sha256 {digest[:16]}..., recorded "
+                f"{stamp.sha256[:16]}...)",
+                digest,
+            )
+        basis = "its recorded sha256"
+    else:
+        basis = ""
+    if not fresh:
+        write_stamp(path, digest, stamp.source if stamp else "found in the cache")
+    return FileCheck(path, st.st_size, digest, None, basis)
+
+
+# --------------------------------------------------------------------------- downloads
+
+
+def download(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    sha256: str | None = None,
+    for_spec: str | None = None,
+    attempts: int = DOWNLOAD_ATTEMPTS,
+    backoff_s: float = 1.0,
+    progress: bool = True,
+) -> Path:
+    """Return ``dest``, a checked copy of ``url``: the cached file if it is good, else
+    a fresh download.
+
+    ``sha256`` is the file's hash or a prefix of it.  A cached file that fails its check
+    (:func:`check_file`) is reported and fetched again.  The download goes to
+    ``NAME.partial`` beside ``dest`` (resumed with a Range request when an earlier run
+    left one), is tried ``attempts`` times with exponential back-off from ``backoff_s``,
+    verified, fsynced and only then renamed to ``dest``.  ``for_spec`` (e.g.
+    ``torchvision:resnet18``) is named in the offline message: ``headstart cache add FILE
+    --for SPEC``.  Raises :class:`WeightsError` saying what to do.
+    """
+    dest = Path(dest)
+    url = url.split("#", 1)[0]
+    offline = os.environ.get("HEADSTART_OFFLINE", "").lower() in ("1", "true", "yes")
+    if offline and not dest.is_file():  # before the lock: leave nothing behind
+        raise _offline(url, dest, for_spec, "offline (HEADSTART_OFFLINE is set)")
+    with _exclusive(dest):
+        if dest.is_file():
+            check = check_file(dest, expected=sha256, url=url)
+            if check.ok:
+                return dest
+            log.warning("%s %s; fetching it again from %s", dest, check.problem, url)
+            discard(dest)
+        if offline:
+            raise _offline(url, dest, for_spec, "offline (HEADSTART_OFFLINE is set)")
+        fetch = _Fetch(url, dest, for_spec, attempts, backoff_s, progress)
+        resumed = fetch.run()
+        digest, problem = _verify(fetch.partial, sha256)
+        if problem and resumed:
+            # The part an earlier run left may be stale or damaged (a crash can leave
+            # zeros in a file's last blocks): one more try, from the first byte.
+            log.warning("%s: the resumed download %s; starting over", url, problem)
+            fetch.discard_partial()
+            fetch.run()
+            digest, problem = _verify(fetch.partial, sha256)
+        if problem:
+            fetch.discard_partial()
+            raise WeightsError(
+                f"{url}: the downloaded file {problem}; nothing was cached; check the URL"
+                + (" and the hash" if sha256 else "")
+            )
+        os.replace(fetch.partial, dest)
+        _fsync_dir(dest.parent)
+        fetch.meta.unlink(missing_ok=True)
+        write_stamp(dest, digest, url)
     return dest
+
+
+def _verify(path: Path, sha256: str | None) -> tuple[str, str | None]:
+    """The sha256 of a finished download, and what is wrong with it (None: nothing)."""
+    digest = sha256_file(path)
+    if sha256 and not digest.startswith(sha256):
+        return digest, f"has sha256 {digest}, not {sha256}"
+    return digest, incomplete_reason(path)
+
+
+class _Interrupted(OSError):
+    """A transfer that ended early; tried again."""
+
+
+@dataclass
+class _Fetch:
+    """Bring ``url`` into ``NAME.partial`` beside ``dest``, resuming what is there.
+
+    Written by hand on urllib rather than ``torch.hub.download_url_to_file``, which
+    cannot resume: a large file cut at 95% would otherwise start again from zero.
+    """
+
+    url: str
+    dest: Path
+    for_spec: str | None
+    attempts: int
+    backoff_s: float
+    progress: bool
+
+    @property
+    def partial(self) -> Path:
+        return partial_path(self.dest)
+
+    @property
+    def meta(self) -> Path:
+        """``NAME.partial.json``: the URL and version the part belongs to."""
+        return self.partial.with_name(self.partial.name + ".json")
+
+    def discard_partial(self) -> None:
+        for p in (self.partial, self.meta):
+            p.unlink(missing_ok=True)
+
+    def run(self) -> bool:
+        """Complete ``NAME.partial``, trying again after interruptions; return whether
+        it started from a part an earlier run left."""
+        resumed = self.partial.is_file() and self.partial.stat().st_size > 0
+        for attempt in range(1, self.attempts + 1):
+            try:
+                self._transfer()
+                return resumed
+            except urllib.error.HTTPError as exc:
+                if exc.code not in _RETRY_STATUS:
+                    raise WeightsError(
+                        f"could not download {self.url}: HTTP {exc.code} {exc.reason}; check "
+                        f"the URL, or download the file by hand and put it at {self.dest}"
+                    ) from exc
+                problem = f"HTTP {exc.code} {exc.reason}"
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+                if _no_network(exc):
+                    raise _offline(
+                        self.url, self.dest, self.for_spec, f"no network ({_why(exc)})"
+                    ) from exc
+                if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, str):
+                    raise WeightsError(f"cannot download {self.url}: {exc.reason}") from exc
+                if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
+                    raise WeightsError(f"cannot write {self.partial}: {exc.strerror}") from exc
+                problem = _why(exc)
+            if attempt == self.attempts:
+                raise WeightsError(
+                    f"could not download {self.url} ({problem}, {self.attempts} tries); the "
+                    f"part fetched so far is kept at {self.partial} and the next run resumes "
+                    f"it; or download the file by hand and put it at {self.dest}"
+                )
+            delay = self.backoff_s * 2 ** (attempt - 1)
+            log.warning(
+                "download of %s interrupted (%s); trying again in %.0fs (try %d of %d)",
+                self.url,
+                problem,
+                delay,
+                attempt + 1,
+                self.attempts,
+            )
+            time.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _transfer(self) -> None:
+        """One request: the rest of the file after the part already here, or all of it."""
+        from tqdm import tqdm
+
+        have = self.partial.stat().st_size if self.partial.is_file() else 0
+        meta = _read_json(self.meta) if have else {}
+        headers = {"User-Agent": "headstart"}
+        if have and meta.get("url") == self.url:
+            headers["Range"] = f"bytes={have}-"
+            # If the file changed on the server since, it sends all of the new one.
+            etag = meta.get("etag") or ""
+            validator = etag if etag and not etag.startswith("W/") else meta.get("modified")
+            if validator:
+                headers["If-Range"] = validator
+        else:
+            have = 0
+        request = urllib.request.Request(self.url, headers=headers)
+        try:
+            response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:  # the part is longer than the file: not its prefix
+                self.discard_partial()
+                raise _Interrupted("the server cannot resume from the part kept") from exc
+            raise
+        with response:
+            if have and (
+                response.status != 206
+                or _range_start(response.headers.get("Content-Range")) != have
+            ):
+                have = 0  # the server sent the whole file: start over
+            length = response.headers.get("Content-Length", "")
+            total = have + int(length) if length.isdigit() else None
+            if have:
+                log.info("resuming %s at byte %d", self.url, have)
+            else:
+                log.info("downloading %s to %s", self.url, self.dest)
+                self.dest.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(
+                    self.meta,
+                    {
+                        "url": self.url,
+                        "etag": response.headers.get("ETag"),
+                        "modified": response.headers.get("Last-Modified"),
+                    },
+                )
+            with (
+                open(self.partial, "ab" if have else "wb") as fh,
+                tqdm(
+                    total=total,
+                    initial=have,
+                    desc=self.dest.name,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    file=sys.stderr,
+                    disable=None if self.progress else True,  # None: only on a terminal
+                ) as bar,
+            ):
+                while chunk := response.read(_CHUNK):
+                    fh.write(chunk)
+                    bar.update(len(chunk))
+                fh.flush()
+                os.fsync(fh.fileno())
+        size = self.partial.stat().st_size
+        if total is not None and size != total:
+            # http.client returns what it got when a connection closes early: check here.
+            raise _Interrupted(f"connection closed after {size} of {total} bytes")
+
+
+_LOCAL_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT}
+
+
+def _range_start(content_range: str | None) -> int | None:
+    match = re.match(r"bytes (\d+)-", content_range or "")
+    return int(match.group(1)) if match else None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _no_network(exc: BaseException) -> bool:
+    """No route to the server at all (as opposed to a transfer that broke)."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, (socket.gaierror, ConnectionRefusedError)):
+        return True
+    return isinstance(reason, OSError) and reason.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH)
+
+
+def _why(exc: BaseException) -> str:
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    text = str(reason).strip()
+    return f"{type(reason).__name__}: {text}" if text else type(reason).__name__
+
+
+def _offline(url: str, dest: Path, for_spec: str | None, why: str) -> WeightsError:
+    part = partial_path(dest)
+    kept = (
+        f" (the part fetched so far is kept at {part}; the next run resumes it)"
+        if part.is_file()
+        else ""
+    )
+    add = f", or run: headstart cache add FILE --for {for_spec}" if for_spec else ""
+    return WeightsError(
+        f"{why}: {dest.name} is not in the cache{kept}; download {url} by hand and put it "
+        f"at {dest}{add}"
+    )
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """Hold a lock beside ``dest`` so that two processes never write one download.
+
+    The kernel drops an ``flock`` when its process dies, so a killed run never leaves
+    the lock held.  Without ``fcntl`` (not POSIX) or a writable folder, go without.
+    """
+    try:
+        import fcntl
+
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(dest.with_name(f".{dest.name}.lock"), "a")  # noqa: SIM115
+    except (ImportError, OSError):
+        yield
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process fetching %s", dest.name)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
+def _fsync_dir(folder: Path) -> None:
+    # The rename is durable only once the folder's entry is flushed too.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -11,9 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from headstart._io import sha256_file
 from headstart.sources.base import WeightsOrigin
-from headstart.weights import load_into, load_state_dict
+from headstart.weights import file_sha256, load_into, load_state_dict
 
 __all__ = ["StateFix", "detached_head", "load_weights_file"]
 
@@ -84,7 +83,7 @@ def load_weights_file(
         description=description,
         pretrained=True,
         path=str(path),
-        sha256=sha256_file(path),
+        sha256=file_sha256(path),
         source_classes=source_classes,
         dropped_keys=tuple(report.dropped),
         missing_keys=tuple(report.missing),

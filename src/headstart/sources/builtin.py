@@ -153,7 +153,7 @@ class BuiltinAdapter:
 
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
         from headstart.sources.file import load_headstart_weights
-        from headstart.weights import cache_dir, parse_weights
+        from headstart.weights import cache_dir, parse_weights, weights_file
 
         if name not in BUILTIN_MODELS:
             raise unknown_name("builtin", name, BUILTIN_MODELS)
@@ -192,9 +192,10 @@ class BuiltinAdapter:
                 spec.pretrain(path)
             description = f"builtin:{name} default weights ({spec.summary.split(': ')[-1]})"
         else:
-            assert request.path is not None
-            path = request.path
-            description = f"weights file {path}"
+            path = weights_file(request, cache=options.cache_dir)
+            description = (
+                f"weights file {path}" if request.kind == "path" else f"weights from {request.url}"
+            )
         load_headstart_weights(
             source,
             path,

@@ -30,7 +30,15 @@ from headstart.sources.base import (
     Source,
     unknown_name,
 )
-from headstart.weights import WEIGHT_SUFFIXES, cache_dir, download, parse_weights
+from headstart.weights import (
+    WEIGHT_SUFFIXES,
+    Remote,
+    cache_dir,
+    download,
+    parse_weights,
+    url_filename,
+    weights_file,
+)
 
 __all__ = ["TimmAdapter"]
 
@@ -148,26 +156,37 @@ def _hub_url(cfg: dict[str, Any]) -> str:
     return f"https://huggingface.co/{cfg['hf_hub_id']}/resolve/main/{filename}"
 
 
-def _default_file(name: str, cfg: dict[str, Any], explicit_cache: str | None) -> Path:
-    """The zoo's weights for ``name``, from the cache or downloaded into it.
+def _pretrained_cfg(name: str) -> dict[str, Any]:
+    """timm's pretrained config for ``name`` (with or without a tag), without building it."""
+    if not timm.is_model(name):
+        raise unknown_name("timm", name, timm.list_models())
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as exc:  # an unknown pretrained tag
+        arch = name.split(".", 1)[0]
+        raise unknown_name("timm", name, timm.list_pretrained(f"{arch}.*") or [arch]) from exc
+    return dict(cfg.to_dict()) if cfg is not None else {}
+
+
+def _default_location(name: str, cfg: dict[str, Any], cache: Path) -> Remote:
+    """Where the zoo's weights for ``name`` come from, and where the cache keeps them.
 
     A file from ``url`` already in the cache (torch hub's folder, where timm itself puts
-    it) is used as is; otherwise the Hugging Face Hub copy is preferred, as timm does:
-    those are already in timm's layout, while some ``url`` files are not state dicts.
+    it) is used; otherwise the Hugging Face Hub copy is preferred, as timm does: those
+    are already in timm's layout, while some ``url`` files are not state dicts.  timm
+    publishes no hashes: a file is checked against the one recorded when it was stored.
     """
-    cache = cache_dir(explicit_cache)
     url = str(cfg.get("url") or "")
-    loadable_url = url if url.endswith(WEIGHT_SUFFIXES) else ""
-    if loadable_url:
-        cached = cache / Path(loadable_url.split("?", 1)[0]).name
-        if cached.is_file() and cached.stat().st_size > 0:
-            return cached
+    loadable_url = url if url.split("?", 1)[0].endswith(WEIGHT_SUFFIXES) else ""
+    if loadable_url and (cache / url_filename(loadable_url)).is_file():
+        return Remote(loadable_url, cache / url_filename(loadable_url))
     if cfg.get("hf_hub_id"):
+        hub_url = _hub_url(cfg)
         # every Hub file is called model.safetensors: one folder per Hub repo
         folder = cache / str(cfg["hf_hub_id"]).replace("/", "--")
-        return download(_hub_url(cfg), dest_dir=folder)
+        return Remote(hub_url, folder / url_filename(hub_url))
     if loadable_url:
-        return download(loadable_url, dest_dir=cache)
+        return Remote(loadable_url, cache / url_filename(loadable_url))
     raise WeightsError(
         f"timm:{name} has no default weights headstart can fetch"
         + (f" ({url} is not a state dict file)" if url else "")
@@ -193,6 +212,10 @@ class TimmAdapter:
     def names(self) -> list[str]:
         return list(timm.list_models())
 
+    def default_location(self, name: str, *, cache: str | None = None) -> Remote:
+        """Where NAME's default weights come from, and where the cache keeps them."""
+        return _default_location(name, _pretrained_cfg(name), cache_dir(cache))
+
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
         request = parse_weights(weights)  # a bad path fails before any building
         # an nn.Module with timm's contract: get_classifier, reset_classifier, group_matcher
@@ -216,14 +239,21 @@ class TimmAdapter:
 
         origin = RANDOM_WEIGHTS
         if request.kind != "none":
-            if request.kind == "path":
-                assert request.path is not None
-                path, description, classes = request.path, f"weights file {request.path}", None
-            else:
-                path = _default_file(name, cfg, options.cache_dir)
+            if request.kind == "default":
+                remote = _default_location(name, cfg, cache_dir(options.cache_dir))
+                path = download(
+                    remote.url, remote.dest, sha256=remote.sha256, for_spec=f"timm:{name}"
+                )
                 tag = f".{cfg['tag']}" if cfg.get("tag") else ""
                 description = f"timm {cfg.get('architecture', name)}{tag}"
                 classes = _imagenet_classes(model) if cfg.get("num_classes") == 1000 else None
+            else:
+                path, classes = weights_file(request, cache=options.cache_dir), None
+                description = (
+                    f"weights file {path}"
+                    if request.kind == "path"
+                    else f"weights from {request.url}"
+                )
             origin, old_head = load_weights_file(
                 model,
                 path,

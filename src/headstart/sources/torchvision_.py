@@ -16,7 +16,6 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,7 +33,15 @@ from headstart.sources.base import (
     assign_by_prefix,
     unknown_name,
 )
-from headstart.weights import cache_dir, download, parse_weights
+from headstart.weights import (
+    Remote,
+    cache_dir,
+    download,
+    hash_prefix_in_name,
+    parse_weights,
+    url_filename,
+    weights_file,
+)
 
 __all__ = ["TorchvisionAdapter"]
 
@@ -228,13 +235,6 @@ def _state_fix(model: nn.Module) -> StateFix | None:
     return None
 
 
-def _hash_prefix(url: str) -> str | None:
-    """torchvision files are named ``NAME-HASH.pth``, HASH a prefix of their sha256."""
-    name = Path(url).name
-    digest = name.rsplit("-", 1)[-1].split(".", 1)[0] if "-" in name else ""
-    return digest if re.fullmatch(r"[0-9a-f]{6,}", digest) else None
-
-
 class TorchvisionAdapter:
     """Builds ``torchvision:NAME`` sources; weights ``default`` are NAME's DEFAULT weights."""
 
@@ -243,8 +243,14 @@ class TorchvisionAdapter:
     def names(self) -> list[str]:
         return [n for n in _all_names() if n not in _REFUSED]
 
-    def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
-        request = parse_weights(weights)  # a bad path fails before any building
+    def default_location(self, name: str, *, cache: str | None = None) -> Remote:
+        """Where NAME's DEFAULT weights come from, and where the cache keeps them: under
+        torchvision's own file name, whose hash prefix the file must match."""
+        self._check_name(name)
+        url = torchvision.models.get_model_weights(name).DEFAULT.url
+        return Remote(url, cache_dir(cache) / url_filename(url), hash_prefix_in_name(url))
+
+    def _check_name(self, name: str) -> None:
         if name in _REFUSED:
             raise SourceError(
                 f"torchvision:{name} is not supported: {_REFUSED[name]}; supported "
@@ -252,6 +258,10 @@ class TorchvisionAdapter:
             )
         if name not in _all_names():
             raise unknown_name("torchvision", name, self.names())
+
+    def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
+        request = parse_weights(weights)  # a bad path fails before any building
+        self._check_name(name)
         preprocessing = _preprocessing(name)
         _check_image_size(name, options.image_size, preprocessing.input_size[-1])
         # Transformers are built for one image size: the one asked for, else their weights'.
@@ -270,18 +280,21 @@ class TorchvisionAdapter:
         origin = RANDOM_WEIGHTS
         if request.kind != "none":
             classes: tuple[str, ...] | None = None
-            if request.kind == "path":
-                assert request.path is not None
-                path, description = request.path, f"weights file {request.path}"
-            else:
+            if request.kind == "default":
                 zoo = torchvision.models.get_model_weights(name).DEFAULT
+                remote = self.default_location(name, cache=options.cache_dir)
                 path = download(
-                    zoo.url,
-                    dest_dir=cache_dir(options.cache_dir),
-                    hash_prefix=_hash_prefix(zoo.url),
+                    remote.url, remote.dest, sha256=remote.sha256, for_spec=f"torchvision:{name}"
                 )
                 description = f"torchvision {zoo}"
                 classes = tuple(zoo.meta["categories"])
+            else:
+                path = weights_file(request, cache=options.cache_dir)
+                description = (
+                    f"weights file {path}"
+                    if request.kind == "path"
+                    else f"weights from {request.url}"
+                )
             origin, old_head = load_weights_file(
                 model,
                 path,
