@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,9 @@ def _loader(
 # Evaluation transforms are deterministic: decode and resize each image once per run,
 # not once per epoch, while the result fits in this budget.
 EVAL_CACHE_BYTES = 512 * 1024 * 1024
+AUTO = "auto"  # --strategy auto: measure, then choose (headstart.recommend)
+# Fewer optimizer steps than this rarely train a new head to convergence: say so.
+MIN_STEPS = 50
 # Evaluation needs no gradients: bigger batches cost little memory and save overhead.
 EVAL_BATCH = 128
 
@@ -195,7 +198,8 @@ def check_options(options: FitOptions) -> None:
     """Fail on a typo in the strategy or source before any slow work."""
     if not options.data:
         raise ConfigError("no training data given (DATA)")
-    parse_strategy(options.strategy)
+    if options.strategy != AUTO:
+        parse_strategy(options.strategy)
     parse_source_spec(options.source)
 
 
@@ -253,6 +257,15 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
         if val_data is not None and len(val_data)
         else None
     )
+    steps = len(train_loader) * config.epochs
+    if steps < MIN_STEPS:
+        log.warning(
+            "only %d optimizer steps (%d batches x %d epochs): the new head may not converge; "
+            "consider more --epochs, a smaller --batch-size or a higher --lr",
+            steps,
+            len(train_loader),
+            config.epochs,
+        )
     t_loaded = time.perf_counter()
     history = train(model, plan, train_loader, val_loader, config, device=device)
     t_trained = time.perf_counter()
@@ -280,6 +293,17 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     check_options(options)
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
+    recommendation = None
+    if options.strategy == AUTO:
+        from headstart.recommend import recommend_for
+
+        # Measured on the training part only: the validation split stays unseen.
+        recommendation = recommend_for(options, train_data)
+        options = replace(
+            options,
+            strategy=recommendation.strategy,
+            backbone_lr_mult=recommendation.backbone_lr_mult,
+        )
     trained = train_on(options, train_data, val_data)
     source, plan, metrics = trained.source, trained.plan, trained.metrics
     timings = dict(trained.timings)
@@ -297,6 +321,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
             "spec": options.data,
         },
         "metrics": metrics,
+        "recommendation": recommendation.to_dict() if recommendation else None,
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
     }

@@ -87,6 +87,30 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
+    """The measurements and reasons behind --strategy auto, for report.md."""
+    if not rec:
+        return []
+    m = rec["measurements"]
+    lines = [
+        "## Why this plan (--strategy auto)",
+        f"- case: **{rec['case']}** -> `{rec['strategy']}`, backbone lr x "
+        f"{rec['backbone_lr_mult']:g}",
+        f"- probe accuracy on the source's features {m['probe_pretrained']:.3f}, on random "
+        f"features {m['probe_random']:.3f} (gain {m['probe_gain']:+.3f})",
+    ]
+    if m.get("leep") is not None:
+        lines.append(
+            f"- LEEP of the source's classifier: {m['leep']:.3f} "
+            f"({m['leep_normalised']:.0%} of the way from chance to perfect)"
+        )
+    if m.get("bn_shift") is not None:
+        lines.append(f"- BatchNorm statistics shift: {m['bn_shift']:.3f}")
+    lines += [f"- {r}" for r in rec["reasons"]]
+    lines += [f"- note: {n}" for n in m.get("notes", [])]
+    return [*lines, ""]
+
+
 def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: Path) -> None:
     """A short human report: what was trained on what, the plan, and the results."""
     src, plan, metrics = meta["source"], meta["plan"], meta["metrics"]
@@ -112,6 +136,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"{plan['head_lr']:g}",
         f"- BatchNorm: {plan['bn_mode']}",
         "",
+        *_recommendation_lines(meta.get("recommendation")),
         "## Data",
         f"- classes ({len(meta['classes'])}): {', '.join(meta['classes'])}",
         f"- train: {data['train']['n_items']} items; validation: "

@@ -1,0 +1,136 @@
+"""recommend: each measure moves the right way on constructed cases; the four cases."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from headstart.api import fit
+from headstart.data import load_data
+from headstart.options import FitOptions, PretrainOptions, RecommendOptions
+from headstart.recommend import (
+    LARGE_PER_CLASS,
+    Measurements,
+    decide,
+    measure,
+    recommend,
+)
+from headstart.sources import build_source
+from tests.conftest import run_cli
+
+TARGET = "builtin:digits?classes=0-4&per_class=20"
+STAGES = ("stem", "block1", "block2", "block3")
+
+
+@pytest.fixture(scope="module")
+def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits-cnn pre-trained on digits 0-4: a *similar* source for digits 0-4."""
+    from headstart.api import pretrain
+
+    out = tmp_path_factory.mktemp("rec") / "pre"
+    return pretrain(
+        PretrainOptions(data="builtin:digits?classes=0-4", out=str(out), epochs=4, progress=False)
+    ).run_dir
+
+
+def _measure(source_spec: str, data: object) -> Measurements:
+    source = build_source(source_spec)
+    torch.manual_seed(0)
+    random_source = build_source(source.arch, weights="none")
+    return measure(source, random_source, data, seed=0)  # type: ignore[arg-type]
+
+
+def test_probe_gain_is_high_for_a_matching_source_and_zero_for_random(
+    digits_source: Path,
+) -> None:
+    data = load_data(TARGET)
+    matched = _measure(f"file:{digits_source}", data)
+    assert matched.probe_gain > 0.02
+    torch.manual_seed(1)
+    random_as_source = build_source("builtin:digits-cnn", weights="none")
+    torch.manual_seed(0)
+    control = build_source("builtin:digits-cnn", weights="none")
+    unmatched = measure(random_as_source, control, data, seed=0)
+    assert abs(unmatched.probe_gain) < matched.probe_gain
+    assert unmatched.leep is None and any("LEEP" in n for n in unmatched.notes)
+
+
+def test_leep_drops_when_labels_stop_matching_the_source(digits_source: Path) -> None:
+    data = load_data(TARGET)
+    aligned = _measure(f"file:{digits_source}", data)
+    rng = np.random.default_rng(0)
+    shuffled = replace(data, targets=rng.permutation(data.targets))
+    scrambled = _measure(f"file:{digits_source}", shuffled)
+    assert aligned.leep is not None and scrambled.leep is not None
+    assert aligned.leep > scrambled.leep + 0.2
+    assert aligned.leep_normalised is not None and scrambled.leep_normalised is not None
+    assert aligned.leep_normalised > 0.5 > scrambled.leep_normalised
+
+
+def test_bn_shift_grows_when_the_inputs_move_away_from_the_source(digits_source: Path) -> None:
+    data = load_data(TARGET)
+    inverted = replace(data, items=[255 - np.asarray(x) for x in data.items])
+    near = _measure(f"file:{digits_source}", data)
+    far = _measure(f"file:{digits_source}", inverted)
+    assert near.bn_shift is not None and far.bn_shift is not None
+    assert far.bn_shift > 2 * near.bn_shift
+
+
+def _m(per_class: int, gain: float) -> Measurements:
+    return Measurements(
+        n_items=per_class * 5,
+        n_classes=5,
+        min_per_class=per_class,
+        median_per_class=per_class,
+        trainable_params_full=10_000,
+        examples_per_param=per_class * 5 / 10_000,
+        probe_pretrained=0.5 + gain,
+        probe_random=0.5,
+        probe_gain=gain,
+    )
+
+
+@pytest.mark.parametrize(
+    ("per_class", "gain", "case", "strategy", "mult"),
+    [
+        (20, 0.2, "small + similar", "linear", 0.1),
+        (20, 0.0, "small + dissimilar", "partial:2", 0.1),
+        (LARGE_PER_CLASS, 0.2, "large + similar", "full", 0.1),
+        (LARGE_PER_CLASS, -0.1, "large + dissimilar", "full", 1.0),
+    ],
+)
+def test_the_four_cases(per_class: int, gain: float, case: str, strategy: str, mult: float) -> None:
+    rec = decide(_m(per_class, gain), STAGES)
+    assert (rec.case, rec.strategy, rec.backbone_lr_mult) == (case, strategy, mult)
+    assert len(rec.reasons) == 3 and all(rec.reasons)
+    assert case.split(" + ")[0] in rec.reasons[0] and case.split(" + ")[1] in rec.reasons[1]
+
+
+def test_recommend_cli_and_fit_auto_save_the_reasoning(digits_source: Path, tmp_path: Path) -> None:
+    result = run_cli("recommend", TARGET, "--source", f"file:{digits_source}", "--json")
+    assert result.code == 0, result.stderr
+    rec = result.json()
+    assert rec["case"] == "small + similar" and rec["strategy"] == "linear"
+    assert rec["measurements"]["leep"] is not None
+    fitted = fit(
+        FitOptions(
+            data=TARGET,
+            source=f"file:{digits_source}",
+            strategy="auto",
+            epochs=1,
+            out=str(tmp_path / "auto"),
+            progress=False,
+        )
+    )
+    assert fitted.plan.strategy in ("linear", "partial:2")
+    import json
+
+    meta = json.loads((tmp_path / "auto" / "headstart.json").read_text())
+    assert meta["recommendation"]["reasons"]
+    assert meta["plan"]["strategy"] == meta["recommendation"]["strategy"]
+    assert "Why this plan" in (tmp_path / "auto" / "report.md").read_text()
+    assert recommend(RecommendOptions(data=TARGET, source=f"file:{digits_source}")).strategy
