@@ -18,6 +18,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_with",
     "current_umask",
+    "fsync_dir",
     "sha256_file",
 ]
 
@@ -42,7 +43,7 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         # mkstemp creates the file 0600; give it the mode a plain open() would have.
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -55,7 +56,7 @@ def current_umask() -> int:
     return mask
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     # The rename itself is durable only once the directory entry is flushed.
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)

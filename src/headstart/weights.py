@@ -47,7 +47,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from headstart._io import atomic_write_json, sha256_file
+from headstart._io import atomic_write_json, fsync_dir, sha256_file
 from headstart.errors import WeightsError
 
 __all__ = [
@@ -101,6 +101,10 @@ class WeightsRequest:
     path: Path | None = None
     url: str | None = None  # without its "#sha256=" part
     sha256: str | None = None  # given after "#sha256=": the whole hash or a prefix
+
+    def describe_file(self, path: Path) -> str:
+        """How a weights origin names the file this request resolved to."""
+        return f"weights from {self.url}" if self.kind == "url" else f"weights file {path}"
 
     @property
     def spec(self) -> str:
@@ -582,7 +586,7 @@ def download(
                 + (" and the hash" if sha256 else "")
             )
         os.replace(fetch.partial, dest)
-        _fsync_dir(dest.parent)
+        fsync_dir(dest.parent)
         fetch.meta.unlink(missing_ok=True)
         write_stamp(dest, digest, url)
     return dest
@@ -806,13 +810,3 @@ def _exclusive(dest: Path) -> Iterator[None]:
             log.info("waiting for another process fetching %s", dest.name)
             fcntl.flock(fh, fcntl.LOCK_EX)
         yield
-
-
-def _fsync_dir(folder: Path) -> None:
-    # The rename is durable only once the folder's entry is flushed too.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

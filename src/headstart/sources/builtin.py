@@ -193,9 +193,7 @@ class BuiltinAdapter:
             description = f"builtin:{name} default weights ({spec.summary.split(': ')[-1]})"
         else:
             path = weights_file(request, cache=options.cache_dir)
-            description = (
-                f"weights file {path}" if request.kind == "path" else f"weights from {request.url}"
-            )
+            description = request.describe_file(path)
         load_headstart_weights(
             source,
             path,

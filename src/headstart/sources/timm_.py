@@ -249,11 +249,7 @@ class TimmAdapter:
                 classes = _imagenet_classes(model) if cfg.get("num_classes") == 1000 else None
             else:
                 path, classes = weights_file(request, cache=options.cache_dir), None
-                description = (
-                    f"weights file {path}"
-                    if request.kind == "path"
-                    else f"weights from {request.url}"
-                )
+                description = request.describe_file(path)
             origin, old_head = load_weights_file(
                 model,
                 path,

@@ -290,11 +290,7 @@ class TorchvisionAdapter:
                 classes = tuple(zoo.meta["categories"])
             else:
                 path = weights_file(request, cache=options.cache_dir)
-                description = (
-                    f"weights file {path}"
-                    if request.kind == "path"
-                    else f"weights from {request.url}"
-                )
+                description = request.describe_file(path)
             origin, old_head = load_weights_file(
                 model,
                 path,
