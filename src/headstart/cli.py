@@ -27,11 +27,11 @@ EXIT_BUG = 3  # anything else escaped: a bug in headstart
 _TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": float}
 
 
-def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: set[str]) -> None:
+def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field: ``backbone_lr_mult`` -> ``--backbone-lr-mult``; ``data`` positional."""
     for f in dataclasses.fields(cls):
         meta = f.metadata
-        if f.name in skip or not meta.get("cli", True):
+        if not meta.get("cli", True):
             continue
         help_text = meta.get("help", "")
         type_name = str(f.type).replace(" | None", "").strip()
@@ -56,8 +56,12 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, skip: se
 
 
 def _options(cls: type, args: argparse.Namespace) -> Any:
+    """The options dataclass from parsed flags; progress bars only on a terminal."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: v for k, v in vars(args).items() if k in names})
+    options = cls(**{k: v for k, v in vars(args).items() if k in names})
+    if "progress" in names:
+        options.progress = not args.quiet and sys.stderr.isatty()
+    return options
 
 
 def _common() -> argparse.ArgumentParser:
@@ -85,48 +89,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"headstart {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser(
-        "fit",
-        parents=[common],
-        help="fine-tune a source on DATA",
-        description="Build the target model (source minus its output layer, "
-        "plus a new head), apply the strategy's plan, train, write a run dir.",
+    # Commands whose flags are the fields of an options dataclass (headstart.options).
+    option_commands = (
+        (
+            "fit",
+            FitOptions,
+            _cmd_fit,
+            "fine-tune a source on DATA",
+            "Build the target model (source minus its output layer, plus a new head), apply "
+            "the strategy's plan, train, write a run dir.",
+        ),
+        (
+            "pretrain",
+            PretrainOptions,
+            _cmd_pretrain,
+            "train a source from scratch",
+            "Train an architecture from scratch on a source data set; use the result with "
+            "--source file:OUT.",
+        ),
+        (
+            "compare",
+            CompareOptions,
+            _cmd_compare,
+            "cross-validate strategies on the same folds",
+            "Train every strategy on the same stratified k folds; report mean +- std, paired "
+            "differences against the best with 95% intervals, time per strategy; write "
+            "compare.csv, compare.md, compare.html, compare.json and plots.",
+        ),
+        (
+            "recommend",
+            RecommendOptions,
+            _cmd_recommend,
+            "measure size and similarity, name the case, propose a plan",
+            "Measure the target data against the source (size; probe accuracy against random "
+            "features, LEEP, BatchNorm statistics shift), name which of the four cases "
+            "(small/large x similar/dissimilar) it is, and propose the plan; 'fit --strategy "
+            "auto' does the same, then trains.",
+        ),
     )
-    _add_dataclass_flags(p, FitOptions, skip=set())
-    p.set_defaults(handler=_cmd_fit)
-
-    p = sub.add_parser(
-        "pretrain",
-        parents=[common],
-        help="train a source from scratch",
-        description="Train an architecture from scratch on a source data set; "
-        "use the result with --source file:OUT.",
-    )
-    _add_dataclass_flags(p, PretrainOptions, skip=set())
-    p.set_defaults(handler=_cmd_pretrain)
-
-    p = sub.add_parser(
-        "compare",
-        parents=[common],
-        help="cross-validate strategies on the same folds",
-        description="Train every strategy on the same stratified k folds; report mean +- "
-        "std, paired differences against the best with 95% intervals, time per strategy; "
-        "write compare.csv, compare.md, compare.html, compare.json and plots.",
-    )
-    _add_dataclass_flags(p, CompareOptions, skip=set())
-    p.set_defaults(handler=_cmd_compare)
-
-    p = sub.add_parser(
-        "recommend",
-        parents=[common],
-        help="measure size and similarity, name the case, propose a plan",
-        description="Measure the target data against the source (size; probe accuracy "
-        "against random features, LEEP, BatchNorm statistics shift), name which of the four "
-        "cases (small/large x similar/dissimilar) it is, and propose the plan; "
-        "'fit --strategy auto' does the same, then trains.",
-    )
-    _add_dataclass_flags(p, RecommendOptions, skip=set())
-    p.set_defaults(handler=_cmd_recommend)
+    for name, cls, handler, help_text, description in option_commands:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=description)
+        _add_dataclass_flags(p, cls)
+        p.set_defaults(handler=handler)
 
     p = sub.add_parser(
         "report",
@@ -171,9 +175,7 @@ def _cmd_fit(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.api import fit
     from headstart.options import FitOptions
 
-    options = _options(FitOptions, args)
-    options.progress = not args.quiet and sys.stderr.isatty()
-    result = fit(options)
+    result = fit(_options(FitOptions, args))
     _human(args, _fit_lines(result.summary()))
     return result.summary()
 
@@ -182,9 +184,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.api import pretrain
     from headstart.options import PretrainOptions
 
-    options = _options(PretrainOptions, args)
-    options.progress = not args.quiet and sys.stderr.isatty()
-    result = pretrain(options)
+    result = pretrain(_options(PretrainOptions, args))
     summary = result.summary()
     _human(args, [*_fit_lines(summary), f"use it: --source file:{summary['run_dir']}"])
     return summary
@@ -205,9 +205,7 @@ def _cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.compare import compare, format_table
     from headstart.options import CompareOptions
 
-    options = _options(CompareOptions, args)
-    options.progress = not args.quiet and sys.stderr.isatty()
-    result = compare(options)
+    result = compare(_options(CompareOptions, args))
     _human(
         args,
         [
