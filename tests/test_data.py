@@ -202,7 +202,7 @@ def test_csv_empty(folder: Path) -> None:
         load_data(folder / "l.csv")
 
 
-def test_csv_bad_rows_are_listed_by_line(folder: Path) -> None:
+def test_csv_bad_rows_are_listed_by_row(folder: Path) -> None:
     (folder / "l.csv").write_text(
         "path,label\ncat/0.png,cat\ncat/1.png,\nnope.png,dog\ndog/0.png,dog\ndog/9.png,dog\n"
     )
@@ -210,8 +210,8 @@ def test_csv_bad_rows_are_listed_by_line(folder: Path) -> None:
         load_data(folder / "l.csv")
     msg = str(e.value)
     assert "l.csv" in msg
-    assert "empty label on line(s) 3" in msg
-    assert "missing file on line(s) 4 (nope.png), 6 (dog/9.png)" in msg
+    assert "empty label on row(s) 3" in msg
+    assert "missing file on row(s) 4 (nope.png), 6 (dog/9.png)" in msg
 
 
 def test_csv_corrupt_image_is_named(folder: Path) -> None:

@@ -26,6 +26,7 @@ from headstart.data import (
     UNLABELLED,
     ImageDataset,
     LabeledData,
+    data_checks,
     list_inputs,
     load_data,
     make_transform,
@@ -137,7 +138,9 @@ def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
 
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
     if options.val:
-        return data, load_data(options.val, classes=data.classes)
+        return data, load_data(
+            options.val, classes=data.classes, skip_bad=options.skip_bad, progress=options.progress
+        )
     if not 0.0 <= options.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
     if options.val_fraction == 0:
@@ -204,7 +207,7 @@ def check_options(options: FitOptions) -> None:
 
 
 def load_training_data(options: FitOptions) -> LabeledData:
-    data = load_data(options.data)
+    data = load_data(options.data, skip_bad=options.skip_bad, progress=options.progress)
     if len(data.classes) < 2:
         raise DataError(
             f"{options.data}: needs at least 2 classes to train (found "
@@ -293,6 +296,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     check_options(options)
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
+    checks = data_checks(data, train_data, val_data)  # warns about leakage before training
     recommendation = None
     if options.strategy == AUTO:
         from headstart.recommend import recommend_for
@@ -319,6 +323,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
             "train": train_data.describe(),
             "val": val_data.describe() if val_data is not None else None,
             "spec": options.data,
+            "checks": checks,
         },
         "metrics": metrics,
         "recommendation": recommendation.to_dict() if recommendation else None,

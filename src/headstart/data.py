@@ -8,7 +8,11 @@ Spec forms (:func:`load_data`):
   ``builtin:digits?classes=0-4&per_class=10&seed=1`` or ``...&split=rest``.
 
 Everything that can be wrong with the data is found at load time and reported by path,
-row or option, before any training starts.
+row or option, before any training starts: every image file is opened and decoded by a
+parallel pre-scan (:mod:`headstart.scan`); unreadable files stop the load (or, with
+``skip_bad``, are left out and counted); the same picture under two labels is a label
+conflict; the same picture twice under one label is a warning, and in both training and
+validation it is reported as leakage (:func:`data_checks`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import logging
 import math
 import os
 import re
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,12 +32,13 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torchvision import transforms as T
 
 from headstart._io import sha256_file
 from headstart.errors import ConfigError, DataError
 from headstart.registry import Registry
+from headstart.scan import open_image, scan_images
 from headstart.sources.base import Preprocessing
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "ImageDataset",
     "Item",
     "LabeledData",
+    "data_checks",
     "list_inputs",
     "load_data",
     "make_transform",
@@ -90,6 +97,9 @@ class LabeledData:
 
     A target of ``UNLABELLED`` (-1) marks an item without a label (images to predict).
     ``note`` says how this set was cut from ``spec`` (empty for a whole data set).
+    ``digests`` maps each checked image file to the digest of its decoded pixels
+    (:class:`headstart.scan.ImageCheck`); ``skipped`` lists the ``(path, problem)`` of
+    the files left out as unreadable or conflicting (``skip_bad``).
     """
 
     spec: str
@@ -99,6 +109,8 @@ class LabeledData:
     root: Path | None = None
     allow_hflip: bool = True
     note: str = ""
+    digests: dict[Path, str] = field(default_factory=dict, repr=False)
+    skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -141,21 +153,13 @@ class LabeledData:
     def load_image(self, i: int) -> Image.Image:
         """Item ``i`` opened and fully decoded, upright per its EXIF orientation.
 
-        Raises :class:`DataError` naming the file when it cannot be read.
+        Raises :class:`DataError` naming the file when it cannot be read or has more
+        pixels than :func:`headstart.scan.max_image_pixels` allows.
         """
         item = self.items[i]
         if isinstance(item, np.ndarray):
             return _array_to_image(item, self.name_of(i))
-        try:
-            with Image.open(item) as opened:
-                opened.load()
-            img: Image.Image = opened
-            # Phone photos are often stored sideways with an EXIF flag saying so.
-            if img.getexif().get(0x0112, 1) != 1:
-                img = ImageOps.exif_transpose(img)
-        except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ...)
-            raise DataError(f"{item}: unreadable image ({_first_line(exc)})") from exc
-        return img
+        return open_image(item)
 
     def class_counts(self) -> dict[str, int]:
         labelled = self.targets[self.targets != UNLABELLED]
@@ -233,12 +237,18 @@ def load_data(
     *,
     classes: Sequence[str] | None = None,
     check_images: bool = True,
+    skip_bad: bool = False,
+    progress: bool = False,
 ) -> LabeledData:
     """Load a labelled data set from ``spec`` (folder, CSV or ``builtin:NAME?options``).
 
     With ``classes`` (a trained run's), class indices follow that list: a label not in it
     is an error, a class in it with no data is allowed.  With ``check_images`` every
-    image file is opened and verified now, so a bad file is found before training.
+    image file is opened and fully decoded now, in parallel (``progress`` shows a bar),
+    so a bad file is found before training: unreadable files (empty, truncated, corrupt,
+    not an image, too many pixels) and the same picture under two labels are an error
+    listing them, or with ``skip_bad`` are left out with a warning and recorded in
+    ``skipped``.  The same picture twice under one label is a warning.
 
     Raises :class:`DataError` naming the path, row or option at fault.
     """
@@ -266,7 +276,7 @@ def load_data(
             "with path,label columns, or builtin:NAME (" + ", ".join(DATASETS.names()) + ")"
         )
     if check_images:
-        _check_images(data.items)
+        data = _checked(data, skip_bad=skip_bad, progress=progress)
     _log.debug("loaded %s: %d items, %d classes", data.spec, len(data), len(data.classes))
     return data
 
@@ -327,7 +337,8 @@ def _load_csv(path: Path) -> LabeledData:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from exc
-    # Line numbers count the header as line 1; blank lines keep their number but are skipped.
+    # Rows are numbered as a spreadsheet shows them: the header is row 1; blank rows keep
+    # their number but are skipped.
     numbered = [(n, row) for n, row in enumerate(rows, start=1) if any(c.strip() for c in row)]
     if not numbered:
         raise DataError(f"{path}: empty CSV; expected a header 'path,label' and one row per image")
@@ -341,23 +352,32 @@ def _load_csv(path: Path) -> LabeledData:
     pi, li = header.index("path"), header.index("label")
     body = numbered[1:]
     if not body:
-        raise DataError(f"{path}: no rows after the header (line {header_line})")
-    problems: dict[str, list[str]] = {"empty path": [], "empty label": [], "missing file": []}
+        raise DataError(f"{path}: no rows after the header (row {header_line})")
+    problems: dict[str, list[str]] = {
+        "empty path": [],
+        "empty label": [],
+        "missing file": [],
+        "file listed again": [],
+    }
     pairs: list[tuple[Path, str]] = []
+    first_row: dict[Path, int] = {}
     for line, row in body:
         cell = row[pi].strip() if len(row) > pi else ""
         label = row[li].strip() if len(row) > li else ""
         file = Path(cell).expanduser()
-        file = file if file.is_absolute() else path.parent / file
+        file = Path(os.path.normpath(file if file.is_absolute() else path.parent / file))
         if not cell:
             problems["empty path"].append(str(line))
         elif not label:
             problems["empty label"].append(str(line))
+        elif file in first_row:
+            problems["file listed again"].append(f"{line} ({cell}, first on row {first_row[file]})")
         elif not file.is_file():
             problems["missing file"].append(f"{line} ({cell})")
         else:
+            first_row[file] = line
             pairs.append((file, label))
-    found = [f"{kind} on line(s) {_listed(lines)}" for kind, lines in problems.items() if lines]
+    found = [f"{kind} on row(s) {_listed(lines)}" for kind, lines in problems.items() if lines]
     if found:
         raise DataError(f"{path}: " + "; ".join(found))
     classes = sorted({label for _, label in pairs})
@@ -371,19 +391,168 @@ def _load_csv(path: Path) -> LabeledData:
     )
 
 
-def _check_images(items: Sequence[Item]) -> None:
-    """Open and verify every image file; raise one error listing the bad ones by path."""
-    bad: list[str] = []
-    for item in items:
-        if not isinstance(item, Path):
-            continue
-        try:
-            with Image.open(item) as img:
-                img.verify()
-        except Exception as exc:  # any failure here means the file cannot be used
-            bad.append(f"{item} ({_first_line(exc)})")
-    if bad:
-        raise DataError(f"{len(bad)} unreadable image(s): {_listed(bad)}; fix or remove them")
+def _checked(data: LabeledData, *, skip_bad: bool, progress: bool) -> LabeledData:
+    """``data`` with every image file decoded once (see :mod:`headstart.scan`).
+
+    Unreadable files and label conflicts raise one :class:`DataError` listing them, or
+    with ``skip_bad`` are dropped (and recorded in ``skipped``) with a warning.
+    """
+    where = {item: i for i, item in enumerate(data.items) if isinstance(item, Path)}
+    checks = scan_images(list(where), progress=progress)
+    bad = [c for c in checks if not c.ok]
+    for c in bad:
+        _log.warning("%s: %s", c.path, c.problem)
+    if bad and not skip_bad:
+        raise DataError(
+            f"{len(bad)} unreadable image(s): {_listed([f'{c.path} ({c.problem})' for c in bad])}"
+            "; fix or remove them, or pass --skip-bad to leave them out"
+        )
+    digests = {c.path: c.digest for c in checks if c.ok}
+    conflicts = _label_conflicts(data, digests)
+    if conflicts and not skip_bad:
+        raise DataError(
+            f"{len(conflicts)} image(s) appear under more than one label: "
+            + _listed([" = ".join(f"{p} ({label})" for p, label in g) for g in conflicts])
+            + "; one of the labels is wrong: remove the wrong copies, or pass --skip-bad "
+            "to leave out every copy"
+        )
+    skipped = [(str(c.path), c.problem) for c in bad]
+    for group in conflicts:
+        labels = ", ".join(sorted({label for _, label in group}))
+        skipped += [(str(p), f"same picture under labels {labels}") for p, _ in group]
+    if skipped:
+        _log.warning(
+            "%s: left out %d of %d image(s) (--skip-bad): %d unreadable, %d with conflicting "
+            "labels",
+            data.spec,
+            len(skipped),
+            len(data),
+            len(bad),
+            len(skipped) - len(bad),
+        )
+        drop = {where[Path(p)] for p, _ in skipped}
+        keep = [i for i in range(len(data)) if i not in drop]
+        data = replace(
+            data,
+            items=[data.items[i] for i in keep],
+            targets=data.targets[np.asarray(keep, dtype=np.int64)],
+        )
+        for p, _ in skipped:
+            digests.pop(Path(p), None)
+    data = replace(data, digests=digests, skipped=skipped)
+    groups = _duplicate_groups(data)
+    if groups:
+        _log.warning(
+            "%s: %d picture(s) appear more than once under the same label (%d extra copies), "
+            "e.g. %s; duplicates weigh twice in training and may leak into validation",
+            data.spec,
+            len(groups),
+            sum(len(g) - 1 for g in groups),
+            " = ".join(str(p) for p in groups[0]),
+        )
+    return data
+
+
+def _label_of(data: LabeledData, i: int) -> str:
+    t = int(data.targets[i])
+    return data.classes[t] if t != UNLABELLED else ""
+
+
+def _by_digest(data: LabeledData) -> dict[str, list[int]]:
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, item in enumerate(data.items):
+        digest = data.digests.get(item) if isinstance(item, Path) else None
+        if digest:
+            groups[digest].append(i)
+    return groups
+
+
+def _label_conflicts(data: LabeledData, digests: dict[Path, str]) -> list[list[tuple[Path, str]]]:
+    """Groups of files with the same pixels and more than one label, as (path, label)."""
+    groups = _by_digest(replace(data, digests=digests))
+    out = []
+    for members in groups.values():
+        labels = {_label_of(data, i) for i in members} - {""}
+        if len(labels) > 1:
+            out.append([(_path(data.items[i]), _label_of(data, i)) for i in members])
+    return out
+
+
+def _path(item: Item) -> Path:
+    assert isinstance(item, Path)  # only image files have digests
+    return item
+
+
+def _duplicate_groups(data: LabeledData) -> list[list[Path]]:
+    """Groups of two or more files with the same pixels, in item order."""
+    return [
+        [_path(data.items[i]) for i in members]
+        for members in _by_digest(data).values()
+        if len(members) > 1
+    ]
+
+
+def _shown(data: LabeledData, path: Path) -> str:
+    root = data.root
+    return path.relative_to(root).as_posix() if root and path.is_relative_to(root) else str(path)
+
+
+def data_checks(
+    data: LabeledData, train: LabeledData, val: LabeledData | None, *, examples: int = 5
+) -> dict[str, Any]:
+    """What the pre-scan found, for a run's record: checked, skipped, duplicates, leakage.
+
+    ``data`` is the whole loaded set, ``train``/``val`` the parts trained and validated
+    on (``val`` may come from another folder).  Every skipped file is listed with its
+    problem; duplicates are counted, with up to ``examples`` groups.  Leakage is the
+    number of validation items whose decoded pixels equal a training item's, with up to
+    ``examples`` (train, validation) pairs; it is logged as a warning.  Only image files are
+    checked (in-memory arrays are not): ``checked`` says how many were.
+    """
+    groups = _duplicate_groups(data)
+    checked = len(data.digests) + len(data.skipped)
+    skipped = list(data.skipped)
+    if val is not None and val.digests is not data.digests:  # loaded on its own (--val)
+        checked += len(val.digests) + len(val.skipped)
+        skipped += val.skipped
+    out: dict[str, Any] = {
+        "checked": checked,
+        "skipped": {
+            "count": len(skipped),
+            "files": [{"path": p, "problem": why} for p, why in skipped],
+        },
+        "duplicates": {
+            "groups": len(groups),
+            "extra_copies": sum(len(g) - 1 for g in groups),
+            "examples": [[_shown(data, p) for p in g] for g in groups[:examples]],
+        },
+        "leakage": None,
+    }
+    if val is not None:
+        in_train: dict[str, Path] = {}
+        for item in train.items:
+            if isinstance(item, Path) and item in train.digests:
+                in_train.setdefault(train.digests[item], item)
+        pairs = [
+            (in_train[val.digests[item]], item)
+            for item in val.items
+            if isinstance(item, Path) and val.digests.get(item) in in_train
+        ]
+        out["leakage"] = {
+            "count": len(pairs),
+            "of": len(val),
+            "examples": [[_shown(train, a), _shown(val, b)] for a, b in pairs[:examples]],
+        }
+        if pairs:
+            _log.warning(
+                "leakage: %d of %d validation image(s) also in training (same pixels), e.g. "
+                "%s = %s; validation scores will be too high: remove the copies",
+                len(pairs),
+                len(val),
+                pairs[0][0],
+                pairs[0][1],
+            )
+    return out
 
 
 # --------------------------------------------------------------------------- built-in data

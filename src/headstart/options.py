@@ -74,6 +74,11 @@ class FitOptions:
     )
     out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
     overwrite: bool = _opt("replace an existing --out", default=False)
+    skip_bad: bool = _opt(
+        "leave out unreadable images and pictures found under two labels (counted in the "
+        "run's report) instead of stopping",
+        default=False,
+    )
     progress: bool = _opt("show progress bars", default=True, cli=False)
 
     def train_config(self) -> TrainConfig:

@@ -308,7 +308,8 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
 
 def recommend(options: FitOptions) -> Recommendation:
     """Load ``options.data`` and ``options.source``, measure, decide."""
-    return recommend_for(options, load_data(options.data))
+    data = load_data(options.data, skip_bad=options.skip_bad, progress=options.progress)
+    return recommend_for(options, data)
 
 
 def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:

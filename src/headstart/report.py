@@ -111,6 +111,34 @@ def _recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
+def _check_lines(checks: dict[str, Any] | None) -> list[str]:
+    """What the pre-scan found (headstart.data.data_checks), as report lines."""
+    if not checks:
+        return []
+    skipped, dup, leak = checks["skipped"], checks["duplicates"], checks["leakage"]
+    lines = [f"- images checked: {checks['checked']}; left out (--skip-bad): {skipped['count']}"]
+    lines += [f"  - `{e['path']}`: {e['problem']}" for e in skipped["files"][:10]]
+    if skipped["count"] > 10:
+        lines.append(f"  - ... ({skipped['count']} in all, each listed in headstart.json)")
+    if dup["groups"]:
+        lines.append(
+            f"- duplicates: {dup['groups']} picture(s) more than once under one label "
+            f"({dup['extra_copies']} extra copies), e.g. "
+            + "; ".join(" = ".join(f"`{p}`" for p in g) for g in dup["examples"][:3])
+        )
+    if leak is not None:
+        lines.append(
+            f"- leakage: {leak['count']} of {leak['of']} validation images also in training"
+            + (
+                " (**validation scores are too high**), e.g. "
+                + "; ".join(f"`{a}` = `{b}`" for a, b in leak["examples"][:3])
+                if leak["count"]
+                else ""
+            )
+        )
+    return lines
+
+
 def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: Path) -> None:
     """A short human report: what was trained on what, the plan, and the results."""
     src, plan, metrics = meta["source"], meta["plan"], meta["metrics"]
@@ -142,6 +170,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"- train: {data['train']['n_items']} items; validation: "
         f"{data['val']['n_items'] if data.get('val') else 0} items",
         f"- fingerprint: `{data['train']['fingerprint'][:16]}`",
+        *_check_lines(data.get("checks")),
         "",
         "## Result",
         f"- selected epoch: {metrics['best_epoch']} of {len(rows)} ({meta['config']['select']})",
