@@ -128,7 +128,7 @@ def image_problem(path: Path, exc: BaseException) -> str:
         return _sniff(path)
     text = _first_line(exc)
     if "truncated" in text.lower() or isinstance(exc, EOFError):
-        return f"truncated ({text})"
+        return "truncated (the file ends early: an interrupted download or copy?)"
     return f"corrupt ({text})"
 
 
