@@ -88,13 +88,9 @@ def main() -> None:
                 "load_average_1min": round(os.getloadavg()[0], 1),
                 "median_s": {k: round(v, 3) for k, v in median.items()},
                 # CPU seconds per wall second: above 1 means the work really ran in parallel
-                "cores_busy": {
-                    k: round(statistics.median(cpu[k]) / median[k], 2) for k in median
-                },
+                "cores_busy": {k: round(statistics.median(cpu[k]) / median[k], 2) for k in median},
                 "images_per_s": {k: round(args.n / v, 1) for k, v in median.items()},
-                "speedup_vs_serial": {
-                    k: round(median["serial"] / v, 2) for k, v in median.items()
-                },
+                "speedup_vs_serial": {k: round(median["serial"] / v, 2) for k, v in median.items()},
             },
             indent=2,
         )

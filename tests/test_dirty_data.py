@@ -503,3 +503,19 @@ def test_skip_bad_is_a_flag_of_every_command_that_loads_data(command: str) -> No
     args = build_parser().parse_args([command, "DATA", "--skip-bad"])
     assert args.skip_bad is True
     assert build_parser().parse_args([command, "DATA"]).skip_bad is False
+
+
+def test_cli_compare_skip_bad_records_the_checks(
+    dirty: Path, tmp_path: Path, tiny_limit: None
+) -> None:
+    shutil.copy(dirty / "cat/ok4.png", dirty / "cat/ok4 copy.png")  # leaks across folds
+    out = tmp_path / "cmp"
+    args = ("--strategies", "scratch", "--folds", "2", "--epochs", "1", "--batch-size", "8")
+    result = run_cli("compare", dirty, "--skip-bad", *args, "--out", out, "--json")
+    assert result.code == 0, result.stderr
+    checks = json.loads((out / "compare.json").read_text())["data_checks"]
+    assert checks["skipped"]["count"] == 6
+    assert checks["duplicates"]["examples"] == [["cat/ok4 copy.png", "cat/ok4.png"]]
+    md = (out / "compare.md").read_text()
+    assert "## Data checks" in md and "left out (--skip-bad): 6" in md
+    assert run_cli("compare", dirty, *args, "--out", tmp_path / "no").code == 1

@@ -24,10 +24,11 @@ import numpy as np
 
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text
 from headstart.api import check_options, load_training_data, train_on
+from headstart.data import data_checks
 from headstart.errors import ConfigError, DataError
 from headstart.options import CompareOptions
 from headstart.plan import parse_strategy
-from headstart.report import benefits, benefits_table, html_page, plot_lines
+from headstart.report import benefits, benefits_table, check_lines, html_page, plot_lines
 from headstart.run import prepare_out
 
 __all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
@@ -69,6 +70,7 @@ class CompareResult:
     scores: list[FoldScore]
     summary: list[StrategySummary]
     timings: dict[str, float] = field(default_factory=dict)
+    data_checks: dict[str, Any] = field(default_factory=dict)  # headstart.data.data_checks
 
     @property
     def best(self) -> str:
@@ -81,6 +83,7 @@ class CompareResult:
             "summary": [asdict(s) for s in self.summary],
             "scores": [asdict(s) for s in self.scores],
             "timings": self.timings,
+            "data_checks": self.data_checks,
         }
 
 
@@ -186,6 +189,7 @@ def compare(options: CompareOptions) -> CompareResult:
     )
     check_options(replace(options, strategy=strategies[0]))
     data = load_training_data(options)
+    checks = data_checks(data, data, None)
     smallest = int(np.bincount(data.targets).min())
     if smallest < options.folds:
         worst = data.classes[int(np.bincount(data.targets).argmin())]
@@ -241,7 +245,9 @@ def compare(options: CompareOptions) -> CompareResult:
                         m["val_acc"],
                         trained.timings["train_s"],
                     )
-    result = CompareResult(out_dir=out, scores=scores, summary=summarise(scores))
+    result = CompareResult(
+        out_dir=out, scores=scores, summary=summarise(scores), data_checks=checks
+    )
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)
     return result
@@ -290,6 +296,8 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             f"{s.seconds:.1f} |"
         )
     lines += ["", _verdict(result), ""]
+    if result.data_checks:
+        lines += ["## Data checks", "", *check_lines(result.data_checks), ""]
     curves = mean_curves(result)
     named = [(name, benefits(mean)) for name, (mean, _) in curves.items()]
     baseline = "scratch" if "scratch" in curves else None

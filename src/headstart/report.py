@@ -16,6 +16,7 @@ __all__ = [
     "Benefits",
     "benefits",
     "benefits_table",
+    "check_lines",
     "html_page",
     "plot_confusion",
     "plot_curves",
@@ -111,7 +112,7 @@ def _recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
     return [*lines, ""]
 
 
-def _check_lines(checks: dict[str, Any] | None) -> list[str]:
+def check_lines(checks: dict[str, Any] | None) -> list[str]:
     """What the pre-scan found (headstart.data.data_checks), as report lines."""
     if not checks:
         return []
@@ -170,7 +171,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"- train: {data['train']['n_items']} items; validation: "
         f"{data['val']['n_items'] if data.get('val') else 0} items",
         f"- fingerprint: `{data['train']['fingerprint'][:16]}`",
-        *_check_lines(data.get("checks")),
+        *check_lines(data.get("checks")),
         "",
         "## Result",
         f"- selected epoch: {metrics['best_epoch']} of {len(rows)} ({meta['config']['select']})",
