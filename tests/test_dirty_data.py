@@ -519,3 +519,12 @@ def test_cli_compare_skip_bad_records_the_checks(
     md = (out / "compare.md").read_text()
     assert "## Data checks" in md and "left out (--skip-bad): 6" in md
     assert run_cli("compare", dirty, *args, "--out", tmp_path / "no").code == 1
+
+
+def test_in_memory_arrays_are_not_checked_and_say_so() -> None:
+    from headstart.report import check_lines
+
+    data = load_data("builtin:digits?classes=0-1&per_class=4")
+    checks = data_checks(data, data.subset(range(6)), data.subset([6, 7]))
+    assert checks["checked"] == 0 and checks["leakage"] is None
+    assert check_lines(checks) == []

@@ -506,8 +506,9 @@ def data_checks(
     on (``val`` may come from another folder).  Every skipped file is listed with its
     problem; duplicates are counted, with up to ``examples`` groups.  Leakage is the
     number of validation items whose decoded pixels equal a training item's, with up to
-    ``examples`` (train, validation) pairs; it is logged as a warning.  Only image files are
-    checked (in-memory arrays are not): ``checked`` says how many were.
+    ``examples`` (train, validation) pairs; it is logged as a warning, and is None when
+    there is no validation set or it was not checked.  Only image files are checked
+    (in-memory arrays are not): ``checked`` says how many were.
     """
     groups = _duplicate_groups(data)
     checked = len(data.digests) + len(data.skipped)
@@ -528,7 +529,7 @@ def data_checks(
         },
         "leakage": None,
     }
-    if val is not None:
+    if val is not None and train.digests and val.digests:  # else: not checked (arrays)
         in_train: dict[str, Path] = {}
         for item in train.items:
             if isinstance(item, Path) and item in train.digests:

@@ -114,7 +114,7 @@ def _recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
 
 def check_lines(checks: dict[str, Any] | None) -> list[str]:
     """What the pre-scan found (headstart.data.data_checks), as report lines."""
-    if not checks:
+    if not checks or not checks["checked"]:  # e.g. builtin data: arrays, not files
         return []
     skipped, dup, leak = checks["skipped"], checks["duplicates"], checks["leakage"]
     lines = [f"- images checked: {checks['checked']}; left out (--skip-bad): {skipped['count']}"]
