@@ -528,3 +528,12 @@ def test_in_memory_arrays_are_not_checked_and_say_so() -> None:
     checks = data_checks(data, data.subset(range(6)), data.subset([6, 7]))
     assert checks["checked"] == 0 and checks["leakage"] is None
     assert check_lines(checks) == []
+
+
+def test_float_and_32_bit_images_are_scaled_by_their_range() -> None:
+    unit = Image.fromarray(np.array([[0.0, 0.5], [1.0, 0.25]], dtype=np.float32), "F")
+    assert np.asarray(to_model_mode(unit, 1)).tolist() == [[0, 128], [255, 64]]
+    wide = Image.fromarray(np.array([[0, 100000], [50000, 200000]], dtype=np.int32), "I")
+    assert np.asarray(to_model_mode(wide, 1)).tolist() == [[0, 128], [64, 255]]
+    eight = Image.fromarray(np.array([[0, 200]], dtype=np.int32), "I")
+    assert np.asarray(to_model_mode(eight, 1)).tolist() == [[0, 200]]

@@ -773,16 +773,23 @@ def to_model_mode(img: Image.Image, channels: int) -> Image.Image:
     """Convert any PIL image to what the model takes: ``RGB`` (3 channels) or ``L`` (1).
 
     Transparency is composed over white; 16-bit images are scaled to 8 bits (a 32-bit
-    ``I`` image is taken as 16-bit when any value exceeds 255); palette, CMYK and the
-    other modes go through PIL's own conversion.  Raises :class:`DataError` for a mode
-    PIL cannot convert.
+    ``I`` image is taken as 8-bit when no value exceeds 255, 16-bit when none exceeds
+    65535, else scaled by its maximum); a float ``F`` image is taken as 0..1 when no value
+    exceeds 1, else like ``I``; palette, CMYK and the other modes go through PIL's own
+    conversion.  Raises :class:`DataError` for a mode PIL cannot convert.
     """
     if channels not in (1, 3):
         raise ConfigError(f"images can be given to a model as 1 or 3 channels, not {channels}")
     want = "RGB" if channels == 3 else "L"
-    if img.mode in (*_SIXTEEN_BIT, "I"):
+    if img.mode in (*_SIXTEEN_BIT, "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode in _SIXTEEN_BIT or arr.max(initial=0) > 255 else 255.0
+        high = float(arr.max(initial=0))
+        if img.mode in _SIXTEEN_BIT:
+            top = 65535.0
+        elif img.mode == "F" and high <= 1.0:
+            top = 1.0
+        else:
+            top = 255.0 if high <= 255 else 65535.0 if high <= 65535 else high
         img = Image.fromarray(np.clip(np.round(arr * (255.0 / top)), 0, 255).astype(np.uint8))
     elif img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
         img.mode == "P" and "transparency" in img.info

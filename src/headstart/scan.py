@@ -55,7 +55,7 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _SERIAL_BELOW = 16  # so few files are checked faster than a pool starts
 _CACHE_LIMIT = 200_000  # entries kept by the in-process cache of results
-_cache: dict[tuple[str, int, int, int, int], ImageCheck] = {}
+_cache: dict[tuple[str, int, int, int, int, int], ImageCheck] = {}
 _cache_lock = threading.Lock()
 
 
@@ -201,13 +201,18 @@ def check_image(path: Path, limit: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> Ima
     return ImageCheck(path, digest=_digest(img))
 
 
-def _key(path: Path, limit: int | None) -> tuple[str, int, int, int, int] | None:
-    """A cache key that changes when the file does (or the pixel limit)."""
+def _key(path: Path, limit: int | None) -> tuple[str, int, int, int, int, int] | None:
+    """A cache key that changes when the file does (or the pixel limit).
+
+    ctime is in it because a copy that keeps the old mtime (``cp -p``, ``rsync -t``)
+    still changes it, and nothing can set it back.
+    """
     try:
         st = path.stat()
     except OSError:
         return None
-    return (str(path), st.st_size, st.st_mtime_ns, st.st_ino, -1 if limit is None else limit)
+    limit_key = -1 if limit is None else limit
+    return (str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, limit_key)
 
 
 def _default_workers() -> int:
@@ -229,8 +234,8 @@ def scan_images(
 
     ``workers`` (default: the CPUs this process may use) threads, or processes with
     ``executor="process"``, share the work; ``progress`` shows a bar.  With ``cache``,
-    a file already checked by this process and unchanged since (same size, mtime and
-    inode, same pixel limit) is not decoded again.
+    a file already checked by this process and unchanged since (same size, mtime, ctime
+    and inode, same pixel limit) is not decoded again.
     """
     from tqdm.auto import tqdm
 
