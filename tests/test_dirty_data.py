@@ -26,7 +26,7 @@ from headstart.data import ImageDataset, data_checks, load_data, make_transform,
 from headstart.errors import ConfigError, DataError
 from headstart.scan import MAX_IMAGE_PIXELS_ENV, open_image, scan_images
 from headstart.sources.base import Preprocessing
-from tests.conftest import run_cli
+from tests.conftest import headstart, run_cli
 
 TINY_LIMIT = "1000"  # pixels: the 40x40 "bomb" is over it, every other image (<= 24x16) under
 
@@ -462,6 +462,17 @@ def test_cli_fit_stops_on_bad_files_and_names_each(
         assert f"{dirty / name} ({reason}" in last
     assert "bomb.png (40 x 40 = 1,600 pixels" in last
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # a child process: interpreter and torch start-up
+def test_real_headstart_process_exits_1_naming_the_bomb(
+    dirty: Path, tmp_path: Path, tiny_limit: None
+) -> None:
+    _without(dirty, list(BAD))
+    result = headstart("fit", dirty, *FAST, "--out", tmp_path / "run")
+    assert result.code == 1 and result.stdout == ""
+    assert "Traceback" not in result.stderr
+    assert f"1 unreadable image(s): {dirty / BOMB} (40 x 40 = 1,600 pixels" in result.stderr
 
 
 def test_cli_fit_skip_bad_records_skipped_and_leakage(
