@@ -412,9 +412,12 @@ def test_csv_pointing_at_bad_files_lists_them(dirty: Path) -> None:
 # --------------------------------------------------------------------------- the scan
 
 
-def test_threads_and_processes_give_the_same_checks(dirty: Path, tiny_limit: None) -> None:
+def test_threads_and_processes_give_the_same_checks(
+    dirty: Path, tiny_limit: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     paths = sorted(p for p in dirty.rglob("*.*") if p.suffix in (".png", ".jpg"))
     assert len(paths) > 16  # enough for a pool, not the serial path
+    monkeypatch.setattr(scan, "_BATCH", 7)  # several batches, the last one short
     threads = scan_images(paths, workers=2, executor="thread", cache=False)
     processes = scan_images(paths, workers=2, executor="process", cache=False)
     serial = scan_images(paths, workers=1, cache=False)

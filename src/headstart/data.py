@@ -214,11 +214,6 @@ class LabeledData:
         return out
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0][:120] if text else "") or type(exc).__name__
-
-
 def _array_to_image(arr: np.ndarray, name: str) -> Image.Image:
     if arr.dtype != np.uint8 or arr.ndim not in (2, 3):
         raise DataError(f"{name}: in-memory image must be uint8 (H,W) or (H,W,C), got {arr.dtype}")

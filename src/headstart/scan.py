@@ -54,6 +54,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 _SERIAL_BELOW = 16  # so few files are checked faster than a pool starts
+_BATCH = 4096  # files handed to the pool at a time
 _CACHE_LIMIT = 200_000  # entries kept by the in-process cache of results
 _cache: dict[tuple[str, int, int, int, int, int], ImageCheck] = {}
 _cache_lock = threading.Lock()
@@ -273,14 +274,16 @@ def scan_images(
                 else ProcessPoolExecutor(n_workers)
             )
             with pool:
-                # Many small tasks per worker keep the bar moving and the load even.
-                chunk = 1 if executor == "thread" else max(1, len(todo) // (n_workers * 16))
-                checked = pool.map(
-                    check_image, [paths[i] for i in todo], [limit] * len(todo), chunksize=chunk
-                )
-                for i, result in zip(todo, checked, strict=True):
-                    results[i] = result
-                    bar.update()
+                # Submitted a batch at a time: a million pending futures would cost
+                # gigabytes.  Many small tasks per worker keep the bar moving.
+                for start in range(0, len(todo), _BATCH):
+                    batch = todo[start : start + _BATCH]
+                    chunk = 1 if executor == "thread" else max(1, len(batch) // (n_workers * 16))
+                    files = [paths[i] for i in batch]
+                    checked = pool.map(check_image, files, [limit] * len(batch), chunksize=chunk)
+                    for i, result in zip(batch, checked, strict=True):
+                        results[i] = result
+                        bar.update()
     if cache:
         with _cache_lock:
             if len(_cache) + len(todo) > _CACHE_LIMIT:
@@ -289,11 +292,14 @@ def scan_images(
                 key = keys[i]
                 if key is not None:
                     _cache[key] = results[i]  # type: ignore[assignment]
+    done = [r for r in results if r is not None]
     if todo:
-        _log.debug(
-            "checked %d images in %.2f s (%d from cache)",
+        reused = len(paths) - len(todo)
+        _log.info(
+            "checked %d image(s) in %.1f s: %d bad%s",
             len(todo),
             time.perf_counter() - t0,
-            len(paths) - len(todo),
+            sum(not r.ok for r in done),
+            f" ({reused} more unchanged since checked)" if reused else "",
         )
-    return [r for r in results if r is not None]
+    return done
