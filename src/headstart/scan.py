@@ -2,10 +2,13 @@
 
 A data set scraped from a disk or the web holds empty files, half-downloaded JPEGs, web
 pages saved with an image name and the odd decompression bomb.  :func:`scan_images`
-finds them all in one pass (a thread pool: Pillow's decoders release the GIL, see
-bench/README.md), each with the reason, and gives every readable image a digest of its
-decoded pixels so that duplicates and train/validation leakage can be found without
-decoding again.
+finds them all in one pass, each with the reason, and gives every readable image a digest
+of its decoded pixels so that duplicates and train/validation leakage can be found without
+decoding again.  It uses a thread pool: Pillow's ``_decode`` (src/decode.c) runs the
+decoder between ``ImagingSectionEnter``/``Leave``, which release the GIL, and hashlib
+releases it while hashing large buffers, so threads decode in parallel without the
+start-up and pickling of a process pool, or forking a process that holds torch
+(bench/scan_bench.py measures both).
 
 :func:`open_image` is the one way headstart opens an image file, in the scan and in
 training alike: the pixel limit is checked from the header before anything is decoded,
