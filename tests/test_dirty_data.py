@@ -401,12 +401,15 @@ def test_csv_problems_are_listed_by_spreadsheet_row(dirty: Path) -> None:
 
 
 def test_csv_pointing_at_bad_files_lists_them(dirty: Path) -> None:
-    (dirty / "l.csv").write_text("path,label\ncat/ok0.png,a\ndog/page.jpg,b\ncat/zero.jpg,b\n")
+    (dirty / "l.csv").write_text(
+        "path,label\ncat/ok0.png,a\ndog/page.jpg,b\ncat/zero.jpg,b\ndog/ok0.png,b\n"
+    )
     with pytest.raises(DataError, match=r"2 unreadable image\(s\)") as e:
         load_data(dirty / "l.csv")
     assert "page.jpg (not an image: an HTML page" in str(e.value)
     data = load_data(dirty / "l.csv", skip_bad=True)
-    assert data.items == [dirty / "cat/ok0.png"] and len(data.skipped) == 2
+    assert data.items == [dirty / "cat/ok0.png", dirty / "dog/ok0.png"]
+    assert data.targets.tolist() == [0, 1] and len(data.skipped) == 2
 
 
 # --------------------------------------------------------------------------- the scan
@@ -551,3 +554,14 @@ def test_float_and_32_bit_images_are_scaled_by_their_range() -> None:
     assert np.asarray(to_model_mode(wide, 1)).tolist() == [[0, 128], [64, 255]]
     eight = Image.fromarray(np.array([[0, 200]], dtype=np.int32), "I")
     assert np.asarray(to_model_mode(eight, 1)).tolist() == [[0, 200]]
+
+
+def test_a_class_left_empty_by_skip_bad_is_an_error(dirty: Path) -> None:
+    (dirty / "emu").mkdir()
+    (dirty / "emu" / "a.jpg").write_bytes(b"")
+    (dirty / "emu" / "b.png").write_text("<html></html>")
+    with pytest.raises(DataError, match=r"no usable image left in class\(es\) emu after --skip"):
+        load_data(dirty, skip_bad=True)
+    # against a trained model's classes an empty class is allowed, as without --skip-bad
+    data = load_data(dirty, skip_bad=True, classes=["cat", "dog", "emu"])
+    assert data.class_counts()["emu"] == 0

@@ -271,7 +271,7 @@ def load_data(
             "with path,label columns, or builtin:NAME (" + ", ".join(DATASETS.names()) + ")"
         )
     if check_images:
-        data = _checked(data, skip_bad=skip_bad, progress=progress)
+        data = _checked(data, skip_bad=skip_bad, progress=progress, allow_empty=known is not None)
     _log.debug("loaded %s: %d items, %d classes", data.spec, len(data), len(data.classes))
     return data
 
@@ -386,11 +386,14 @@ def _load_csv(path: Path) -> LabeledData:
     )
 
 
-def _checked(data: LabeledData, *, skip_bad: bool, progress: bool) -> LabeledData:
+def _checked(
+    data: LabeledData, *, skip_bad: bool, progress: bool, allow_empty: bool
+) -> LabeledData:
     """``data`` with every image file decoded once (see :mod:`headstart.scan`).
 
     Unreadable files and label conflicts raise one :class:`DataError` listing them, or
-    with ``skip_bad`` are dropped (and recorded in ``skipped``) with a warning.
+    with ``skip_bad`` are dropped (and recorded in ``skipped``) with a warning; a class
+    left with no images is then an error unless ``allow_empty``.
     """
     where = {item: i for i, item in enumerate(data.items) if isinstance(item, Path)}
     checks = scan_images(list(where), progress=progress)
@@ -434,6 +437,12 @@ def _checked(data: LabeledData, *, skip_bad: bool, progress: bool) -> LabeledDat
         )
         for p, _ in skipped:
             digests.pop(Path(p), None)
+        emptied = [c for c, n in data.class_counts().items() if n == 0]
+        if emptied and not allow_empty:
+            raise DataError(
+                f"{data.spec}: no usable image left in class(es) {_listed(emptied)} after "
+                "--skip-bad; add images or remove the class"
+            )
     data = replace(data, digests=digests, skipped=skipped)
     groups = _duplicate_groups(data)
     if groups:
