@@ -78,7 +78,13 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.options import CompareOptions, FitOptions, PretrainOptions, RecommendOptions
+    from headstart.options import (
+        CompareOptions,
+        FitOptions,
+        PretrainOptions,
+        RankOptions,
+        RecommendOptions,
+    )
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -125,6 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
             "features, LEEP, BatchNorm statistics shift), name which of the four cases "
             "(small/large x similar/dissimilar) it is, and propose the plan; 'fit --strategy "
             "auto' does the same, then trains.",
+        ),
+        (
+            "rank",
+            RankOptions,
+            _cmd_rank,
+            "score candidate sources on DATA without fine-tuning",
+            "Score every candidate source (SPEC or SPEC@WEIGHTS) on the target data from one "
+            "forward pass each: LogME, LEEP (needs the source's own classifier head), k-NN and "
+            "linear-probe accuracy under cross-validation; print them ranked, with the "
+            "seconds each took. --validate also fine-tunes each candidate and reports "
+            "Kendall's tau between each score and the real accuracy.",
         ),
     )
     for name, cls, handler, help_text, description in option_commands:
@@ -224,6 +241,15 @@ def _cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     rec = recommend(_options(RecommendOptions, args))
     _human(args, [rec.describe()])
     return rec.to_dict()
+
+
+def _cmd_rank(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.options import RankOptions
+    from headstart.ranking import format_rank, rank_sources
+
+    result = rank_sources(_options(RankOptions, args))
+    _human(args, [format_rank(result)])
+    return result.to_dict()
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RecommendOptions"]
+__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RankOptions", "RecommendOptions"]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -154,5 +154,40 @@ class RecommendOptions(FitOptions):
     label_smoothing: float = _opt("", default=0.0, cli=False)
     warmup_epochs: float = _opt("", default=1.0, cli=False)
     workers: int = _opt("", default=0, cli=False)
+    out: str | None = _opt("", default=None, cli=False)
+    overwrite: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class RankOptions(FitOptions):
+    """``headstart rank``: score candidate sources without fine-tuning; ``--validate``
+    also fine-tunes each briefly (the training flags below are for that)."""
+
+    sources: str = _opt(
+        "comma-separated candidates, each SPEC or SPEC@WEIGHTS (WEIGHTS as for --weights: "
+        "default, none, a file or a URL), e.g. builtin:digits-cnn,builtin:digits-cnn@none",
+        default="",
+    )
+    method: str = _opt(
+        "logme, leep, knn, probe (linear probe), a comma-separated list, or all; the table "
+        "is ranked by the first",
+        default="all",
+    )
+    validate: bool = _opt(
+        "also fine-tune every candidate on --folds folds and report Kendall's tau between "
+        "each score and the held-out accuracy, and the seconds of both",
+        default=False,
+    )
+    folds: int = _opt("stratified folds for --validate", default=3)
+    strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
+    epochs: int = _opt("training epochs of each --validate fine-tuning", default=10)
+    # One candidate list instead: --sources; the weights go after an @ in each.
+    source: str = _opt("", default="builtin:digits-cnn", cli=False)
+    weights: str = _opt("", default="default", cli=False)
+    # Each fold's held-out part is the validation set, and the last epoch is scored.
+    val: str | None = _opt("", default=None, cli=False)
+    val_fraction: float = _opt("", default=0.0, cli=False)
+    select: str = _opt("", default="last", cli=False)
+    patience: int | None = _opt("", default=None, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
