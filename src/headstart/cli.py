@@ -79,6 +79,7 @@ def _common() -> argparse.ArgumentParser:
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
     from headstart.options import (
+        AdaptOptions,
         CompareOptions,
         FitOptions,
         PretrainOptions,
@@ -142,6 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
             "linear-probe accuracy under cross-validation; print them ranked, with the "
             "seconds each took. --validate also fine-tunes each candidate and reports "
             "Kendall's tau between each score and the real accuracy.",
+        ),
+        (
+            "adapt",
+            AdaptOptions,
+            _cmd_adapt,
+            "train for an unlabelled target domain (DANN, CORAL, source-only)",
+            "Train on labelled source-domain DATA for the unlabelled --target images: DANN "
+            "(gradient reversal, domain classifier, the paper's lambda schedule), Deep CORAL, "
+            "or source-only; --eval reports the target accuracy. Writes a run dir as fit does.",
         ),
     )
     for name, cls, handler, help_text, description in option_commands:
@@ -250,6 +260,22 @@ def _cmd_rank(args: argparse.Namespace) -> dict[str, Any]:
     result = rank_sources(_options(RankOptions, args))
     _human(args, [format_rank(result)])
     return result.to_dict()
+
+
+def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.adapt import adapt
+    from headstart.options import AdaptOptions
+
+    result = adapt(_options(AdaptOptions, args))
+    m = result.metrics
+    lines = [f"{result.method}: source-domain training accuracy {m['train_acc']:.4f}"]
+    if m["val_acc"] is not None:
+        lines.append(f"source-domain validation accuracy {m['val_acc']:.4f}")
+    if m["target_acc"] is not None:
+        lines.append(f"target-domain accuracy {m['target_acc']:.4f} (--eval)")
+    lines.append(f"run dir: {result.run_dir} ({result.timings['total_s']:.1f}s)")
+    _human(args, lines)
+    return result.summary()
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:

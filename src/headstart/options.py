@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RankOptions", "RecommendOptions"]
+__all__ = [
+    "AdaptOptions",
+    "CompareOptions",
+    "FitOptions",
+    "PretrainOptions",
+    "RankOptions",
+    "RecommendOptions",
+]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -191,3 +198,38 @@ class RankOptions(FitOptions):
     patience: int | None = _opt("", default=None, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class AdaptOptions(FitOptions):
+    """``headstart adapt``: labelled source-domain DATA, unlabelled --target images."""
+
+    data: str = _opt(
+        "labelled source-domain data: a folder (one sub-folder per class), a CSV or builtin:...",
+        default="",
+    )
+    target: str = _opt(
+        "unlabelled target-domain images: a folder (searched recursively; labels ignored), "
+        "a CSV or builtin:... (labels dropped)",
+        default="",
+    )
+    method: str = _opt(
+        "dann (domain-adversarial, gradient reversal), coral (Deep CORAL) or source-only",
+        default="dann",
+    )
+    eval: str | None = _opt(
+        "labelled target-domain data: report the target accuracy after every epoch and "
+        "evaluate the finished run on it (never used to train or to pick the epoch)",
+        default=None,
+    )
+    strategy: str = _opt("full | partial:K (which stages adapt) | scratch", default="full")
+    epochs: int = _opt("training epochs (passes over the labelled data)", default=20)
+    val_fraction: float = _opt(
+        "fraction of DATA held out as source-domain validation (0: none)", default=0.0
+    )
+    domain_hidden: int = _opt("hidden units of DANN's domain classifier (2 layers)", default=100)
+    coral_weight: float = _opt("weight of the CORAL loss", default=1.0)
+    # The last epoch is kept (no target labels to choose by); the lr is annealed instead.
+    select: str = _opt("", default="last", cli=False)
+    patience: int | None = _opt("", default=None, cli=False)
+    warmup_epochs: float = _opt("", default=0.0, cli=False)
