@@ -354,9 +354,9 @@ def adapt(options: AdaptOptions) -> AdaptResult:
             scheduler.step()
             step += 1
             n = len(ys)
-            sums["loss"] += float(loss) * n
-            sums["cls"] += float(cls) * n
-            sums["align"] += float(align) * n
+            sums["loss"] += loss.item() * n
+            sums["cls"] += cls.item() * n
+            sums["align"] += align.item() * n
             correct += int((logits.argmax(1) == ys).sum())
             seen += n
         val = predict_loader(model, val_loader, device) if val_loader is not None else None
