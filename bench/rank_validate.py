@@ -1,7 +1,7 @@
 """Does `headstart rank` order candidate sources as fine-tuning them does, and how cheaply?
 
-Target: scikit-learn digits 5-9, 20 labelled images per class (`per_class` sampling seeds
-0, 1, 2).  Candidates, all the same architecture (builtin:digits-cnn):
+Target: scikit-learn digits 5-9, 20 (or PER_CLASS) labelled images per class
+(`per_class` sampling seeds 0, 1, 2).  Candidates, all the same architecture (builtin:digits-cnn):
 
 - `builtin:digits-cnn` -- its default weights, pre-trained on digits 0-4: a well-matched
   source (same pen strokes, same 8x8 scans, different classes);
@@ -10,12 +10,13 @@ Target: scikit-learn digits 5-9, 20 labelled images per class (`per_class` sampl
   telling 8x8 grayscale patches of scikit-learn's two sample photographs (a temple in
   China, a flower) apart, i.e. photographic texture and tone, nothing about strokes.
 
-For each target sample: `rank --method all --validate` (full fine-tuning, the default
+For each target sample: `rank --method all --validate --lr 3e-3` (full fine-tuning, the default
 backbone lr x0.1, 30 epochs, 3 stratified folds, last epoch scored on the held-out fold),
 Kendall's tau between each score and the fine-tuned accuracy, and the seconds spent
 scoring (one forward pass + each score) against fine-tuning.  Prints one JSON line.
 
-    PYTHONPATH=src nice -n 10 .venv/bin/python bench/rank_validate.py
+    OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 \\
+        .venv/bin/python bench/rank_validate.py [EPOCHS [PER_CLASS]]
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ def main() -> None:
 
     logging.basicConfig(level=logging.WARNING)
     epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    per_class = int(sys.argv[2]) if len(sys.argv) > 2 else 20
     seeds = [0, 1, 2]
     with tempfile.TemporaryDirectory() as tmp:
         patches = write_photo_patches(Path(tmp) / "patches")
@@ -71,7 +73,7 @@ def main() -> None:
         )
         runs = []
         for seed in seeds:
-            data = f"builtin:digits?classes=5-9&per_class=20&seed={seed}"
+            data = f"builtin:digits?classes=5-9&per_class={per_class}&seed={seed}"
             t0 = time.perf_counter()
             result = rank_sources(
                 RankOptions(
@@ -117,6 +119,7 @@ def main() -> None:
             {
                 "bench": "rank_validate",
                 "epochs": epochs,
+                "per_class": per_class,
                 "runs": runs,
                 "mean_tau": {
                     m: None if None in t else round(float(np.mean(t)), 3) for m, t in taus.items()
