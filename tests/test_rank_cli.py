@@ -168,6 +168,7 @@ def test_rank_skips_leep_without_a_source_head(
         (["--sources", "builtin:nosuch"], "unknown builtin model 'nosuch'"),
         (["--sources", ""], "give the candidates"),
         (["--sources", "builtin:digits-cnn", "--validate", "--folds", "1"], "--folds"),
+        (["--sources", "builtin:digits-cnn", "--validate", "--strategy", "scratch"], "@none"),
     ],
 )
 def test_rank_cli_errors_are_one_line(digits_folder: Path, args: list[str], match: str) -> None:

@@ -267,6 +267,10 @@ def adapt(options: AdaptOptions) -> AdaptResult:
             }
         )
     optimizer = torch.optim.AdamW(groups)
+
+    def head_lr_now() -> float:
+        return float(next(g["lr"] for g in optimizer.param_groups if g["name"] == "head"))
+
     pre = source.preprocessing
     common = {"batch_size": options.batch_size, "workers": options.workers}
     source_loader = _loader(
@@ -371,7 +375,7 @@ def adapt(options: AdaptOptions) -> AdaptResult:
             "align_loss": sums["align"] / max(1, seen),
             "domain_acc": sums["dom_correct"] / sums["dom_seen"] if sums["dom_seen"] else None,
             "lambda": lambd if options.method == "dann" else None,
-            "lr_head": float(optimizer.param_groups[0]["lr"]),
+            "lr_head": head_lr_now(),
             "target_acc": tgt.accuracy if tgt else None,
             "seconds": time.perf_counter() - t0,
         }

@@ -350,6 +350,12 @@ def rank_sources(options: RankOptions) -> RankResult:
 
         options.train_config()  # --epochs, --batch-size... before any slow work
         parse_strategy(options.strategy)
+        if options.strategy == "scratch":
+            raise ConfigError(
+                "--strategy scratch re-initialises every candidate, so --validate would "
+                "fine-tune the same network each time; use full, partial:K or linear (rank "
+                "a random initialisation as SPEC@none)"
+            )
     data = load_training_data(options)
     unlabelled = int((data.targets < 0).sum())
     if unlabelled:
