@@ -170,6 +170,11 @@ class RankOptions(FitOptions):
     """``headstart rank``: score candidate sources without fine-tuning; ``--validate``
     also fine-tunes each briefly (the training flags below are for that)."""
 
+    data: str = _opt(
+        "labelled target data to score the candidates on: a folder (one sub-folder per "
+        "class), a CSV (path,label) or builtin:digits[?classes=5-9&per_class=20]",
+        default="",
+    )
     sources: str = _opt(
         "comma-separated candidates, each SPEC or SPEC@WEIGHTS (WEIGHTS as for --weights: "
         "default, none, a file or a URL), e.g. builtin:digits-cnn,builtin:digits-cnn@none",
