@@ -78,7 +78,14 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.options import CompareOptions, FitOptions, PretrainOptions, RecommendOptions
+    from headstart.options import (
+        AdaptOptions,
+        CompareOptions,
+        FitOptions,
+        PretrainOptions,
+        RankOptions,
+        RecommendOptions,
+    )
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -125,6 +132,26 @@ def build_parser() -> argparse.ArgumentParser:
             "features, LEEP, BatchNorm statistics shift), name which of the four cases "
             "(small/large x similar/dissimilar) it is, and propose the plan; 'fit --strategy "
             "auto' does the same, then trains.",
+        ),
+        (
+            "rank",
+            RankOptions,
+            _cmd_rank,
+            "score candidate sources on DATA without fine-tuning",
+            "Score every candidate source (SPEC or SPEC@WEIGHTS) on the target data from one "
+            "forward pass each: LogME, LEEP (needs the source's own classifier head), k-NN and "
+            "linear-probe accuracy under cross-validation; print them ranked, with the "
+            "seconds each took. --validate also fine-tunes each candidate and reports "
+            "Kendall's tau between each score and the real accuracy.",
+        ),
+        (
+            "adapt",
+            AdaptOptions,
+            _cmd_adapt,
+            "train for an unlabelled target domain (DANN, CORAL, source-only)",
+            "Train on labelled source-domain DATA for the unlabelled --target images: DANN "
+            "(gradient reversal, domain classifier, the paper's lambda schedule), Deep CORAL, "
+            "or source-only; --eval reports the target accuracy. Writes a run dir as fit does.",
         ),
     )
     for name, cls, handler, help_text, description in option_commands:
@@ -224,6 +251,31 @@ def _cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     rec = recommend(_options(RecommendOptions, args))
     _human(args, [rec.describe()])
     return rec.to_dict()
+
+
+def _cmd_rank(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.options import RankOptions
+    from headstart.ranking import format_rank, rank_sources
+
+    result = rank_sources(_options(RankOptions, args))
+    _human(args, [format_rank(result)])
+    return result.to_dict()
+
+
+def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.adapt import adapt
+    from headstart.options import AdaptOptions
+
+    result = adapt(_options(AdaptOptions, args))
+    m = result.metrics
+    lines = [f"{result.method}: source-domain training accuracy {m['train_acc']:.4f}"]
+    if m["val_acc"] is not None:
+        lines.append(f"source-domain validation accuracy {m['val_acc']:.4f}")
+    if m["target_acc"] is not None:
+        lines.append(f"target-domain accuracy {m['target_acc']:.4f} (--eval)")
+    lines.append(f"run dir: {result.run_dir} ({result.timings['total_s']:.1f}s)")
+    _human(args, lines)
+    return result.summary()
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RecommendOptions"]
+__all__ = [
+    "AdaptOptions",
+    "CompareOptions",
+    "FitOptions",
+    "PretrainOptions",
+    "RankOptions",
+    "RecommendOptions",
+]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -161,3 +168,78 @@ class RecommendOptions(FitOptions):
     workers: int = _opt("", default=0, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class RankOptions(FitOptions):
+    """``headstart rank``: score candidate sources without fine-tuning; ``--validate``
+    also fine-tunes each briefly (the training flags below are for that)."""
+
+    data: str = _opt(
+        "labelled target data to score the candidates on: a folder (one sub-folder per "
+        "class), a CSV (path,label) or builtin:digits[?classes=5-9&per_class=20]",
+        default="",
+    )
+    sources: str = _opt(
+        "comma-separated candidates, each SPEC or SPEC@WEIGHTS (WEIGHTS as for --weights: "
+        "default, none, a file or a URL), e.g. builtin:digits-cnn,builtin:digits-cnn@none",
+        default="",
+    )
+    method: str = _opt(
+        "logme, leep, knn, probe (linear probe), a comma-separated list, or all; the table "
+        "is ranked by the first",
+        default="all",
+    )
+    validate: bool = _opt(
+        "also fine-tune every candidate on --folds folds and report Kendall's tau between "
+        "each score and the held-out accuracy, and the seconds of both",
+        default=False,
+    )
+    folds: int = _opt("stratified folds for --validate", default=3)
+    strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
+    epochs: int = _opt("training epochs of each --validate fine-tuning", default=10)
+    # One candidate list instead: --sources; the weights go after an @ in each.
+    source: str = _opt("", default="builtin:digits-cnn", cli=False)
+    weights: str = _opt("", default="default", cli=False)
+    # Each fold's held-out part is the validation set, and the last epoch is scored.
+    val: str | None = _opt("", default=None, cli=False)
+    val_fraction: float = _opt("", default=0.0, cli=False)
+    select: str = _opt("", default="last", cli=False)
+    patience: int | None = _opt("", default=None, cli=False)
+    out: str | None = _opt("", default=None, cli=False)
+    overwrite: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class AdaptOptions(FitOptions):
+    """``headstart adapt``: labelled source-domain DATA, unlabelled --target images."""
+
+    data: str = _opt(
+        "labelled source-domain data: a folder (one sub-folder per class), a CSV or builtin:...",
+        default="",
+    )
+    target: str = _opt(
+        "unlabelled target-domain images: a folder (searched recursively; labels ignored), "
+        "a CSV or builtin:... (labels dropped)",
+        default="",
+    )
+    method: str = _opt(
+        "dann (domain-adversarial, gradient reversal), coral (Deep CORAL) or source-only",
+        default="dann",
+    )
+    eval: str | None = _opt(
+        "labelled target-domain data: report the target accuracy after every epoch and "
+        "evaluate the finished run on it (never used to train or to pick the epoch)",
+        default=None,
+    )
+    strategy: str = _opt("full | partial:K (which stages adapt) | scratch", default="full")
+    epochs: int = _opt("training epochs (passes over the labelled data)", default=20)
+    val_fraction: float = _opt(
+        "fraction of DATA held out as source-domain validation (0: none)", default=0.0
+    )
+    domain_hidden: int = _opt("hidden units of DANN's domain classifier (2 layers)", default=100)
+    coral_weight: float = _opt("weight of the CORAL loss", default=1.0)
+    # The last epoch is kept (no target labels to choose by); the lr is annealed instead.
+    select: str = _opt("", default="last", cli=False)
+    patience: int | None = _opt("", default=None, cli=False)
+    warmup_epochs: float = _opt("", default=0.0, cli=False)

@@ -1,0 +1,459 @@
+"""``headstart rank``: score candidate sources on the target data, without fine-tuning.
+
+Each candidate is a source spec with, optionally, its weights: ``SPEC`` or
+``SPEC@WEIGHTS`` (``WEIGHTS`` as for ``--weights``: ``default``, ``none``, a weights file or
+a URL), so one architecture can be ranked with several sets of weights, e.g.
+``builtin:digits-cnn,builtin:digits-cnn@none,builtin:digits-cnn@runs/other/model.safetensors``.
+
+For every candidate the backbone runs once over the target data
+(:func:`~headstart.features.extract_features`) and each transferability score of
+:mod:`headstart.rank` is computed on those features; the table lists the scores and the
+seconds each took, best first by the first method asked for.
+
+``--validate`` measures what the scores predict: every candidate is fine-tuned briefly
+(``train_on``, the same machinery as ``fit`` and ``compare``) on stratified k folds of the
+same data and scored on the held-out fold; Kendall's tau between each score and that
+accuracy says whether the score orders the candidates as fine-tuning does, and the
+seconds spent scoring and fine-tuning say what the shortcut saves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart.data import LabeledData
+from headstart.errors import ConfigError, DataError
+from headstart.options import RankOptions
+from headstart.rank import NO_SOURCE_HEAD, RANKERS, ScoreResult, score_features
+
+__all__ = [
+    "METHOD_ALIASES",
+    "Candidate",
+    "CandidateResult",
+    "RankResult",
+    "format_rank",
+    "parse_candidates",
+    "parse_methods",
+    "rank_sources",
+]
+
+log = logging.getLogger(__name__)
+
+# Short names the command accepts for the registered methods.
+METHOD_ALIASES = {"probe": "linear-probe"}
+# Where --method all puts each method: LogME (the cheapest that needs no source head) first.
+_ALL_ORDER = ("logme", "leep", "knn", "linear-probe")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate: ``text`` as given, split into a source spec and its weights."""
+
+    text: str
+    source: str
+    weights: str = "default"
+
+
+def parse_candidates(text: str) -> list[Candidate]:
+    """``SPEC[@WEIGHTS],SPEC[@WEIGHTS],...`` -> candidates, checked for form.
+
+    A candidate is split at its first ``@``; a ``file:PATH`` candidate whose whole
+    ``PATH`` exists is not split (so a run dir with an ``@`` in its name still works).
+    Raises :class:`ConfigError` for an empty list, an empty part, a duplicate, or a
+    malformed spec or weights.
+    """
+    from headstart.sources import parse_source_spec
+    from headstart.weights import parse_weights
+
+    parts = [p.strip() for p in text.split(",")] if text else []
+    if not parts or not any(parts):
+        raise ConfigError(
+            "--sources: give the candidates, comma-separated, each SPEC or SPEC@WEIGHTS, "
+            "e.g. builtin:digits-cnn,builtin:digits-cnn@none"
+        )
+    out: list[Candidate] = []
+    for part in parts:
+        if not part:
+            raise ConfigError(f"--sources {text!r}: an empty candidate (two commas in a row?)")
+        if part.startswith("file:") and Path(part[len("file:") :]).exists():
+            spec, weights = part, "default"
+        else:
+            spec, at, weights = part.partition("@")
+            if at and not weights:
+                raise ConfigError(
+                    f"--sources: {part!r} has nothing after '@'; give default, none, a weights "
+                    "file or a URL"
+                )
+            weights = weights or "default"
+        parse_source_spec(spec)
+        try:
+            parse_weights(weights)
+        except Exception as exc:  # name the candidate, not a --weights flag it never used
+            raise type(exc)(f"--sources candidate {part!r}: {exc}") from None
+        candidate = Candidate(text=part, source=spec, weights=weights)
+        if any((c.source, c.weights) == (spec, weights) for c in out):
+            raise ConfigError(f"--sources: {part!r} is listed twice")
+        out.append(candidate)
+    return out
+
+
+def parse_methods(text: str) -> list[str]:
+    """``all`` or a comma-separated list of method names (``probe`` = ``linear-probe``)."""
+    names = [m.strip() for m in (text or "").split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--method: give logme, leep, knn, probe or all")
+    if "all" in names:
+        registered = RANKERS.names()
+        return [m for m in _ALL_ORDER if m in registered] + [
+            m for m in registered if m not in _ALL_ORDER
+        ]
+    out = []
+    for name in names:
+        name = METHOD_ALIASES.get(name, name)
+        if name not in RANKERS:
+            valid = ", ".join([*RANKERS.names(), *METHOD_ALIASES, "all"])
+            raise ConfigError(f"--method: unknown method {name!r}; valid: {valid}")
+        if name not in out:
+            out.append(name)
+    return out
+
+
+@dataclass
+class CandidateResult:
+    """What ``rank`` measured for one candidate."""
+
+    candidate: str
+    source: str
+    weights: str
+    weights_description: str
+    scores: dict[str, ScoreResult]
+    features_s: float  # the one forward pass over the data that every method shares
+    feature_dim: int
+    # with --validate: held-out accuracy after fine-tuning, per fold, and the seconds
+    fold_accuracies: list[float] = field(default_factory=list)
+    finetune_s: float | None = None
+
+    @property
+    def scoring_s(self) -> float:
+        return self.features_s + sum(s.seconds for s in self.scores.values())
+
+    @property
+    def accuracy(self) -> float | None:
+        return float(np.mean(self.fold_accuracies)) if self.fold_accuracies else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "candidate": self.candidate,
+            "source": self.source,
+            "weights": self.weights,
+            "weights_description": self.weights_description,
+            "feature_dim": self.feature_dim,
+            "scores": {k: v.to_dict() for k, v in self.scores.items()},
+            "features_s": self.features_s,
+            "scoring_s": self.scoring_s,
+            "accuracy": self.accuracy,
+            "fold_accuracies": self.fold_accuracies,
+            "finetune_s": self.finetune_s,
+        }
+
+
+@dataclass
+class RankResult:
+    """Candidates best first by ``methods[0]``; with validation, Kendall's tau per method."""
+
+    data: str
+    n_items: int
+    n_classes: int
+    methods: list[str]
+    candidates: list[CandidateResult]
+    validation: dict[str, Any] | None = None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ranked_by(self) -> str:
+        return self.methods[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "data": self.data,
+            "n_items": self.n_items,
+            "n_classes": self.n_classes,
+            "methods": self.methods,
+            "ranked_by": self.ranked_by,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "validation": self.validation,
+            "notes": self.notes,
+            "timings": self.timings,
+        }
+
+
+def _sort_key(method: str) -> Any:
+    def key(c: CandidateResult) -> tuple[int, float]:
+        value = c.scores[method].value
+        return (1, 0.0) if value is None else (0, -value)
+
+    return key
+
+
+def _score_candidate(
+    candidate: Candidate, data: LabeledData, options: RankOptions, methods: list[str]
+) -> CandidateResult:
+    from headstart.api import _build_source
+    from headstart.features import extract_features
+    from headstart.train import seed_everything
+
+    # The same seed as train_on uses before building: a randomly initialised candidate
+    # is scored with the very weights --validate then fine-tunes.
+    seed_everything(options.seed)
+    source = _build_source(
+        replace(options, source=candidate.source, weights=candidate.weights), scratch=False
+    )
+    need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
+    t0 = time.perf_counter()
+    features = extract_features(
+        source,
+        data,
+        batch_size=options.batch_size,
+        device=options.device,
+        with_source_logits=need_probs,
+        workers=options.workers,
+        progress=options.progress,
+    )
+    features_s = time.perf_counter() - t0
+    scores = score_features(features, methods=methods, seed=options.seed)
+    if need_probs and source.old_head is not None and not source.weights.pretrained:
+        for name in methods:
+            if RANKERS.get(name).needs_source_probs and scores[name].value is not None:
+                scores[name] = replace(
+                    scores[name], note="the source's classifier head is randomly initialised"
+                )
+    log.info(
+        "%s: %s (%.2fs)",
+        candidate.text,
+        ", ".join(f"{m} {'-' if s.value is None else f'{s.value:.4f}'}" for m, s in scores.items()),
+        features_s + sum(s.seconds for s in scores.values()),
+    )
+    return CandidateResult(
+        candidate=candidate.text,
+        source=candidate.source,
+        weights=candidate.weights,
+        weights_description=source.weights.description,
+        scores=scores,
+        features_s=features_s,
+        feature_dim=features.dim,
+    )
+
+
+def _folds(data: LabeledData, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise ConfigError(f"--folds must be at least 2 (got {folds})")
+    counts = np.bincount(data.targets, minlength=len(data.classes))
+    if int(counts.min()) < folds:
+        worst = data.classes[int(counts.argmin())]
+        raise DataError(
+            f"{data.spec}: class {worst!r} has {int(counts.min())} examples, fewer than "
+            f"--folds {folds}; use fewer folds or add data"
+        )
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return list(splitter.split(data.targets, data.targets))
+
+
+def _finetune(
+    result: CandidateResult,
+    data: LabeledData,
+    options: RankOptions,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+) -> None:
+    from headstart.api import train_on
+
+    fold_options = replace(
+        options,
+        source=result.source,
+        weights=result.weights,
+        select="last",  # picking the best epoch on the held-out fold would flatter it
+        patience=None,
+    )
+    t0 = time.perf_counter()
+    for fold, (train_idx, test_idx) in enumerate(splits):
+        trained = train_on(
+            fold_options,
+            data.subset(train_idx, note=f"fold {fold + 1} train"),
+            data.subset(test_idx, note=f"fold {fold + 1} held out"),
+        )
+        result.fold_accuracies.append(float(trained.metrics["val_acc"]))
+    result.finetune_s = time.perf_counter() - t0
+    log.info(
+        "%s: fine-tuned (%s, %d epochs) accuracy %.3f over %d folds (%.1fs)",
+        result.candidate,
+        options.strategy,
+        options.epochs,
+        result.accuracy,
+        len(splits),
+        result.finetune_s,
+    )
+
+
+def kendall_taus(candidates: list[CandidateResult], methods: list[str]) -> dict[str, Any]:
+    """Per method: Kendall's tau-b between its scores and the fine-tuned accuracies.
+
+    ``tau`` is None (with a note) when a score is missing for some candidate or either
+    side is constant, where tau is undefined.
+    """
+    from scipy.stats import kendalltau
+
+    accs = [c.accuracy for c in candidates]
+    out: dict[str, Any] = {}
+    for m in methods:
+        values = [c.scores[m].value for c in candidates]
+        if any(v is None for v in values) or any(a is None for a in accs):
+            out[m] = {"tau": None, "p_value": None, "note": "not scored for every candidate"}
+            continue
+        if len(set(values)) < 2 or len(set(accs)) < 2:
+            out[m] = {
+                "tau": None,
+                "p_value": None,
+                "note": "undefined: the scores or the accuracies are all equal",
+            }
+            continue
+        res = kendalltau(values, accs)
+        tau, p = float(res.statistic), float(res.pvalue)
+        out[m] = {
+            "tau": None if math.isnan(tau) else tau,
+            "p_value": None if math.isnan(p) else p,
+            "note": "",
+        }
+    return out
+
+
+def rank_sources(options: RankOptions) -> RankResult:
+    """Score every candidate of ``options.sources`` on ``options.data``; with
+    ``options.validate`` also fine-tune each and compare the orders."""
+    from headstart.api import load_training_data
+
+    t_start = time.perf_counter()
+    if not options.data:
+        raise ConfigError("no target data given (DATA)")
+    candidates = parse_candidates(options.sources)
+    methods = parse_methods(options.method)
+    if options.validate:
+        from headstart.plan import parse_strategy
+
+        options.train_config()  # --epochs, --batch-size... before any slow work
+        parse_strategy(options.strategy)
+        if options.strategy == "scratch":
+            raise ConfigError(
+                "--strategy scratch re-initialises every candidate, so --validate would "
+                "fine-tune the same network each time; use full, partial:K or linear (rank "
+                "a random initialisation as SPEC@none)"
+            )
+    data = load_training_data(options)
+    unlabelled = int((data.targets < 0).sum())
+    if unlabelled:
+        raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
+    splits = _folds(data, options.folds, options.seed) if options.validate else []
+
+    results = [_score_candidate(c, data, options, methods) for c in candidates]
+    t_scored = time.perf_counter()
+    notes: list[str] = []
+    for m in methods:
+        if RANKERS.get(m).needs_source_probs:
+            skipped = [r.candidate for r in results if r.scores[m].value is None]
+            if skipped:
+                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
+            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
+            if guessed:
+                notes.append(
+                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
+                )
+
+    validation = None
+    if options.validate:
+        for r in results:
+            _finetune(r, data, options, splits)
+        scoring_s = sum(r.scoring_s for r in results)
+        finetune_s = sum(r.finetune_s or 0.0 for r in results)
+        validation = {
+            "strategy": options.strategy,
+            "epochs": options.epochs,
+            "folds": len(splits),
+            "kendall_tau": kendall_taus(results, methods),
+            "scoring_s": scoring_s,
+            "finetune_s": finetune_s,
+            "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
+        }
+    results.sort(key=_sort_key(methods[0]))
+    timings = {
+        "scoring_total_s": t_scored - t_start,
+        "total_s": time.perf_counter() - t_start,
+    }
+    return RankResult(
+        data=options.data,
+        n_items=len(data),
+        n_classes=len(data.classes),
+        methods=methods,
+        candidates=results,
+        validation=validation,
+        notes=notes,
+        timings=timings,
+    )
+
+
+def format_rank(result: RankResult) -> str:
+    """The ranked table (each score with its seconds), the notes, and the validation."""
+    names = [c.candidate for c in result.candidates]
+    width = max(len("candidate"), *(len(n) for n in names))
+    cell = 17
+    header = f"{'#':>2}  {'candidate':<{width}}  " + "  ".join(
+        f"{m:>{cell}}" for m in result.methods
+    )
+    header += f"  {'features s':>10}"
+    validated = result.validation is not None
+    if validated:
+        header += f"  {'fine-tuned acc':>14}  {'fine-tune s':>11}"
+    lines = [
+        f"{result.n_items} items, {result.n_classes} classes; best first by "
+        f"{result.ranked_by} (higher is better); each score with the seconds it took",
+        header,
+    ]
+    for i, c in enumerate(result.candidates, 1):
+        cells = []
+        for m in result.methods:
+            s = c.scores[m]
+            text = "skipped" if s.value is None else f"{s.value:.4f} ({s.seconds:.2f}s)"
+            cells.append(f"{text:>{cell}}")
+        row = f"{i:>2}  {c.candidate:<{width}}  " + "  ".join(cells) + f"  {c.features_s:>10.2f}"
+        if validated:
+            acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
+            row += f"  {acc:>14}  {c.finetune_s or 0.0:>11.1f}"
+        lines.append(row)
+    lines += [f"note: {n}" for n in result.notes]
+    v = result.validation
+    if v is not None:
+        lines.append(
+            f"validation: {v['strategy']} fine-tuning, {v['epochs']} epochs, accuracy on the "
+            f"held-out fold of {v['folds']}-fold cross-validation"
+        )
+        for m, t in v["kendall_tau"].items():
+            if t["tau"] is None:
+                lines.append(f"  Kendall's tau, {m} vs accuracy: - ({t['note']})")
+            else:
+                lines.append(
+                    f"  Kendall's tau, {m} vs accuracy: {t['tau']:+.2f} (p = {t['p_value']:.2f}, "
+                    f"{len(result.candidates)} candidates)"
+                )
+        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.1%}"
+        lines.append(
+            f"  time: scoring all {v['scoring_s']:.1f}s, fine-tuning all {v['finetune_s']:.1f}s "
+            f"(scoring costs {ratio} of fine-tuning)"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,227 @@
+"""``headstart rank``: candidates and methods, the ranked table, and --validate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from headstart.errors import ConfigError, SourceError, WeightsError
+from headstart.options import RankOptions
+from headstart.rank import NO_SOURCE_HEAD
+from headstart.ranking import (
+    Candidate,
+    CandidateResult,
+    format_rank,
+    kendall_taus,
+    parse_candidates,
+    parse_methods,
+    rank_sources,
+)
+from tests.conftest import run_cli
+
+TARGET = "builtin:digits?classes=5-9&per_class=20"
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def test_candidates_are_spec_or_spec_at_weights(tmp_path: Path) -> None:
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    got = parse_candidates(
+        f"builtin:digits-cnn, builtin:digits-cnn@none,builtin:digits-cnn@{weights}"
+    )
+    assert got == [
+        Candidate("builtin:digits-cnn", "builtin:digits-cnn", "default"),
+        Candidate("builtin:digits-cnn@none", "builtin:digits-cnn", "none"),
+        Candidate(f"builtin:digits-cnn@{weights}", "builtin:digits-cnn", str(weights)),
+    ]
+
+
+def test_a_file_source_with_an_at_in_its_path_is_not_split(tmp_path: Path) -> None:
+    run = tmp_path / "run@2"
+    run.mkdir()
+    assert parse_candidates(f"file:{run}") == [Candidate(f"file:{run}", f"file:{run}")]
+
+
+@pytest.mark.parametrize(
+    ("text", "error", "match"),
+    [
+        ("", ConfigError, "give the candidates"),
+        ("builtin:digits-cnn,,builtin:small-cnn", ConfigError, "empty candidate"),
+        ("builtin:digits-cnn@", ConfigError, "nothing after '@'"),
+        ("builtin:digits-cnn,builtin:digits-cnn@default", ConfigError, "listed twice"),
+        ("nofamily", SourceError, "FAMILY:NAME"),
+        ("builtin:digits-cnn@/no/such/file.pth", WeightsError, "candidate 'builtin:digits-cnn@"),
+    ],
+)
+def test_bad_candidates_say_what_to_do(text: str, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        parse_candidates(text)
+
+
+def test_methods_all_alias_and_unknown() -> None:
+    assert parse_methods("all") == ["logme", "leep", "knn", "linear-probe"]
+    assert parse_methods("probe,logme,probe") == ["linear-probe", "logme"]
+    with pytest.raises(ConfigError, match="unknown method 'logmee'; valid: .*probe"):
+        parse_methods("logmee")
+
+
+def _result(name: str, score: float | None, accs: list[float]) -> CandidateResult:
+    from headstart.rank import ScoreResult
+
+    return CandidateResult(
+        candidate=name,
+        source=name,
+        weights="default",
+        weights_description="",
+        scores={"logme": ScoreResult(score, 0.0)},
+        features_s=0.0,
+        feature_dim=4,
+        fold_accuracies=accs,
+    )
+
+
+def test_kendall_tau_against_scipy_and_undefined_cases() -> None:
+    from scipy.stats import kendalltau
+
+    scores, accs = [0.3, -0.1, 0.2, 0.0], [0.9, 0.5, 0.6, 0.7]
+    rows = [_result(f"c{i}", s, [a]) for i, (s, a) in enumerate(zip(scores, accs, strict=True))]
+    got = kendall_taus(rows, ["logme"])["logme"]
+    assert got["tau"] == pytest.approx(kendalltau(scores, accs).statistic)
+    assert got["tau"] == pytest.approx(4 / 6)  # 5 concordant, 1 discordant pair of 6
+    flat = [_result("a", 0.1, [0.5]), _result("b", 0.2, [0.5])]
+    assert kendall_taus(flat, ["logme"])["logme"]["tau"] is None
+    missing = [_result("a", None, [0.5]), _result("b", 0.2, [0.6])]
+    assert "not scored" in kendall_taus(missing, ["logme"])["logme"]["note"]
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_rank_cli_table_and_json(digits_folder: Path) -> None:
+    res = run_cli(
+        "rank",
+        digits_folder,
+        "--sources",
+        "builtin:digits-cnn,builtin:digits-cnn@none",
+        "--method",
+        "all",
+        "--json",
+    )
+    assert res.code == 0, res.stderr
+    out = res.json()
+    assert out["ranked_by"] == "logme" and out["validation"] is None
+    assert [c["candidate"] for c in out["candidates"]] == sorted(
+        ["builtin:digits-cnn", "builtin:digits-cnn@none"],
+        key=lambda n: (
+            -next(c for c in out["candidates"] if c["candidate"] == n)["scores"]["logme"]["value"]
+        ),
+    )
+    for c in out["candidates"]:
+        assert set(c["scores"]) == {"logme", "leep", "knn", "linear-probe"}
+        for s in c["scores"].values():
+            assert s["value"] is not None and s["seconds"] >= 0
+        assert c["scoring_s"] >= c["features_s"] > 0
+    random = next(c for c in out["candidates"] if c["weights"] == "none")
+    assert random["weights_description"] == "random initialisation"
+    assert "randomly initialised" in random["scores"]["leep"]["note"]
+    # the human table went to stderr, one row per candidate with each score's seconds
+    assert "builtin:digits-cnn@none" in res.stderr and "s)" in res.stderr
+
+
+def test_rank_skips_leep_without_a_source_head(
+    digits_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headstart.api
+
+    real = headstart.api._build_source
+
+    def headless(options: Any, *, scratch: bool) -> Any:
+        return replace(real(options, scratch=scratch), old_head=None)
+
+    monkeypatch.setattr(headstart.api, "_build_source", headless)
+    result = rank_sources(
+        RankOptions(
+            data=str(digits_folder),
+            sources="builtin:digits-cnn@none",
+            method="leep,logme",
+            progress=False,
+        )
+    )
+    (only,) = result.candidates
+    assert only.scores["leep"].value is None and only.scores["logme"].value is not None
+    assert result.ranked_by == "leep"
+    assert any(NO_SOURCE_HEAD in n for n in result.notes)
+    assert "skipped" in format_rank(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--sources", "builtin:digits-cnn", "--method", "nope"], "unknown method 'nope'"),
+        (["--sources", "builtin:nosuch"], "unknown builtin model 'nosuch'"),
+        (["--sources", ""], "give the candidates"),
+        (["--sources", "builtin:digits-cnn", "--validate", "--folds", "1"], "--folds"),
+        (["--sources", "builtin:digits-cnn", "--validate", "--strategy", "scratch"], "@none"),
+    ],
+)
+def test_rank_cli_errors_are_one_line(digits_folder: Path, args: list[str], match: str) -> None:
+    res = run_cli("rank", digits_folder, *args)
+    assert res.code == 1
+    (line,) = res.stderr.strip().splitlines()
+    assert line.startswith("headstart: error:") and match in line
+
+
+# --------------------------------------------------------------------------- acceptance
+
+
+def _photo_patches(root: Path, *, per_class: int, seed: int = 0) -> Path:
+    """An unrelated source task: which of scikit-learn's two sample photographs an 8x8
+    grayscale patch comes from (texture and tone; nothing about pen strokes)."""
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    for name, photo in zip(("china", "flower"), load_sample_images().images, strict=True):
+        gray = np.asarray(Image.fromarray(photo).convert("L"))
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            y = int(rng.integers(0, gray.shape[0] - 32))
+            x = int(rng.integers(0, gray.shape[1] - 32))
+            patch = Image.fromarray(gray[y : y + 32, x : x + 32]).resize((8, 8), Image.BILINEAR)
+            patch.save(root / name / f"{i:03d}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> None:
+    """Well-matched (digits 0-4) > random init > unrelated (photo patches) after
+    fine-tuning on digits 5-9, LogME says the same, and scoring costs < 5% of training."""
+    patches = _photo_patches(tmp_path / "patches", per_class=300)
+    res = run_cli(
+        "pretrain", patches, "--source", "builtin:digits-cnn", "--epochs", "10",
+        "--out", tmp_path / "unrelated", "-q",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    res = run_cli(
+        "rank", TARGET,
+        "--sources", f"builtin:digits-cnn,builtin:digits-cnn@none,file:{tmp_path / 'unrelated'}",
+        "--method", "logme,knn", "--validate", "--epochs", "30", "--lr", "3e-3",
+        "--folds", "3", "--json",
+    )  # fmt: skip
+    assert res.code == 0, res.stderr
+    out = res.json()
+    by_acc = sorted(out["candidates"], key=lambda c: -c["accuracy"])
+    assert [c["weights"] for c in by_acc][:2] == ["default", "none"]
+    assert by_acc[2]["source"].startswith("file:")
+    assert [c["candidate"] for c in out["candidates"]] == [c["candidate"] for c in by_acc]
+    v = out["validation"]
+    assert v["kendall_tau"]["logme"]["tau"] == pytest.approx(1.0)
+    assert v["ratio"] <= 0.05, (v["scoring_s"], v["finetune_s"])
+    assert "Kendall's tau, logme vs accuracy: +1.00" in res.stderr
+    assert "scoring costs" in res.stderr
