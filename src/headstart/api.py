@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from headstart import headtrain
 from headstart._io import atomic_write_json, atomic_write_text
 from headstart.data import (
     UNLABELLED,
@@ -192,6 +193,7 @@ class Trained:
     history: History
     metrics: dict[str, Any]
     timings: dict[str, float]
+    feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
 
 
 def check_options(options: FitOptions) -> None:
@@ -235,28 +237,38 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = resolve_device(options.device)
-    pre = source.preprocessing
-    train_loader = _loader(
-        train_data,
-        pre,
-        train=True,
-        augment=options.augment,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        generator=generator,
-    )
-    val_loader = (
-        _loader(
-            val_data,
-            pre,
-            train=False,
-            augment="none",
-            batch_size=max(options.batch_size, EVAL_BATCH),
-            workers=options.workers,
+    use_cache, why_not = headtrain.applies(options, plan)
+    fit_model: torch.nn.Module = model
+    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
+    if use_cache:
+        cached = headtrain.prepare(
+            options, source, plan, model, train_data, val_data, generator=generator, device=device
         )
-        if val_data is not None and len(val_data)
-        else None
-    )
+        train_loader, val_loader = cached.train_loader, cached.val_loader
+        fit_model, feature_cache = cached.model, cached.info
+    else:
+        pre = source.preprocessing
+        train_loader = _loader(
+            train_data,
+            pre,
+            train=True,
+            augment=options.augment,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            generator=generator,
+        )
+        val_loader = (
+            _loader(
+                val_data,
+                pre,
+                train=False,
+                augment="none",
+                batch_size=max(options.batch_size, EVAL_BATCH),
+                workers=options.workers,
+            )
+            if val_data is not None and len(val_data)
+            else None
+        )
     steps = len(train_loader) * config.epochs
     if steps < MIN_STEPS:
         log.warning(
@@ -267,7 +279,7 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
             config.epochs,
         )
     t_loaded = time.perf_counter()
-    history = train(model, plan, train_loader, val_loader, config, device=device)
+    history = train(fit_model, plan, train_loader, val_loader, config, device=device)  # type: ignore[arg-type]
     t_trained = time.perf_counter()
     model.cpu()
     best = history.best()
@@ -282,7 +294,7 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
         "val_f1": best.val_f1,
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
-    return Trained(model, source, plan, history, metrics, timings)
+    return Trained(model, source, plan, history, metrics, timings, feature_cache)
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
@@ -324,6 +336,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         "recommendation": recommendation.to_dict() if recommendation else None,
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
+        "feature_cache": trained.feature_cache,
     }
     rows = trained.history.rows()
 

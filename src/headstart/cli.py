@@ -356,7 +356,9 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     q.set_defaults(handler=_cmd_cache_convert)
 
     q = actions.add_parser(
-        "clear", parents=[common, folder], help="delete the cached weights (with --yes)"
+        "clear",
+        parents=[common, folder],
+        help="delete the cached weights and features (with --yes)",
     )
     q.add_argument("--yes", action="store_true", help="really delete")
     q.set_defaults(handler=_cmd_cache_clear)
@@ -375,11 +377,22 @@ def _entry_lines(entries: Sequence[Any]) -> list[str]:
 
 def _cmd_cache_list(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.cache import list_cache
+    from headstart.featcache import list_features
     from headstart.weights import cache_dir
 
     entries = list_cache(args.cache_dir)
-    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries)])
-    return {"cache_dir": str(cache_dir(args.cache_dir)), "entries": [e.to_dict() for e in entries]}
+    features = list_features(args.cache_dir)
+    feature_lines = [
+        f"features/{e.name}  {e.size / 2**20:9.1f} MB  {e.meta.get('source')}  "
+        f"{'x'.join(map(str, e.meta.get('shape', [])))}  {e.meta.get('data')}"
+        for e in features
+    ]
+    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries), *feature_lines])
+    return {
+        "cache_dir": str(cache_dir(args.cache_dir)),
+        "entries": [e.to_dict() for e in entries],
+        "features": [e.to_dict() for e in features],
+    }
 
 
 def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -436,9 +449,11 @@ def _cmd_cache_convert(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.cache import clear_cache
     from headstart.errors import ConfigError
+    from headstart.featcache import clear_features
     from headstart.weights import cache_dir
 
     removed = clear_cache(args.cache_dir, yes=args.yes)
+    removed += clear_features(args.cache_dir, yes=args.yes)  # the feature cache too
     files = f"{len(removed)} file{'' if len(removed) == 1 else 's'}"
     if not args.yes and removed:
         size = sum(p.stat().st_size for p in removed) / 2**20

@@ -65,6 +65,18 @@ class FitOptions:
     label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
     warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
     workers: int = _opt("data loader worker processes", default=0)
+    feature_cache: bool = _opt(
+        "linear: run the frozen backbone once and train the head on its cached features "
+        "(kept in the cache folder's features/, reused across runs and folds); "
+        "--no-feature-cache runs the backbone every epoch",
+        default=True,
+    )
+    feature_cache_views: int = _opt(
+        "with --augment light and the feature cache: cache K augmented views of each "
+        "training image (epoch e uses view e mod K); 0: the head trains on un-augmented "
+        "features",
+        default=0,
+    )
     device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
     cache_dir: str | None = _opt(
         "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
@@ -154,5 +166,7 @@ class RecommendOptions(FitOptions):
     label_smoothing: float = _opt("", default=0.0, cli=False)
     warmup_epochs: float = _opt("", default=1.0, cli=False)
     workers: int = _opt("", default=0, cli=False)
+    feature_cache: bool = _opt("", default=True, cli=False)
+    feature_cache_views: int = _opt("", default=0, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
