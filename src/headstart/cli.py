@@ -78,7 +78,13 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     from headstart import __version__
-    from headstart.options import CompareOptions, FitOptions, PretrainOptions, RecommendOptions
+    from headstart.options import (
+        CompareOptions,
+        EmbedOptions,
+        FitOptions,
+        PretrainOptions,
+        RecommendOptions,
+    )
 
     common = _common()
     parser = argparse.ArgumentParser(
@@ -125,6 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
             "features, LEEP, BatchNorm statistics shift), name which of the four cases "
             "(small/large x similar/dissimilar) it is, and propose the plan; 'fit --strategy "
             "auto' does the same, then trains.",
+        ),
+        (
+            "embed",
+            EmbedOptions,
+            _cmd_embed,
+            "write a source's features and the labels to a file",
+            "Run the source's backbone over DATA (evaluation preprocessing) and write the "
+            "features with the labels: .npz, .npy (+ STEM.labels.npy, STEM.json) or .parquet, "
+            "for scikit-learn or any other tool.",
         ),
     )
     for name, cls, handler, help_text, description in option_commands:
@@ -224,6 +239,21 @@ def _cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     rec = recommend(_options(RecommendOptions, args))
     _human(args, [rec.describe()])
     return rec.to_dict()
+
+
+def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.embed import embed
+    from headstart.options import EmbedOptions
+
+    result = embed(_options(EmbedOptions, args))
+    _human(
+        args,
+        [
+            f"{result.n_items} x {result.dim} features -> {', '.join(map(str, result.files))} "
+            f"({result.seconds:.1f}s{', from the feature cache' if result.cache_hit else ''})"
+        ],
+    )
+    return result.summary()
 
 
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
 
-__all__ = ["CompareOptions", "FitOptions", "PretrainOptions", "RecommendOptions"]
+__all__ = ["CompareOptions", "EmbedOptions", "FitOptions", "PretrainOptions", "RecommendOptions"]
 
 
 def _opt(help: str, **kw: Any) -> Any:
@@ -170,3 +170,38 @@ class RecommendOptions(FitOptions):
     feature_cache_views: int = _opt("", default=0, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class EmbedOptions:
+    """``headstart embed``: a source's features of DATA, with the labels, to a file."""
+
+    data: str = _opt(
+        "images: a folder (one sub-folder per class), a CSV or builtin:...", default=""
+    )
+    source: str = _opt(
+        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
+        default="builtin:digits-cnn",
+    )
+    out: str | None = _opt(
+        "file to write: .npz (features, labels, classes, items), .npy (+ STEM.labels.npy and "
+        "STEM.json) or .parquet (needs pyarrow)",
+        default=None,
+    )
+    weights: str = _opt("default, none, a weights file or a URL", default="default")
+    batch_size: int = _opt("batch size", default=128)
+    image_size: int | None = _opt("override the source's input size (square)", default=None)
+    arch: str | None = _opt("architecture of a file: source that does not record it", default=None)
+    workers: int = _opt("data loader worker processes", default=0)
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    cache_dir: str | None = _opt(
+        "weights and feature cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
+    )
+    feature_cache: bool = _opt(
+        "take the features from (and add them to) the feature cache", default=True
+    )
+    strict: bool = _opt(
+        "any weights key mismatch beyond the old output layer is an error", default=False
+    )
+    overwrite: bool = _opt("replace an existing --out", default=False)
+    progress: bool = _opt("show progress bars", default=True, cli=False)
