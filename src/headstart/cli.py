@@ -182,6 +182,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=_cmd_predict)
 
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a run's model to ONNX or TorchScript",
+        description="Write the run's model as ONNX (onnxruntime) or TorchScript, checked "
+        "against PyTorch on a random batch, with STEM.preprocessing.json beside it: the "
+        "classes and how to turn an image into the input tensor.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument(
+        "--out", default=None, help="file to write (default RUN/export/model.onnx or model.pt)"
+    )
+    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=_cmd_export)
+
     _add_cache_parser(sub, common)
     return parser
 
@@ -311,6 +328,23 @@ def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         lines.append(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}{extra}")
     _human(args, lines, stream=sys.stderr if args.json else sys.stdout)
     return {"run_dir": args.run, "predictions": rows}
+
+
+def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.export import export
+
+    result = export(
+        args.run, format=args.format, out=args.out, opset=args.opset, overwrite=args.overwrite
+    )
+    _human(
+        args,
+        [
+            f"{result.format}: {result.path} (max |logit difference| from PyTorch "
+            f"{result.max_abs_diff:.2g})",
+            f"preprocessing: {result.preprocessing}",
+        ],
+    )
+    return result.summary()
 
 
 def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
