@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
-from headstart import headtrain
+from headstart import accel, headtrain
 from headstart._io import atomic_write_json, atomic_write_text
 from headstart.data import (
     UNLABELLED,
@@ -103,7 +103,7 @@ def _loader(
         source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
     )
     dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
-    if not train:
+    if not train or augment == "none":  # the same tensor every epoch: prepare it once
         dataset = _materialise(dataset, source_pre, len(data))
     # BatchNorm cannot train on a last batch of one example; drop it in that case only.
     drop_last = train and len(data) > 1 and len(data) % batch_size == 1
@@ -129,11 +129,10 @@ EVAL_BATCH = 128
 
 
 def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
-    c, h, w = pre.input_size
-    if n == 0 or n * c * h * w * 4 > EVAL_CACHE_BYTES:
-        return dataset
-    xs, ys = zip(*(dataset[i] for i in range(n)), strict=True)
-    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
+    from headstart.pipeline import preprocessed
+
+    assert isinstance(dataset, ImageDataset)
+    return preprocessed(dataset, pre.input_size)
 
 
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
@@ -194,6 +193,7 @@ class Trained:
     metrics: dict[str, Any]
     timings: dict[str, float]
     feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
+    speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
 
 
 def check_options(options: FitOptions) -> None:
@@ -221,6 +221,13 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
     The building block of :func:`fit` (which also writes a run dir) and of
     cross-validation, which trains on folds it made itself.
     """
+    # on a CUDA out-of-memory error: all again from scratch at half the batch size
+    return accel.halve_on_oom(options, lambda o: _train_on(o, train_data, val_data))
+
+
+def _train_on(
+    options: FitOptions, train_data: LabeledData, val_data: LabeledData | None
+) -> Trained:
     t_start = time.perf_counter()
     config = options.train_config()
     generator = seed_everything(options.seed)
@@ -238,6 +245,7 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = resolve_device(options.device)
     use_cache, why_not = headtrain.applies(options, plan)
+    speedups = accel.resolve(options, device)
     fit_model: torch.nn.Module = model
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
@@ -248,6 +256,7 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
         fit_model, feature_cache = cached.model, cached.info
     else:
         pre = source.preprocessing
+        fit_model = accel.wrap(model, speedups, device)
         train_loader = _loader(
             train_data,
             pre,
@@ -294,7 +303,8 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
         "val_f1": best.val_f1,
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
-    return Trained(model, source, plan, history, metrics, timings, feature_cache)
+    speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
+    return Trained(model, source, plan, history, metrics, timings, feature_cache, speed)
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
@@ -337,6 +347,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
         "feature_cache": trained.feature_cache,
+        "accel": trained.speed,
     }
     rows = trained.history.rows()
 

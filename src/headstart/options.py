@@ -81,6 +81,12 @@ class FitOptions:
     cache_dir: str | None = _opt(
         "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
     )
+    precision: str = _opt(
+        "auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16",
+        default="auto",
+    )
+    channels_last: bool = _opt("channels_last memory layout on a CUDA GPU", default=True)
+    compile: bool = _opt("torch.compile the model before training", default=False)
     strict: bool = _opt(
         "any weights key mismatch beyond the old output layer is an error", default=False
     )
@@ -168,6 +174,9 @@ class RecommendOptions(FitOptions):
     workers: int = _opt("", default=0, cli=False)
     feature_cache: bool = _opt("", default=True, cli=False)
     feature_cache_views: int = _opt("", default=0, cli=False)
+    precision: str = _opt("", default="auto", cli=False)
+    channels_last: bool = _opt("", default=True, cli=False)
+    compile: bool = _opt("", default=False, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
 
