@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -288,7 +289,8 @@ def _train_on(
             config.epochs,
         )
     t_loaded = time.perf_counter()
-    history = train(fit_model, plan, train_loader, val_loader, config, device=device)  # type: ignore[arg-type]
+    with headtrain.one_thread() if use_cache else contextlib.nullcontext():
+        history = train(fit_model, plan, train_loader, val_loader, config, device=device)  # type: ignore[arg-type]
     t_trained = time.perf_counter()
     model.cpu()
     best = history.best()

@@ -23,8 +23,10 @@ With augmentation on, ``--feature-cache-views K`` chooses what the head sees:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -40,7 +42,7 @@ from headstart.model import TargetModel
 from headstart.plan import Plan
 from headstart.sources.base import Source
 
-__all__ = ["CachedHead", "FeatureLoaders", "applies", "prepare"]
+__all__ = ["CachedHead", "FeatureLoaders", "applies", "one_thread", "prepare"]
 
 log = logging.getLogger(__name__)
 
@@ -51,13 +53,18 @@ EVAL_BATCH = 128
 class CachedHead(nn.Module):
     """``head(dropout(features))``: a :class:`TargetModel` fed its backbone's outputs.
 
-    It shares the target model's modules (training it trains them) and has the same
-    state dict keys, so the training loop's best-epoch copies load back into either.
+    It shares the target model's dropout and head (training it trains them).  The frozen
+    backbone is reachable as ``.backbone`` for the plan, but is not a registered
+    submodule: the state dict holds only what trains (``head.weight``, ``head.bias``, the
+    same keys as in the target model), so the loop's best-epoch copies do not copy the
+    whole backbone each time, and ``to(device)`` does not move it.
     """
+
+    backbone: nn.Module
 
     def __init__(self, model: TargetModel) -> None:
         super().__init__()
-        self.backbone = model.backbone  # frozen; the plan still looks at its stages
+        object.__setattr__(self, "backbone", model.backbone)  # not a submodule: see above
         self.dropout = model.dropout
         self.head = model.head
 
@@ -66,7 +73,20 @@ class CachedHead(nn.Module):
         return self.head.out_features
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.head(self.dropout(features))
+        out: torch.Tensor = self.head(self.dropout(features))
+        return out
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Training a linear head on features is many tiny matrix products: threads only
+    add synchronisation (several times slower on a busy machine), so use one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _ViewCycle(DataLoader[Any]):
