@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -19,8 +20,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset
 
+from headstart import accel, headtrain
 from headstart._io import atomic_write_json, atomic_write_text
 from headstart.data import (
     UNLABELLED,
@@ -103,7 +105,7 @@ def _loader(
         source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
     )
     dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
-    if not train:
+    if not train or augment == "none":  # the same tensor every epoch: prepare it once
         dataset = _materialise(dataset, source_pre, len(data))
     # BatchNorm cannot train on a last batch of one example; drop it in that case only.
     drop_last = train and len(data) > 1 and len(data) % batch_size == 1
@@ -129,11 +131,10 @@ EVAL_BATCH = 128
 
 
 def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
-    c, h, w = pre.input_size
-    if n == 0 or n * c * h * w * 4 > EVAL_CACHE_BYTES:
-        return dataset
-    xs, ys = zip(*(dataset[i] for i in range(n)), strict=True)
-    return TensorDataset(torch.stack(xs), torch.tensor(ys, dtype=torch.int64))
+    from headstart.pipeline import preprocessed
+
+    assert isinstance(dataset, ImageDataset)
+    return preprocessed(dataset, pre.input_size)
 
 
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
@@ -195,6 +196,8 @@ class Trained:
     history: History
     metrics: dict[str, Any]
     timings: dict[str, float]
+    feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
+    speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
 
 
 def check_options(options: FitOptions) -> None:
@@ -222,6 +225,13 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
     The building block of :func:`fit` (which also writes a run dir) and of
     cross-validation, which trains on folds it made itself.
     """
+    # on a CUDA out-of-memory error: all again from scratch at half the batch size
+    return accel.halve_on_oom(options, lambda o: _train_on(o, train_data, val_data))
+
+
+def _train_on(
+    options: FitOptions, train_data: LabeledData, val_data: LabeledData | None
+) -> Trained:
     t_start = time.perf_counter()
     config = options.train_config()
     generator = seed_everything(options.seed)
@@ -238,28 +248,40 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = resolve_device(options.device)
-    pre = source.preprocessing
-    train_loader = _loader(
-        train_data,
-        pre,
-        train=True,
-        augment=options.augment,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        generator=generator,
-    )
-    val_loader = (
-        _loader(
-            val_data,
-            pre,
-            train=False,
-            augment="none",
-            batch_size=max(options.batch_size, EVAL_BATCH),
-            workers=options.workers,
+    use_cache, why_not = headtrain.applies(options, plan)
+    speedups = accel.resolve(options, device)
+    fit_model: torch.nn.Module = model
+    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
+    if use_cache:
+        cached = headtrain.prepare(
+            options, source, plan, model, train_data, val_data, generator=generator, device=device
         )
-        if val_data is not None and len(val_data)
-        else None
-    )
+        train_loader, val_loader = cached.train_loader, cached.val_loader
+        fit_model, feature_cache = cached.model, cached.info
+    else:
+        pre = source.preprocessing
+        fit_model = accel.wrap(model, speedups, device)
+        train_loader = _loader(
+            train_data,
+            pre,
+            train=True,
+            augment=options.augment,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            generator=generator,
+        )
+        val_loader = (
+            _loader(
+                val_data,
+                pre,
+                train=False,
+                augment="none",
+                batch_size=max(options.batch_size, EVAL_BATCH),
+                workers=options.workers,
+            )
+            if val_data is not None and len(val_data)
+            else None
+        )
     steps = len(train_loader) * config.epochs
     if steps < MIN_STEPS:
         log.warning(
@@ -270,7 +292,8 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
             config.epochs,
         )
     t_loaded = time.perf_counter()
-    history = train(model, plan, train_loader, val_loader, config, device=device)
+    with headtrain.one_thread() if use_cache else contextlib.nullcontext():
+        history = train(fit_model, plan, train_loader, val_loader, config, device=device)  # type: ignore[arg-type]
     t_trained = time.perf_counter()
     model.cpu()
     best = history.best()
@@ -285,7 +308,8 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
         "val_f1": best.val_f1,
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
-    return Trained(model, source, plan, history, metrics, timings)
+    speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
+    return Trained(model, source, plan, history, metrics, timings, feature_cache, speed)
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
@@ -329,6 +353,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         "recommendation": recommendation.to_dict() if recommendation else None,
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
+        "feature_cache": trained.feature_cache,
+        "accel": trained.speed,
     }
     rows = trained.history.rows()
 

@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from headstart.options import (
         AdaptOptions,
         CompareOptions,
+        EmbedOptions,
         FitOptions,
         PretrainOptions,
         RankOptions,
@@ -153,6 +154,15 @@ def build_parser() -> argparse.ArgumentParser:
             "(gradient reversal, domain classifier, the paper's lambda schedule), Deep CORAL, "
             "or source-only; --eval reports the target accuracy. Writes a run dir as fit does.",
         ),
+        (
+            "embed",
+            EmbedOptions,
+            _cmd_embed,
+            "write a source's features and the labels to a file",
+            "Run the source's backbone over DATA (evaluation preprocessing) and write the "
+            "features with the labels: .npz, .npy (+ STEM.labels.npy, STEM.json) or .parquet, "
+            "for scikit-learn or any other tool.",
+        ),
     )
     for name, cls, handler, help_text, description in option_commands:
         p = sub.add_parser(name, parents=[common], help=help_text, description=description)
@@ -193,6 +203,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="export a run's model to ONNX or TorchScript",
+        description="Write the run's model as ONNX (onnxruntime) or TorchScript, checked "
+        "against PyTorch on a random batch, with STEM.preprocessing.json beside it: the "
+        "classes and how to turn an image into the input tensor.",
+    )
+    p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument(
+        "--out", default=None, help="file to write (default RUN/export/model.onnx or model.pt)"
+    )
+    p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    p.set_defaults(handler=_cmd_export)
 
     _add_cache_parser(sub, common)
     return parser
@@ -278,6 +305,21 @@ def _cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
     return result.summary()
 
 
+def _cmd_embed(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.embed import embed
+    from headstart.options import EmbedOptions
+
+    result = embed(_options(EmbedOptions, args))
+    _human(
+        args,
+        [
+            f"{result.n_items} x {result.dim} features -> {', '.join(map(str, result.files))} "
+            f"({result.seconds:.1f}s{', from the feature cache' if result.cache_hit else ''})"
+        ],
+    )
+    return result.summary()
+
+
 def _cmd_report(args: argparse.Namespace) -> dict[str, Any]:
     import time
 
@@ -333,6 +375,23 @@ def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         lines.append(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}{extra}")
     _human(args, lines, stream=sys.stderr if args.json else sys.stdout)
     return {"run_dir": args.run, "predictions": rows}
+
+
+def _cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.export import export
+
+    result = export(
+        args.run, format=args.format, out=args.out, opset=args.opset, overwrite=args.overwrite
+    )
+    _human(
+        args,
+        [
+            f"{result.format}: {result.path} (max |logit difference| from PyTorch "
+            f"{result.max_abs_diff:.2g})",
+            f"preprocessing: {result.preprocessing}",
+        ],
+    )
+    return result.summary()
 
 
 def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -408,7 +467,9 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     q.set_defaults(handler=_cmd_cache_convert)
 
     q = actions.add_parser(
-        "clear", parents=[common, folder], help="delete the cached weights (with --yes)"
+        "clear",
+        parents=[common, folder],
+        help="delete the cached weights and features (with --yes)",
     )
     q.add_argument("--yes", action="store_true", help="really delete")
     q.set_defaults(handler=_cmd_cache_clear)
@@ -427,11 +488,22 @@ def _entry_lines(entries: Sequence[Any]) -> list[str]:
 
 def _cmd_cache_list(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.cache import list_cache
+    from headstart.featcache import list_features
     from headstart.weights import cache_dir
 
     entries = list_cache(args.cache_dir)
-    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries)])
-    return {"cache_dir": str(cache_dir(args.cache_dir)), "entries": [e.to_dict() for e in entries]}
+    features = list_features(args.cache_dir)
+    feature_lines = [
+        f"features/{e.name}  {e.size / 2**20:9.1f} MB  {e.meta.get('source')}  "
+        f"{'x'.join(map(str, e.meta.get('shape', [])))}  {e.meta.get('data')}"
+        for e in features
+    ]
+    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries), *feature_lines])
+    return {
+        "cache_dir": str(cache_dir(args.cache_dir)),
+        "entries": [e.to_dict() for e in entries],
+        "features": [e.to_dict() for e in features],
+    }
 
 
 def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
@@ -488,9 +560,11 @@ def _cmd_cache_convert(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.cache import clear_cache
     from headstart.errors import ConfigError
+    from headstart.featcache import clear_features
     from headstart.weights import cache_dir
 
     removed = clear_cache(args.cache_dir, yes=args.yes)
+    removed += clear_features(args.cache_dir, yes=args.yes)  # the feature cache too
     files = f"{len(removed)} file{'' if len(removed) == 1 else 's'}"
     if not args.yes and removed:
         size = sum(p.stat().st_size for p in removed) / 2**20

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AdaptOptions",
     "CompareOptions",
+    "EmbedOptions",
     "FitOptions",
     "PretrainOptions",
     "RankOptions",
@@ -72,10 +73,28 @@ class FitOptions:
     label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
     warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
     workers: int = _opt("data loader worker processes", default=0)
+    feature_cache: bool = _opt(
+        "linear: run the frozen backbone once and train the head on its cached features "
+        "(kept in the cache folder's features/, reused across runs and folds); "
+        "--no-feature-cache runs the backbone every epoch",
+        default=True,
+    )
+    feature_cache_views: int = _opt(
+        "with --augment light and the feature cache: cache K augmented views of each "
+        "training image (epoch e uses view e mod K); 0: the head trains on un-augmented "
+        "features",
+        default=0,
+    )
     device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
     cache_dir: str | None = _opt(
         "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
     )
+    precision: str = _opt(
+        "auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16",
+        default="auto",
+    )
+    channels_last: bool = _opt("channels_last memory layout on a CUDA GPU", default=True)
+    compile: bool = _opt("torch.compile the model before training", default=False)
     strict: bool = _opt(
         "any weights key mismatch beyond the old output layer is an error", default=False
     )
@@ -166,6 +185,11 @@ class RecommendOptions(FitOptions):
     label_smoothing: float = _opt("", default=0.0, cli=False)
     warmup_epochs: float = _opt("", default=1.0, cli=False)
     workers: int = _opt("", default=0, cli=False)
+    feature_cache: bool = _opt("", default=True, cli=False)
+    feature_cache_views: int = _opt("", default=0, cli=False)
+    precision: str = _opt("", default="auto", cli=False)
+    channels_last: bool = _opt("", default=True, cli=False)
+    compile: bool = _opt("", default=False, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
 
@@ -243,3 +267,44 @@ class AdaptOptions(FitOptions):
     select: str = _opt("", default="last", cli=False)
     patience: int | None = _opt("", default=None, cli=False)
     warmup_epochs: float = _opt("", default=0.0, cli=False)
+    # adapt trains in its own loop: no cached head, no accelerator options.
+    feature_cache: bool = _opt("", default=False, cli=False)
+    feature_cache_views: int = _opt("", default=0, cli=False)
+    precision: str = _opt("", default="fp32", cli=False)
+    channels_last: bool = _opt("", default=False, cli=False)
+    compile: bool = _opt("", default=False, cli=False)
+
+
+@dataclass
+class EmbedOptions:
+    """``headstart embed``: a source's features of DATA, with the labels, to a file."""
+
+    data: str = _opt(
+        "images: a folder (one sub-folder per class), a CSV or builtin:...", default=""
+    )
+    source: str = _opt(
+        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
+        default="builtin:digits-cnn",
+    )
+    out: str | None = _opt(
+        "file to write: .npz (features, labels, classes, items), .npy (+ STEM.labels.npy and "
+        "STEM.json) or .parquet (needs pyarrow)",
+        default=None,
+    )
+    weights: str = _opt("default, none, a weights file or a URL", default="default")
+    batch_size: int = _opt("batch size", default=128)
+    image_size: int | None = _opt("override the source's input size (square)", default=None)
+    arch: str | None = _opt("architecture of a file: source that does not record it", default=None)
+    workers: int = _opt("data loader worker processes", default=0)
+    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
+    cache_dir: str | None = _opt(
+        "weights and feature cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
+    )
+    feature_cache: bool = _opt(
+        "take the features from (and add them to) the feature cache", default=True
+    )
+    strict: bool = _opt(
+        "any weights key mismatch beyond the old output layer is an error", default=False
+    )
+    overwrite: bool = _opt("replace an existing --out", default=False)
+    progress: bool = _opt("show progress bars", default=True, cli=False)

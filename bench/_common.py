@@ -1,0 +1,77 @@
+"""What every benchmark shares: the data, a clock and a peak-memory meter."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def digits_folder(root: Path, *, per_class: int = 30, size: int = 32) -> Path:
+    """One sub-folder per digit 0-9 of RGB PNGs drawn from scikit-learn's 8x8 digits."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    for d in range(10):
+        folder = root / f"d{d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, idx in enumerate(np.flatnonzero(bunch.target == d)[:per_class]):
+            gray = (bunch.images[idx] * (255.0 / 16.0)).astype(np.uint8)
+            img = Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = Image.merge("RGB", (img, img.point(lambda v: 255 - v), img))
+            rgb.save(folder / f"{d}_{i:03d}.png")
+    return root
+
+
+def _status(field: str) -> int:
+    """A /proc/self/status field in kB (Linux)."""
+    text = Path("/proc/self/status").read_text()
+    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.M)
+    return int(match.group(1)) if match else -1
+
+
+@contextmanager
+def measured(result: dict[str, Any]) -> Iterator[None]:
+    """Wall time, CPU time (all threads) and peak resident memory of the block.
+
+    On a shared machine CPU time is the steadier of the two clocks.
+
+    Peak memory is the kernel's high-water mark of this process's resident set (VmHWM),
+    reset before the block through /proc/self/clear_refs; ``peak_rss_mb`` is that peak,
+    ``peak_rss_added_mb`` the peak minus the resident set at the start of the block.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        resettable = True
+    except OSError:
+        resettable = False
+    start_rss = _status("VmRSS")
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        yield
+    finally:
+        result["seconds"] = round(time.perf_counter() - t0, 3)
+        result["cpu_seconds"] = round(time.process_time() - c0, 3)
+        peak = _status("VmHWM")
+        result["peak_rss_mb"] = round(peak / 1024, 1)
+        result["peak_rss_added_mb"] = round((peak - start_rss) / 1024, 1)
+        if not resettable:
+            result["peak_rss_note"] = "VmHWM could not be reset: process-wide peak"
+        print(f"# {json.dumps(result)}", file=sys.stderr, flush=True)
+
+
+def split_indices(targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """headstart's own stratified 80/20 split, so every competitor has the same halves."""
+    from headstart.data import stratified_split
+
+    classes = [str(c) for c in range(int(targets.max()) + 1)]
+    train_idx, val_idx = stratified_split(targets, val_fraction=0.2, seed=seed, classes=classes)
+    return np.asarray(train_idx), np.asarray(val_idx)

@@ -1,0 +1,207 @@
+"""Linear probe: headstart's feature cache against the per-epoch loop and a plain loop.
+
+One process, one data folder (digits drawn as PNGs), one model; in order:
+
+- ``floor``: one forward pass of the backbone over every image (train + validation),
+  decoding and preprocessing included: the least any linear probe can cost;
+- ``headstart``: ``headstart fit DIR --source S --weights none --strategy linear
+  --epochs E`` with an empty feature cache (the features are computed in the run);
+- ``headstart_warm``: the same command again (the features come from the cache);
+- ``headstart_no_cache``: the same command with ``--no-feature-cache``;
+- ``plain``: a plain PyTorch loop with the backbone frozen (``no_grad`` forward every
+  epoch, a Linear head, AdamW), the same split, epochs and batch size.
+
+Prints one JSON line: every competitor's seconds, validation accuracy and peak memory,
+and the ratios.  Usage::
+
+    PYTHONPATH=src .venv/bin/python bench/linear_probe.py --epochs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import digits_folder, measured, split_indices
+
+
+def _fit(data: Path, out: Path, cache: Path, args: argparse.Namespace, *extra: str) -> Any:
+    from headstart.cli import main
+
+    argv = [
+        "fit",
+        str(data),
+        "--source",
+        args.source,
+        "--weights",
+        "none",
+        "--strategy",
+        "linear",
+        "--epochs",
+        str(args.epochs),
+        "--batch-size",
+        str(args.batch_size),
+        "--augment",
+        args.augment,
+        "--cache-dir",
+        str(cache),
+        "--out",
+        str(out),
+        "--json",
+        "-q",
+        *extra,
+    ]
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    if code != 0:
+        raise SystemExit(f"headstart fit failed ({code}): {' '.join(argv)}")
+    summary = json.loads(buf.getvalue())
+    meta = json.loads((out / "headstart.json").read_text())
+    return summary["metrics"]["val_acc"], meta["feature_cache"]
+
+
+def _plain(data: Path, args: argparse.Namespace) -> float:
+    """What people write: ImageFolder, the model's transforms, a frozen backbone."""
+    import timm
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader, Subset
+    from torchvision import datasets
+    from torchvision import transforms as T
+
+    torch.manual_seed(0)
+    backbone = timm.create_model(args.source.split(":", 1)[1], pretrained=False, num_classes=0)
+    cfg = timm.data.resolve_data_config({}, model=backbone)
+    size = cfg["input_size"][-1]
+    tf = T.Compose(
+        [
+            T.Resize(int(size / cfg["crop_pct"])),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(cfg["mean"], cfg["std"]),
+        ]
+    )
+    ds = datasets.ImageFolder(str(data), transform=tf)
+    train_idx, val_idx = split_indices(__import__("numpy").asarray(ds.targets))
+    train = DataLoader(Subset(ds, train_idx.tolist()), batch_size=args.batch_size, shuffle=True)
+    val = DataLoader(Subset(ds, val_idx.tolist()), batch_size=128)
+    backbone.eval().requires_grad_(False)
+    head = nn.Linear(int(backbone.num_features), len(ds.classes))  # type: ignore[arg-type]
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=0.01)
+    acc = 0.0
+    for _ in range(args.epochs):
+        head.train()
+        for x, y in train:
+            with torch.no_grad():
+                f = backbone(x)
+            loss = nn.functional.cross_entropy(head(f), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        head.eval()
+        correct = n = 0
+        with torch.no_grad():
+            for x, y in val:
+                correct += int((head(backbone(x)).argmax(1) == y).sum())
+                n += len(y)
+        acc = max(acc, correct / n)  # best epoch, as headstart keeps
+    return acc
+
+
+def _floor(data: Path, args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """One timed pass: decode, preprocess, forward; the model is built and warmed first."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from headstart.data import ImageDataset, load_data, make_transform
+    from headstart.sources import build_source
+
+    source = build_source(args.source, weights="none")
+    labelled = load_data(str(data), check_images=False)
+    pre = source.preprocessing
+    ds = ImageDataset(labelled, make_transform(pre, train=False), pre.channels)
+    source.backbone.eval()
+    with torch.inference_mode():
+        source.backbone(torch.stack([ds[0][0], ds[1][0]]))  # warm-up, not timed
+        n = 0
+        with measured(result):
+            for x, _ in DataLoader(ds, batch_size=128):
+                source.backbone(x)
+                n += len(x)
+    result["images"] = n
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--per-class", type=int, default=30, help="images per digit (10 digits)")
+    parser.add_argument("--source", default="timm:resnet18")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--augment", default="light", help="headstart's --augment")
+    parser.add_argument("--skip-plain", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    results: dict[str, Any] = {
+        "bench": "linear_probe",
+        "source": args.source,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "augment": args.augment,
+        "torch_threads": torch.get_num_threads(),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        data = digits_folder(root / "digits", per_class=args.per_class)
+        results["images"] = sum(1 for _ in data.rglob("*.png"))
+        floor: dict[str, Any] = {}
+        _floor(data, args, floor)
+        cached: dict[str, Any] = {}
+        with measured(cached):
+            cached["val_acc"], cached["feature_cache"] = _fit(
+                data, root / "a", root / "cache", args
+            )
+        warm: dict[str, Any] = {}
+        with measured(warm):
+            warm["val_acc"], warm["feature_cache"] = _fit(data, root / "b", root / "cache", args)
+        nocache: dict[str, Any] = {}
+        with measured(nocache):
+            nocache["val_acc"], _ = _fit(
+                data, root / "c", root / "cache2", args, "--no-feature-cache"
+            )
+        plain: dict[str, Any] = {}
+        if not args.skip_plain:
+            with measured(plain):
+                plain["val_acc"] = _plain(data, args)
+    results.update(
+        floor=floor,
+        headstart=cached,
+        headstart_warm=warm,
+        headstart_no_cache=nocache,
+        plain=plain,
+        speedup_vs_no_cache=round(nocache["seconds"] / cached["seconds"], 2),
+        speedup_vs_plain=round(plain["seconds"] / cached["seconds"], 2) if plain else None,
+        acc_diff_points_vs_no_cache=round(100 * (cached["val_acc"] - nocache["val_acc"]), 2),
+        acc_diff_points_vs_plain=round(100 * (cached["val_acc"] - plain["val_acc"]), 2)
+        if plain
+        else None,
+        time_over_floor=round(cached["seconds"] / floor["seconds"], 2),
+        cpu_time_over_floor=round(cached["cpu_seconds"] / floor["cpu_seconds"], 2),
+        warm_time_over_floor=round(warm["seconds"] / floor["seconds"], 2),
+        cpu_speedup_vs_no_cache=round(nocache["cpu_seconds"] / cached["cpu_seconds"], 2),
+    )
+    print(json.dumps(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()

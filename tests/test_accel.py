@@ -1,0 +1,97 @@
+"""GPU speed-ups, checked where they can be on a CPU: off by default, bf16, OOM halving."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from headstart import accel
+from headstart.api import FitOptions, fit
+from headstart.errors import ConfigError
+from headstart.model import TargetModel
+from headstart.sources import build_source
+
+
+def test_cpu_defaults_leave_the_model_alone() -> None:
+    options = FitOptions(data="x")
+    speed = accel.resolve(options, torch.device("cpu"))
+    assert speed == accel.Accel(precision="fp32", channels_last=False, compile=False)
+    model = TargetModel(build_source("builtin:digits-cnn", weights="none").backbone, 3)
+    assert accel.wrap(model, speed, torch.device("cpu")) is model
+
+
+def test_bf16_forward_shares_modules_and_keys() -> None:
+    torch.manual_seed(0)
+    model = TargetModel(build_source("builtin:digits-cnn", weights="none").backbone, 3).eval()
+    speed = accel.Accel(precision="bf16", channels_last=True, compile=False)
+    wrapped = accel.wrap(model, speed, torch.device("cpu"))
+    assert isinstance(wrapped, accel.AcceleratedModel)
+    assert wrapped.state_dict().keys() == model.state_dict().keys()
+    assert wrapped.head is model.head
+    x = torch.randn(4, *build_source("builtin:digits-cnn", weights="none").preprocessing.input_size)
+    with torch.no_grad():
+        out = wrapped(x)
+        ref = model(x)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, atol=0.1, rtol=0.05)
+
+
+def test_fit_records_precision(tmp_path: Path) -> None:
+    result = fit(
+        FitOptions(
+            data="builtin:digits?classes=0-2&per_class=10",
+            source="builtin:digits-cnn",
+            weights="none",
+            strategy="full",
+            epochs=1,
+            precision="bf16",
+            out=str(tmp_path / "run"),
+            progress=False,
+        )
+    )
+    meta = json.loads((result.run_dir / "headstart.json").read_text())
+    assert meta["accel"] == {
+        "precision": "bf16",
+        "channels_last": False,
+        "compile": False,
+        "batch_size": 32,
+    }
+
+
+def test_fp16_is_refused_with_a_way_out() -> None:
+    with pytest.raises(ConfigError, match="bf16"):
+        accel.resolve(FitOptions(data="x", precision="fp16"), torch.device("cpu"))
+
+
+@dataclass
+class _Opts:
+    batch_size: int
+
+
+def test_halve_on_oom() -> None:
+    tried: list[int] = []
+
+    def run(o: _Opts) -> int:
+        tried.append(o.batch_size)
+        if o.batch_size > 8:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return o.batch_size
+
+    assert accel.halve_on_oom(_Opts(32), run) == 8
+    assert tried == [32, 16, 8]
+
+    def always(o: _Opts) -> int:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        accel.halve_on_oom(_Opts(4), always)
+
+    def other(o: _Opts) -> int:
+        raise ValueError("not memory")
+
+    with pytest.raises(ValueError):
+        accel.halve_on_oom(_Opts(32), other)
