@@ -75,6 +75,22 @@ class FitOptions:
     out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
     overwrite: bool = _opt("replace an existing --out", default=False)
     progress: bool = _opt("show progress bars", default=True, cli=False)
+    resume: str | None = _opt(
+        "continue the stopped fit whose --out was RUN from its last checkpoint, with the "
+        "options saved there (DATA and other flags may be left out)",
+        default=None,
+    )
+    checkpoint_every: int = _opt(
+        "also checkpoint every N optimizer steps (0: only at the end of each epoch)", default=0
+    )
+    deterministic: bool = _opt(
+        "use only deterministic algorithms (torch.use_deterministic_algorithms)", default=False
+    )
+    processes: int = _opt(
+        "data-parallel processes on this machine (Accelerate; gloo on CPU, NCCL on GPUs); "
+        "--batch-size stays the global batch",
+        default=1,
+    )
 
     def train_config(self) -> TrainConfig:
         from headstart.train import TrainConfig
@@ -127,6 +143,9 @@ class CompareOptions(FitOptions):
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)
     patience: int | None = _opt("", default=None, cli=False)
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    processes: int = _opt("", default=1, cli=False)
     label_fractions: str = _opt(
         "also train on these shares of each training fold's labels, for a plot of accuracy "
         "against labels per class, e.g. 0.1,0.25,0.5,1",
@@ -156,3 +175,7 @@ class RecommendOptions(FitOptions):
     workers: int = _opt("", default=0, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    deterministic: bool = _opt("", default=False, cli=False)
+    processes: int = _opt("", default=1, cli=False)
