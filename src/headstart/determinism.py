@@ -93,9 +93,9 @@ class SeededDataset(Dataset[Any]):
     """``dataset[i]`` with torch's generator seeded by the sample's own seed.
 
     Indexed by the ``(index, seed)`` pairs :class:`EpochBatchSampler` yields.  The
-    transform's random draws (crop, flip) come from torch's global generator; the fork
-    restores that generator afterwards, so loading in the main process does not move the
-    stream dropout draws from.
+    transform's random draws (crop, flip) come from torch's global CPU generator, which
+    is restored afterwards, so loading in the main process does not move the stream
+    dropout draws from.
     """
 
     def __init__(self, dataset: Dataset[Any]) -> None:
@@ -106,9 +106,15 @@ class SeededDataset(Dataset[Any]):
 
     def __getitem__(self, key: tuple[int, int]) -> Any:
         index, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        # CPU generator only (torch.manual_seed would also reseed every GPU's), restored
+        # afterwards; cheaper than torch.random.fork_rng.
+        cpu = torch.default_generator
+        state = cpu.get_state()
+        cpu.manual_seed(seed)
+        try:
             return self.dataset[index]
+        finally:
+            cpu.set_state(state)
 
 
 def set_deterministic() -> None:
