@@ -159,12 +159,19 @@ def test_resume_refuses_options_that_change_training(
     assert r.code == 0, r.stderr
 
 
+def test_a_fit_that_fails_before_its_first_checkpoint_leaves_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = run_cli("fit", OPTIONS.data, "--source", "timm:resnet1800", "--out", out)
+    assert r.code == 1 and "resnet1800" in r.stderr
+    assert not checkpoint_dir(out).exists() and not out.exists()
+
+
 def test_resume_refuses_changed_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import write_digit_pngs
 
     data = write_digit_pngs(tmp_path / "digits", digits=(0, 1), per_class=10)
     out = tmp_path / "run"
-    _stop_at(monkeypatch, "step:2")
+    _stop_at(monkeypatch, "step:3")
     with pytest.raises(Stop):
         fit(replace(OPTIONS, data=str(data), out=str(out)))
     monkeypatch.undo()

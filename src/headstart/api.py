@@ -404,7 +404,16 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     checkpointer.writer = main
     if parallel is not None:  # nobody reads the checkpoint folder before it is ready
         parallel.barrier()
-    trained = train_on(options, train_data, val_data, checkpointer=checkpointer, parallel=parallel)
+    try:
+        trained = train_on(
+            options, train_data, val_data, checkpointer=checkpointer, parallel=parallel
+        )
+    except BaseException:
+        # Failed before its first checkpoint (a bad source, Ctrl-C): nothing to resume, so
+        # nothing may stand in the way of the next fit.  A SIGKILL never gets here.
+        if saved is None and not checkpointer.steps():
+            checkpointer.remove()
+        raise
     if not main:  # only the main process writes the run dir
         return _result(out, trained, data.classes, {})
     source, plan, metrics = trained.source, trained.plan, trained.metrics
