@@ -351,6 +351,7 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         out = Path(options.resume)
         checkpointer, saved = Checkpointer.open(out)
         options = resumed_options(options, saved)
+        kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
     else:
         options.train_config()  # validates epochs, batch size... before any slow work
         out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
@@ -359,6 +360,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
                 f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "
                 f"continue it with --resume {out}, or start over with --overwrite"
             )
+    if parallel is not None:
+        parallel.check_batch(options.batch_size)
     if options.checkpoint_every < 0:
         raise ConfigError(f"--checkpoint-every must be 0 or more (got {options.checkpoint_every})")
     check_options(options)

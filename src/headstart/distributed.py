@@ -61,16 +61,17 @@ class Parallel:
 
         from headstart.train import resolve_device
 
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if options.batch_size % world:
-            raise ConfigError(
-                f"--batch-size {options.batch_size} is the global batch: it must be divisible "
-                f"by the {world} processes"
-            )
         cpu = resolve_device(options.device).type == "cpu"
         if cpu and os.environ.get("OMP_NUM_THREADS", "").isdigit():
             torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
         return cls(Accelerator(cpu=cpu))
+
+    def check_batch(self, batch_size: int) -> None:
+        if batch_size % self.world:
+            raise ConfigError(
+                f"--batch-size {batch_size} is the global batch: it must be divisible by "
+                f"--processes {self.world}"
+            )
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """The model in DistributedDataParallel (which averages gradients in backward)."""
@@ -156,10 +157,10 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     from headstart import errors as errors_module
 
     n = options.processes
-    if options.batch_size % n:
+    if options.batch_size % n and not options.resume:  # (a resumed run's: checked later)
         raise ConfigError(
             f"--batch-size {options.batch_size} is the global batch: it must be divisible by "
-            f"--processes {n} (each process takes {options.batch_size // n or 1}...)"
+            f"--processes {n}"
         )
     if options.device.startswith("cuda") and torch.cuda.device_count() < n:
         raise ConfigError(
@@ -169,12 +170,7 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     level = logging.getLogger("headstart").getEffectiveLevel()
-    log.info(
-        "starting %d processes (global batch %d, %d each)",
-        n,
-        options.batch_size,
-        options.batch_size // n,
-    )
+    log.info("starting %d training processes", n)
     try:
         mp.start_processes(
             _worker,
