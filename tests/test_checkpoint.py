@@ -95,7 +95,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
 ) -> None:
     ck = _checkpointer(tmp_path)
     first = ck.save(Progress(global_step=1), **_state(1))
-    real_write = checkpoint_module.atomic_write_with
+    real_write = checkpoint_module._write_part
     written = []
 
     def full_disk(dest: Path, writer: Any) -> None:
@@ -104,7 +104,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
         written.append(dest)
         real_write(dest, writer)
 
-    monkeypatch.setattr(checkpoint_module, "atomic_write_with", full_disk)
+    monkeypatch.setattr(checkpoint_module, "_write_part", full_disk)
     with pytest.raises(CheckpointError, match="no space left on device") as info:
         ck.save(Progress(global_step=2), **_state(2))
     assert f"{first} is intact" in str(info.value)

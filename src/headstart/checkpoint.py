@@ -42,7 +42,6 @@ import torch
 
 from headstart._io import (
     atomic_write_json,
-    atomic_write_with,
     current_umask,
     fsync_dir,
     sha256_file,
@@ -153,6 +152,14 @@ def _write_json(obj: Any) -> Callable[[Path], None]:
         p.write_text(text)
 
     return write
+
+
+def _write_part(path: Path, write: Callable[[Path], None]) -> None:
+    """Write one file of a checkpoint and fsync it.  No rename of its own: the whole
+    temporary folder is renamed into place once every part is written."""
+    write(path)
+    with open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
 
 
 def _mkdtemp(*, prefix: str, dir: Path) -> Path:
@@ -280,19 +287,20 @@ class Checkpointer:
             tmp = _mkdtemp(prefix=f".{final.name}.tmp-", dir=self.folder)
             manifest: dict[str, Any] = {"format": FORMAT, "step": step, "parts": {}}
             for name, write in parts.items():
-                atomic_write_with(tmp / name, write)
+                _write_part(tmp / name, write)
                 manifest["parts"][name] = {
                     "bytes": (tmp / name).stat().st_size,
                     "sha256": sha256_file(tmp / name),
                 }
                 kill_point(f"checkpoint:{step}:{name}")
-            atomic_write_json(tmp / MANIFEST, manifest)
+            _write_part(tmp / MANIFEST, _write_json(manifest))
+            fsync_dir(tmp)
             kill_point(f"checkpoint:{step}:{MANIFEST}")
             if final.exists():  # the same step again (a resumed run re-saving): replace it
                 shutil.rmtree(final)
             os.replace(tmp, final)
             fsync_dir(self.folder)
-        except OSError as exc:
+        except Exception as exc:  # torch.save and safetensors wrap OSError in their own
             if tmp is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
             kept = (
@@ -300,7 +308,8 @@ class Checkpointer:
                 if previous
                 else ("no earlier checkpoint exists")
             )
-            what = "no space left on device" if exc.errno == errno.ENOSPC else str(exc)
+            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+            what = "no space left on device" if full else str(exc)
             raise CheckpointError(
                 f"cannot write checkpoint {final}: {what}; {kept}; free space, then continue "
                 "with --resume"
