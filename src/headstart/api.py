@@ -494,7 +494,7 @@ _RUNTIME_OPTIONS = frozenset(
 
 
 def _saved_options(options: FitOptions, out: Path) -> dict[str, Any]:
-    d = {k: v for k, v in asdict(options).items() if k not in _RUNTIME_OPTIONS}
+    d = {k: v for k, v in asdict(options).items() if k not in ("resume", "progress")}
     d["out"] = str(out)
     return d
 
@@ -527,7 +527,13 @@ def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
             "options it started with: drop these flags"
         )
     stored.pop("out", None)
-    runtime = {k: getattr(given, k) for k in _RUNTIME_OPTIONS}
+    # A runtime option given now wins; one left at its default keeps the saved value.
+    defaults = {f.name: f.default for f in fields(given)}
+    runtime = {
+        k: getattr(given, k)
+        for k in _RUNTIME_OPTIONS
+        if k not in stored or getattr(given, k) != defaults[k]
+    }
     return replace(given, **{**stored, **runtime, "out": given.resume})
 
 
