@@ -334,6 +334,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     (:mod:`headstart.checkpoint`); ``options.resume`` continues a stopped fit from there.
     """
     t_start = time.perf_counter()
+    if options.processes < 1:
+        raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
     if options.processes > 1 and not in_launched_group():
         if options.resume:
             options = replace(options, out=options.resume)
