@@ -193,8 +193,18 @@ class AdaptResult:
 
 
 def _cycle(loader: Any) -> Any:
+    """The loader again and again, each pass a new epoch of its sampler (a new order)."""
+    passes = 0
     while True:
+        passes += 1
+        _set_epoch(loader, passes)
         yield from loader
+
+
+def _set_epoch(loader: Any, epoch: int) -> None:
+    sampler: Any = getattr(loader, "batch_sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 def adapt(options: AdaptOptions) -> AdaptResult:
@@ -272,17 +282,25 @@ def adapt(options: AdaptOptions) -> AdaptResult:
         return float(next(g["lr"] for g in optimizer.param_groups if g["name"] == "head"))
 
     pre = source.preprocessing
-    common = {"batch_size": options.batch_size, "workers": options.workers}
     source_loader = _loader(
-        train_data, pre, train=True, augment=options.augment, generator=generator, **common
+        train_data,
+        pre,
+        train=True,
+        augment=options.augment,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        generator=generator,
+        seed=options.seed,
     )
     target_loader = _loader(
         target,
         pre,
         train=True,
         augment=options.augment,
+        batch_size=options.batch_size,
+        workers=options.workers,
         generator=torch.Generator().manual_seed(options.seed + 1),
-        **common,
+        seed=options.seed + 1,
     )
     eval_batch = max(options.batch_size, EVAL_BATCH)
     val_loader = (
@@ -327,6 +345,7 @@ def adapt(options: AdaptOptions) -> AdaptResult:
         sums = {"loss": 0.0, "cls": 0.0, "align": 0.0, "dom_correct": 0.0, "dom_seen": 0.0}
         correct = seen = 0
         lambd = 0.0
+        _set_epoch(source_loader, epoch)
         for xs, ys in source_loader:
             progress = step / total
             lambd = dann_lambda(progress)

@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from headstart import accel, headtrain
 from headstart._io import atomic_write_json, atomic_write_text
+from headstart.checkpoint import Checkpointer, checkpoint_dir, is_resumable, kill_point
 from headstart.data import (
     UNLABELLED,
     ImageDataset,
@@ -34,6 +35,8 @@ from headstart.data import (
     make_transform,
     stratified_split,
 )
+from headstart.determinism import EpochBatchSampler, SeededDataset, set_deterministic
+from headstart.distributed import Parallel, in_launched_group, launch
 from headstart.errors import ConfigError, DataError
 from headstart.model import TargetModel
 from headstart.options import FitOptions, PretrainOptions
@@ -100,6 +103,8 @@ def _loader(
     batch_size: int,
     workers: int,
     generator: torch.Generator | None = None,
+    seed: int = 0,
+    parallel: Parallel | None = None,
 ) -> DataLoader[Any]:
     transform = make_transform(
         source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
@@ -107,13 +112,29 @@ def _loader(
     dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
     if not train or augment == "none":  # the same tensor every epoch: prepare it once
         dataset = _materialise(dataset, source_pre, len(data))
-    # BatchNorm cannot train on a last batch of one example; drop it in that case only.
-    drop_last = train and len(data) > 1 and len(data) % batch_size == 1
+    if not train:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            # Its own generator: a loader without one draws its workers' base seed from
+            # torch's global generator, which would move dropout's stream with --workers.
+            generator=torch.Generator(),
+        )
+    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
+    # BatchNorm cannot train on a batch of one example: drop a last (global) batch that
+    # would leave a process with fewer than two.
+    rest = len(data) % batch_size
+    drop_last = len(data) > batch_size and 0 < rest < 2 * world
+    # Order and augmentation are a function of (seed, epoch, position): the same with any
+    # number of workers or processes, and replayable mid-epoch (headstart.determinism).
+    sampler = EpochBatchSampler(
+        len(data), batch_size, seed=seed, drop_last=drop_last, rank=rank, world=world
+    )
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=train,
-        drop_last=drop_last,
+        SeededDataset(dataset),
+        batch_sampler=sampler,
         num_workers=workers,
         generator=generator,
         persistent_workers=workers > 0,
@@ -219,21 +240,38 @@ def load_training_data(options: FitOptions) -> LabeledData:
     return data
 
 
-def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData | None) -> Trained:
+def train_on(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    checkpointer: Checkpointer | None = None,
+    parallel: Parallel | None = None,
+) -> Trained:
     """Build the source and target model, apply the plan and train on the given split.
 
-    The building block of :func:`fit` (which also writes a run dir) and of
-    cross-validation, which trains on folds it made itself.
+    The building block of :func:`fit` (which also writes a run dir and checkpoints) and
+    of cross-validation, which trains on folds it made itself.
     """
     # on a CUDA out-of-memory error: all again from scratch at half the batch size
-    return accel.halve_on_oom(options, lambda o: _train_on(o, train_data, val_data))
+    return accel.halve_on_oom(
+        options,
+        lambda o: _train_on(o, train_data, val_data, checkpointer=checkpointer, parallel=parallel),
+    )
 
 
 def _train_on(
-    options: FitOptions, train_data: LabeledData, val_data: LabeledData | None
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    checkpointer: Checkpointer | None,
+    parallel: Parallel | None,
 ) -> Trained:
     t_start = time.perf_counter()
     config = options.train_config()
+    if options.deterministic:
+        set_deterministic()
     generator = seed_everything(options.seed)
     source = _build_source(options, scratch=options.strategy == "scratch")
     plan = make_plan(
@@ -247,8 +285,10 @@ def _train_on(
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
-    device = resolve_device(options.device)
+    device = parallel.device if parallel is not None else resolve_device(options.device)
     use_cache, why_not = headtrain.applies(options, plan)
+    if use_cache and parallel is not None:
+        use_cache, why_not = False, "several processes: each runs the backbone on its share"
     speedups = accel.resolve(options, device)
     fit_model: torch.nn.Module = model
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
@@ -269,6 +309,8 @@ def _train_on(
             batch_size=options.batch_size,
             workers=options.workers,
             generator=generator,
+            seed=options.seed,
+            parallel=parallel,
         )
         val_loader = (
             _loader(
@@ -293,7 +335,16 @@ def _train_on(
         )
     t_loaded = time.perf_counter()
     with headtrain.one_thread() if use_cache else contextlib.nullcontext():
-        history = train(fit_model, plan, train_loader, val_loader, config, device=device)  # type: ignore[arg-type]
+        history = train(
+            fit_model,  # type: ignore[arg-type]
+            plan,
+            train_loader,
+            val_loader,
+            config,
+            device=device,
+            checkpointer=checkpointer,
+            parallel=parallel,
+        )
     t_trained = time.perf_counter()
     model.cpu()
     best = history.best()
@@ -313,26 +364,100 @@ def _train_on(
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
-    """Build the target model, apply the plan, train, and write a complete run dir."""
+    """Build the target model, apply the plan, train, and write a complete run dir.
+
+    While it trains, checkpoints go to a hidden folder beside the run dir
+    (:mod:`headstart.checkpoint`); ``options.resume`` continues a stopped fit from there.
+    """
     t_start = time.perf_counter()
-    options.train_config()  # validates epochs, batch size... before any slow work
-    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+    if options.processes < 1:
+        raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
+    if options.processes > 1 and not in_launched_group():
+        if options.resume:
+            options = replace(options, out=options.resume)
+        else:  # every process must write to (and check) the same folder
+            options.train_config()
+            out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+            options = replace(options, out=str(out))
+        return launch(fit, options, kind=kind)
+    parallel = Parallel.from_environment(options) if in_launched_group() else None
+    main = parallel is None or parallel.is_main
+    if parallel is not None and not (options.out or options.resume):
+        raise ConfigError("several processes write one run dir: give it with --out")
+    saved: dict[str, Any] | None = None
+    if options.resume:
+        out = Path(options.resume)
+        checkpointer, saved = Checkpointer.open(out)
+        options = resumed_options(options, saved)
+        kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
+    else:
+        options.train_config()  # validates epochs, batch size... before any slow work
+        out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+        if is_resumable(out) and not options.overwrite and main:
+            raise ConfigError(
+                f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "
+                f"continue it with --resume {out}, or start over with --overwrite"
+            )
+    if parallel is not None:
+        parallel.check_batch(options.batch_size)
+    if options.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be 0 or more (got {options.checkpoint_every})")
     check_options(options)
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     checks = data_checks(data, train_data, val_data)  # warns about leakage before training
-    recommendation = None
-    if options.strategy == AUTO:
-        from headstart.recommend import recommend_for
+    fingerprints = {
+        "train": train_data.fingerprint(),
+        "val": val_data.fingerprint() if val_data is not None else None,
+    }
+    recommendation: dict[str, Any] | None = None
+    if saved is not None:
+        if saved["fingerprints"] != fingerprints:
+            raise DataError(
+                f"--resume {out}: the data ({options.data}) changed since the checkpoint was "
+                "written; resume with the same data, or start over with --overwrite"
+            )
+        options = replace(options, **saved["resolved"])
+        recommendation = saved["recommendation"]
+    else:
+        requested = options
+        if options.strategy == AUTO:
+            from headstart.recommend import recommend_for
 
-        # Measured on the training part only: the validation split stays unseen.
-        recommendation = recommend_for(options, train_data)
-        options = replace(
-            options,
-            strategy=recommendation.strategy,
-            backbone_lr_mult=recommendation.backbone_lr_mult,
+            # Measured on the training part only: the validation split stays unseen.
+            rec = recommend_for(options, train_data)
+            recommendation = rec.to_dict()
+            options = replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult)
+        checkpointer = Checkpointer.create(
+            out,
+            {
+                "kind": kind,
+                "options": _saved_options(requested, out),
+                "resolved": {
+                    "strategy": options.strategy,
+                    "backbone_lr_mult": options.backbone_lr_mult,
+                },
+                "recommendation": recommendation,
+                "fingerprints": fingerprints,
+            },
+            writer=main,
         )
-    trained = train_on(options, train_data, val_data)
+    checkpointer.every = options.checkpoint_every
+    checkpointer.writer = main
+    if parallel is not None:  # nobody reads the checkpoint folder before it is ready
+        parallel.barrier()
+    try:
+        trained = train_on(
+            options, train_data, val_data, checkpointer=checkpointer, parallel=parallel
+        )
+    except BaseException:
+        # Failed before its first checkpoint (a bad source, Ctrl-C): nothing to resume, so
+        # nothing may stand in the way of the next fit.  A SIGKILL never gets here.
+        if saved is None and not checkpointer.steps():
+            checkpointer.remove()
+        raise
+    if not main:  # only the main process writes the run dir
+        return _result(out, trained, data.classes, {})
     source, plan, metrics = trained.source, trained.plan, trained.metrics
     timings = dict(trained.timings)
     timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
@@ -350,7 +475,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
             "checks": checks,
         },
         "metrics": metrics,
-        "recommendation": recommendation.to_dict() if recommendation else None,
+        "recommendation": recommendation,
+        "resumed": saved is not None,
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
         "feature_cache": trained.feature_cache,
@@ -364,26 +490,93 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         timings["total_s"] = time.perf_counter() - t_start
         write_report_md(meta, rows, folder / "report.md")
 
+    kill_point("run:write")
     run_dir = write_run(
         out,
         model=trained.model,
         meta=meta,
         metrics_rows=rows,
         extras=extras,
-        overwrite=options.overwrite,
+        overwrite=options.overwrite or saved is not None,
     )
+    checkpointer.remove()  # the run dir is complete: nothing left to resume
     timings["total_s"] = time.perf_counter() - t_start
     log.info("run dir: %s", run_dir)
+    return _result(run_dir, trained, data.classes, timings)
+
+
+def _result(
+    run_dir: Path, trained: Trained, classes: Sequence[str], timings: dict[str, float]
+) -> FitResult:
     return FitResult(
         run_dir=run_dir,
         model=trained.model,
-        classes=list(data.classes),
-        plan=plan,
+        classes=list(classes),
+        plan=trained.plan,
         history=trained.history,
-        source=source.describe(),
-        metrics=metrics,
-        timings=timings,
+        source=trained.source.describe(),
+        metrics=trained.metrics,
+        timings=timings or dict(trained.timings),
     )
+
+
+# Options that do not change what is computed: a resumed run may set them anew.
+_RUNTIME_OPTIONS = frozenset(
+    {
+        "resume",
+        "progress",
+        "device",
+        "workers",
+        "processes",
+        "cache_dir",
+        "checkpoint_every",
+        "deterministic",
+    }
+)
+
+
+def _saved_options(options: FitOptions, out: Path) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(options).items() if k not in ("resume", "progress")}
+    d["out"] = str(out)
+    return d
+
+
+def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
+    """The options a checkpoint was written with, plus the runtime ones given now.
+
+    A training option given now (one that differs from its default) that differs from the
+    saved one is a :class:`ConfigError`: a resumed run cannot change how it trains.
+    """
+    if given.overwrite:
+        raise ConfigError("--resume and --overwrite: resume continues a run; drop one of them")
+    stored = dict(saved["options"])
+    if given.out is not None and Path(given.out) != Path(given.resume or ""):
+        raise ConfigError(
+            f"--out {given.out} with --resume {given.resume}: a resumed run is written where "
+            "it was going to be; drop --out"
+        )
+    conflicts = []
+    for f in fields(given):
+        if f.name in _RUNTIME_OPTIONS or f.name in ("out", "overwrite") or f.name not in stored:
+            continue
+        value = getattr(given, f.name)
+        if value != f.default and value != stored[f.name]:
+            flag = "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
+            conflicts.append(f"{flag} {value} (the checkpoint has {stored[f.name]})")
+    if conflicts:
+        raise ConfigError(
+            f"--resume {given.resume}: {'; '.join(conflicts)}; a resumed run keeps the "
+            "options it started with: drop these flags"
+        )
+    stored.pop("out", None)
+    # A runtime option given now wins; one left at its default keeps the saved value.
+    defaults = {f.name: f.default for f in fields(given)}
+    runtime = {
+        k: getattr(given, k)
+        for k in _RUNTIME_OPTIONS
+        if k not in stored or getattr(given, k) != defaults[k]
+    }
+    return replace(given, **{**stored, **runtime, "out": given.resume})
 
 
 def pretrain(options: PretrainOptions) -> FitResult:

@@ -29,14 +29,18 @@ _TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": floa
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field: ``backbone_lr_mult`` -> ``--backbone-lr-mult``; ``data`` positional."""
-    for f in dataclasses.fields(cls):
+    fields = dataclasses.fields(cls)
+    for f in fields:
         meta = f.metadata
         if not meta.get("cli", True):
             continue
         help_text = meta.get("help", "")
         type_name = str(f.type).replace(" | None", "").strip()
         if f.name == "data":
-            parser.add_argument("data", metavar="DATA", help=help_text)
+            # --resume takes DATA from the checkpoint: optional where a command resumes.
+            resumes = any(g.name == "resume" and g.metadata.get("cli", True) for g in fields)
+            nargs = "?" if resumes else None
+            parser.add_argument("data", metavar="DATA", nargs=nargs, default="", help=help_text)
             continue
         flag = "--" + f.name.replace("_", "-")
         if type_name == "bool":

@@ -5,7 +5,7 @@ loaders into loaders of the backbone's features (from :mod:`headstart.featcache`
 returns a :class:`CachedHead`, which is the target model's own dropout and head over
 those features.  :func:`headstart.train.train` then runs unchanged: same optimizer groups
 (the frozen backbone is still there for the plan, it is just not called), same schedule,
-same shuffling (the same ``generator`` drives a loader of the same length), same dropout
+same batches in the same order (:class:`headstart.determinism.EpochBatchSampler`), same dropout
 masks (feature extraction leaves the global random state alone), same label smoothing
 and best-epoch selection.  With ``--augment none`` and ``--workers 0`` the head comes
 out the same as the one the per-epoch loop trains, up to float rounding of the
@@ -36,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from headstart.data import LabeledData
+from headstart.determinism import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.featcache import EVAL_VIEW, View, cached_features, state_digest
 from headstart.model import TargetModel
@@ -89,19 +90,26 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-class _ViewCycle(DataLoader[Any]):
-    """A shuffled loader over K cached views: each new pass (epoch) uses the next view."""
+class _CachedViews(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Cached features indexed by :class:`EpochBatchSampler`'s ``(index, seed)`` pairs.
 
-    def __init__(self, views: list[torch.Tensor], targets: torch.Tensor, **kw: Any) -> None:
-        self.views = views
-        self.passes = 0
-        self._data = TensorDataset(views[0], targets)
-        super().__init__(self._data, **kw)
+    The epoch the sampler is on picks the view (epoch ``e`` uses view ``(e - 1) mod K``),
+    so a resumed run sees the same view as an uninterrupted one; the per-sample seed has
+    nothing left to drive (the augmentation is in the cached view).
+    """
 
-    def __iter__(self) -> Any:
-        self._data.tensors = (self.views[self.passes % len(self.views)], self._data.tensors[1])
-        self.passes += 1
-        return super().__iter__()
+    def __init__(
+        self, views: list[torch.Tensor], targets: torch.Tensor, sampler: EpochBatchSampler
+    ) -> None:
+        self.views, self.targets, self.sampler = views, targets, sampler
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, _seed = key
+        view = self.views[(self.sampler.epoch - 1) % len(self.views)]
+        return view[index], self.targets[index]
 
 
 @dataclass
@@ -194,14 +202,15 @@ def prepare(
         )
 
     targets = torch.as_tensor(train_data.targets, dtype=torch.int64)
-    # As headstart.api._loader: BatchNorm cannot train on a last batch of one example.
-    drop_last = n_train > 1 and n_train % options.batch_size == 1
-    train_loader = _ViewCycle(
-        [torch.from_numpy(v) for v in train_views],
-        targets,
-        batch_size=options.batch_size,
-        shuffle=True,
-        drop_last=drop_last,
+    # As headstart.api._loader: the same batches in the same order (a function of the
+    # seed and the epoch), and no last batch of one example (BatchNorm cannot train on it).
+    n, bs = n_train, options.batch_size
+    sampler = EpochBatchSampler(n, bs, seed=options.seed, drop_last=n > bs and 0 < n % bs < 2)
+    train_loader: DataLoader[Any] = DataLoader(
+        _CachedViews([torch.from_numpy(v) for v in train_views], targets, sampler),
+        batch_sampler=sampler,
+        # As the image loader: each pass draws its base seed from this generator, not from
+        # torch's global one, whose stream the dropout masks come from.
         generator=generator,
     )
     val_loader = None
@@ -211,6 +220,7 @@ def prepare(
                 torch.from_numpy(val_feats), torch.as_tensor(val_data.targets, dtype=torch.int64)
             ),
             batch_size=max(options.batch_size, EVAL_BATCH),
+            generator=torch.Generator(),  # not torch's global one (dropout's stream)
         )
     info = {
         "used": True,

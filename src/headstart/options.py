@@ -106,6 +106,22 @@ class FitOptions:
         default=False,
     )
     progress: bool = _opt("show progress bars", default=True, cli=False)
+    resume: str | None = _opt(
+        "continue the stopped fit whose --out was RUN from its last checkpoint, with the "
+        "options saved there (DATA and other flags may be left out)",
+        default=None,
+    )
+    checkpoint_every: int = _opt(
+        "also checkpoint every N optimizer steps (0: only at the end of each epoch)", default=0
+    )
+    deterministic: bool = _opt(
+        "use only deterministic algorithms (torch.use_deterministic_algorithms)", default=False
+    )
+    processes: int = _opt(
+        "data-parallel processes on this machine (Accelerate; gloo on CPU, NCCL on GPUs); "
+        "--batch-size stays the global batch",
+        default=1,
+    )
 
     def train_config(self) -> TrainConfig:
         from headstart.train import TrainConfig
@@ -158,6 +174,9 @@ class CompareOptions(FitOptions):
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)
     patience: int | None = _opt("", default=None, cli=False)
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    processes: int = _opt("", default=1, cli=False)
     label_fractions: str = _opt(
         "also train on these shares of each training fold's labels, for a plot of accuracy "
         "against labels per class, e.g. 0.1,0.25,0.5,1",
@@ -192,6 +211,10 @@ class RecommendOptions(FitOptions):
     compile: bool = _opt("", default=False, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    deterministic: bool = _opt("", default=False, cli=False)
+    processes: int = _opt("", default=1, cli=False)
 
 
 @dataclass
@@ -233,6 +256,11 @@ class RankOptions(FitOptions):
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
 
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    deterministic: bool = _opt("", default=False, cli=False)
+    processes: int = _opt("", default=1, cli=False)
+
 
 @dataclass
 class AdaptOptions(FitOptions):
@@ -273,6 +301,11 @@ class AdaptOptions(FitOptions):
     precision: str = _opt("", default="fp32", cli=False)
     channels_last: bool = _opt("", default=False, cli=False)
     compile: bool = _opt("", default=False, cli=False)
+
+    resume: str | None = _opt("", default=None, cli=False)
+    checkpoint_every: int = _opt("", default=0, cli=False)
+    deterministic: bool = _opt("", default=False, cli=False)
+    processes: int = _opt("", default=1, cli=False)
 
 
 @dataclass

@@ -14,8 +14,8 @@ import math
 import random
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,9 +23,22 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.checkpoint import (
+    Checkpointer,
+    CheckpointError,
+    Loaded,
+    Progress,
+    get_rng_states,
+    kill_point,
+    set_rng_states,
+)
+from headstart.determinism import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.model import TargetModel
 from headstart.plan import Plan, apply_plan, set_train_mode
+
+if TYPE_CHECKING:
+    from headstart.distributed import Parallel
 
 __all__ = [
     "EpochMetrics",
@@ -188,8 +201,16 @@ def train(
     config: TrainConfig,
     *,
     device: torch.device,
+    checkpointer: Checkpointer | None = None,
+    parallel: Parallel | None = None,
 ) -> History:
-    """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights."""
+    """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights.
+
+    With a ``checkpointer``, training starts from its latest checkpoint when there is one
+    (mid-epoch too: the epoch's order and augmentation replay, the batches already done
+    are skipped) and saves one at the end of every epoch and every ``checkpointer.every``
+    steps.  ``parallel``: this process's part of a data-parallel run.
+    """
     model.to(device)
     groups = apply_plan(model, plan)
     optimizer = torch.optim.AdamW(groups)
@@ -198,36 +219,105 @@ def train(
     warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    lrs = {g["name"].removesuffix("_no_decay"): g for g in optimizer.param_groups}
+    sampler = train_loader.batch_sampler
+    if checkpointer is not None and not isinstance(sampler, EpochBatchSampler):
+        raise TypeError("checkpointed training needs a loader batched by EpochBatchSampler")
+    forward: nn.Module = model if parallel is None else parallel.wrap(model)
 
-    history = History()
-    best: EpochMetrics | None = None
+    progress = Progress()
     best_state: dict[str, torch.Tensor] | None = None
-    since_best = 0
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        lr_head = float(lrs["head"]["lr"])
-        lr_backbone = float(lrs["backbone"]["lr"]) if "backbone" in lrs else 0.0
+    saved = checkpointer.load() if checkpointer is not None else None
+    if saved is not None:
+        best_state = _restore(saved, model, optimizer, scheduler, train_loader, parallel)
+        progress = saved.progress
+        log.info(
+            "resumed from %s: epoch %d, %d of %d steps done",
+            saved.path,
+            progress.epoch,
+            progress.step_in_epoch,
+            steps_per_epoch,
+        )
+    # After a restore: loading the optimizer's state replaces its param_group dicts.
+    lrs = {g["name"].removesuffix("_no_decay"): g for g in optimizer.param_groups}
+    history = History(
+        epochs=[EpochMetrics(**r) for r in progress.rows],
+        best_epoch=progress.best_epoch,
+        stopped_early=progress.stopped_early,
+    )
+    best: EpochMetrics | None = history.best() if history.best_epoch else None
+    since_best = progress.since_best
+    global_step = progress.global_step
+    for epoch in range(progress.epoch, config.epochs + 1):
+        if progress.finished:
+            break
+        t0 = time.perf_counter() - progress.seconds
+        if progress.step_in_epoch == 0:
+            progress.lr_head = float(lrs["head"]["lr"])
+            progress.lr_backbone = float(lrs["backbone"]["lr"]) if "backbone" in lrs else 0.0
+        lr_head, lr_backbone = progress.lr_head, progress.lr_backbone
         set_train_mode(model, plan, True)
-        loss_sum, correct, seen = 0.0, 0, 0
+        loss_sum, correct, seen = progress.loss_sum, progress.correct, progress.seen
+        step = progress.step_in_epoch
+        if isinstance(sampler, EpochBatchSampler):
+            sampler.set_epoch(epoch, skip=step)
+        loader_state = train_loader.generator.get_state() if train_loader.generator else None
         bar = tqdm(
             train_loader,
             desc=f"epoch {epoch}/{config.epochs}",
             leave=False,
             disable=not config.progress,
+            initial=step,
         )
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
-            loss = loss_fn(logits, y)
+            logits = forward(x)
+            if parallel is None:
+                loss = loss_fn(logits, y)
+            else:  # this process's share of the mean over the whole global batch
+                assert isinstance(sampler, EpochBatchSampler)
+                loss = parallel.share_of_mean(loss_fn, logits, y, sampler.global_size(step))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.item() * len(y)
+            step, global_step = step + 1, global_step + 1
+            if parallel is None:
+                loss_sum += loss.item() * len(y)
+            else:
+                loss_sum += float(parallel.local_loss_sum(loss_fn, logits.detach(), y))
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+            kill_point(f"step:{global_step}")
+            # The end of an epoch is saved below, after validation.
+            if checkpointer and checkpointer.due(global_step) and step < steps_per_epoch:
+                progress = replace(
+                    progress,
+                    epoch=epoch,
+                    step_in_epoch=step,
+                    global_step=global_step,
+                    loss_sum=loss_sum,
+                    correct=correct,
+                    seen=seen,
+                    seconds=time.perf_counter() - t0,
+                    rows=history.rows(),
+                    best_epoch=history.best_epoch,
+                    since_best=since_best,
+                    best_is_model=False,
+                )
+                _save(
+                    checkpointer,
+                    progress,
+                    model,
+                    best_state,
+                    optimizer,
+                    scheduler,
+                    train_loader.generator,
+                    loader_state,
+                    parallel,
+                )
+        if parallel is not None:
+            loss_sum, correct, seen = parallel.sum_over_processes(loss_sum, correct, seen)
         val = predict_loader(model, val_loader, device) if val_loader is not None else None
         row = EpochMetrics(
             epoch=epoch,
@@ -250,11 +340,94 @@ def train(
             if config.patience is not None and since_best >= config.patience:
                 history.stopped_early = True
                 log.info("early stop: no better validation accuracy for %d epochs", since_best)
-                break
+        if checkpointer is not None:
+            progress = Progress(
+                epoch=epoch + 1,
+                global_step=global_step,
+                rows=history.rows(),
+                best_epoch=history.best_epoch,
+                since_best=since_best,
+                stopped_early=history.stopped_early,
+                finished=history.stopped_early or epoch == config.epochs,
+                best_is_model=history.best_epoch == epoch,
+            )
+            _save(
+                checkpointer,
+                progress,
+                model,
+                best_state,
+                optimizer,
+                scheduler,
+                train_loader.generator,
+                None,
+                parallel,
+            )
+        progress = Progress()
+        if history.stopped_early:
+            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return history
+
+
+def _save(
+    checkpointer: Checkpointer,
+    progress: Progress,
+    model: nn.Module,
+    best_state: dict[str, torch.Tensor] | None,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator | None,
+    epoch_start_generator: torch.Tensor | None,
+    parallel: Parallel | None,
+) -> None:
+    rng = get_rng_states(generator)
+    if epoch_start_generator is not None:
+        # Mid-epoch: a resumed run starts this epoch's loader again from where it began.
+        rng["loader"] = epoch_start_generator
+    if parallel is not None:  # every process's generators (dropout differs per process)
+        rng = {"processes": parallel.gather(rng)}
+    checkpointer.save(
+        progress,
+        model=model.state_dict(),
+        best=None if progress.best_is_model else best_state,
+        # No mixed precision (and so no gradient scaler) in this loop yet.
+        optimizer={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
+        rng=rng,
+    )
+    kill_point(f"saved:{progress.global_step}")
+
+
+def _restore(
+    saved: Loaded,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader: DataLoader[Any],
+    parallel: Parallel | None,
+) -> dict[str, torch.Tensor] | None:
+    """Put a checkpoint's state back; return the best weights so far."""
+    try:
+        model.load_state_dict(saved.model, strict=True)
+        optimizer.load_state_dict(saved.optimizer["optimizer"])
+        scheduler.load_state_dict(saved.optimizer["scheduler"])
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"{saved.path}: does not match this model or plan ({str(exc).splitlines()[0]})"
+        ) from exc
+    rng = saved.rng
+    if "processes" in rng:
+        states = rng["processes"]
+        rank = parallel.rank if parallel is not None else 0
+        rng = states[rank] if rank < len(states) else states[0]
+    set_rng_states(rng, loader.generator)
+    p = saved.progress
+    if saved.best is not None:
+        return saved.best
+    if p.best_epoch and p.best_is_model:
+        return copy.deepcopy(model.state_dict())
+    return None
 
 
 def _format_row(r: EpochMetrics) -> str:
