@@ -7,6 +7,10 @@ with the best one *pairwise* (fold by fold), with a 95% confidence interval from
 corrected resampled t-test of Nadeau & Bengio (2003, "Inference for the Generalization
 Error"): k-fold scores share most of their training data, so the plain t-test's
 variance is too small; theirs is inflated by ``n_test / n_train``.
+
+``auto`` may be one of the strategies: in each fold, :mod:`headstart.recommend` measures
+that fold's *training* part only (the held-out fold stays unseen, as it would be for a
+user's new data) and the strategy it picks is trained; each score records the choice.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text
-from headstart.api import check_options, load_training_data, train_on
+from headstart.api import AUTO, check_options, load_training_data, train_on
+from headstart.data import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.options import CompareOptions
 from headstart.plan import parse_strategy
@@ -48,6 +53,8 @@ class FoldScore:
     curve: tuple[float, ...] = ()  # held-out accuracy after each epoch
     fraction: float = 1.0  # share of the fold's training labels used
     labels_per_class: float = 0.0  # mean training labels per class
+    chosen: str = ""  # for auto: the concrete strategy the recommendation picked
+    case: str = ""  # for auto: the case it named, e.g. "small + similar"
 
 
 @dataclass(frozen=True)
@@ -61,6 +68,7 @@ class StrategySummary:
     diff_vs_best: float  # mean paired difference (this - best), 0 for the best
     ci_low: float
     ci_high: float
+    chosen: tuple[str, ...] = ()  # for auto: the strategy picked in each fold, in order
 
 
 @dataclass
@@ -89,7 +97,8 @@ def _strategies(text: str) -> list[str]:
     if not names:
         raise ConfigError("--strategies is empty; e.g. --strategies linear,full,scratch")
     for name in names:
-        parse_strategy(name)
+        if name != AUTO:
+            parse_strategy(name)
     if len(set(names)) != len(names):
         raise ConfigError(f"--strategies names a strategy twice: {text}")
     return names
@@ -164,6 +173,7 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
                 diff_vs_best=mean_diff,
                 ci_low=low,
                 ci_high=high,
+                chosen=tuple(r.chosen for r in rows) if any(r.chosen for r in rows) else (),
             )
         )
     return out
@@ -212,6 +222,12 @@ def compare(options: CompareOptions) -> CompareResult:
                     fold_options = replace(
                         options, strategy=strategy, seed=seed, select="last", patience=None
                     )
+                    chosen = case = ""
+                    t_measure = time.perf_counter()
+                    if strategy == AUTO:
+                        fold_options, chosen, case = _recommended(fold_options, train_data)
+                    # auto's time includes its measuring: that is what choosing costs
+                    measure_s = time.perf_counter() - t_measure
                     trained = train_on(fold_options, train_data, test_data)
                     done += 1
                     m = trained.metrics
@@ -222,12 +238,14 @@ def compare(options: CompareOptions) -> CompareResult:
                             fold=fold,
                             accuracy=float(m["val_acc"]),
                             macro_f1=float(m["val_f1"]),
-                            seconds=trained.timings["train_s"],
+                            seconds=trained.timings["train_s"] + measure_s,
                             n_train=len(train_data),
                             n_test=len(test_data),
                             curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
                             fraction=fraction,
                             labels_per_class=per_class,
+                            chosen=chosen,
+                            case=case,
                         )
                     )
                     log.info(
@@ -237,7 +255,7 @@ def compare(options: CompareOptions) -> CompareResult:
                         repeat,
                         fold + 1,
                         fraction,
-                        strategy,
+                        f"auto->{chosen}" if chosen else strategy,
                         m["val_acc"],
                         trained.timings["train_s"],
                     )
@@ -245,6 +263,34 @@ def compare(options: CompareOptions) -> CompareResult:
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)
     return result
+
+
+def _recommended(
+    options: CompareOptions, train_data: LabeledData
+) -> tuple[CompareOptions, str, str]:
+    """``options`` with the strategy and backbone rate that recommend picks for this fold."""
+    from headstart.recommend import recommend_for
+
+    rec = recommend_for(options, train_data)
+    return (
+        replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult),
+        rec.strategy,
+        rec.case,
+    )
+
+
+def auto_choices(summary: list[StrategySummary]) -> list[str]:
+    """One line per strategy that chose per fold (auto): what it picked, fold by fold."""
+    lines = []
+    for s in summary:
+        if s.chosen:
+            counts = {c: s.chosen.count(c) for c in dict.fromkeys(s.chosen)}
+            tally = ", ".join(f"{c} in {n} of {len(s.chosen)}" for c, n in counts.items())
+            lines.append(
+                f"{s.strategy} chose per fold: {' '.join(s.chosen)} ({tally}); measured on "
+                "each fold's training part only"
+            )
+    return lines
 
 
 def format_table(summary: list[StrategySummary]) -> str:
@@ -262,7 +308,7 @@ def format_table(summary: list[StrategySummary]) -> str:
             f"{s.strategy:<12} {s.mean:>8.3f} +- {s.std:.3f} {s.f1_mean:>9.3f} {vs:>26} "
             f"{s.seconds:>7.1f}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + auto_choices(summary))
 
 
 def _markdown(result: CompareResult, options: CompareOptions) -> str:
@@ -289,6 +335,7 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
             f"{s.seconds:.1f} |"
         )
+    lines += ["", *[f"- {line}" for line in auto_choices(result.summary)]]
     lines += ["", _verdict(result), ""]
     curves = mean_curves(result)
     named = [(name, benefits(mean)) for name, (mean, _) in curves.items()]
@@ -440,7 +487,17 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
-        ["strategy", "repeat", "fold", "accuracy", "macro_f1", "seconds", "n_train", "n_test"]
+        [
+            "strategy",
+            "repeat",
+            "fold",
+            "accuracy",
+            "macro_f1",
+            "seconds",
+            "n_train",
+            "n_test",
+            "chosen",
+        ]
     )
     for s in result.scores:
         writer.writerow(
@@ -453,6 +510,7 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
                 f"{s.seconds:.3f}",
                 s.n_train,
                 s.n_test,
+                s.chosen,
             ]
         )
     atomic_write_text(folder / "compare.csv", buf.getvalue())

@@ -112,7 +112,9 @@ class CompareOptions(FitOptions):
     """``headstart compare``: the same folds for every strategy, mean +- std each."""
 
     strategies: str = _opt(
-        "comma-separated strategies to compare", default="linear,partial:2,full,scratch"
+        "comma-separated strategies to compare; auto: in each fold, recommend from that "
+        "fold's training part only, then train its pick",
+        default="linear,partial:2,full,scratch",
     )
     folds: int = _opt("stratified k-fold cross-validation folds", default=5)
     seeds: int = _opt("repeat the k folds with this many shuffles (seed, seed+1, ...)", default=1)
