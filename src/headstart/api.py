@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.train import (
+    EpochMetrics,
     History,
     Predictions,
     predict_loader,
@@ -46,6 +47,9 @@ from headstart.train import (
     seed_everything,
     train,
 )
+
+if TYPE_CHECKING:
+    from headstart.tracking import Tracker
 
 __all__ = [
     "EvalResult",
@@ -213,11 +217,18 @@ def load_training_data(options: FitOptions) -> LabeledData:
     return data
 
 
-def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData | None) -> Trained:
+def train_on(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> Trained:
     """Build the source and target model, apply the plan and train on the given split.
 
     The building block of :func:`fit` (which also writes a run dir) and of
-    cross-validation, which trains on folds it made itself.
+    cross-validation, which trains on folds it made itself.  ``on_epoch`` gets each
+    epoch's metrics as they are measured (see :func:`headstart.train.train`).
     """
     t_start = time.perf_counter()
     config = options.train_config()
@@ -267,7 +278,7 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
             config.epochs,
         )
     t_loaded = time.perf_counter()
-    history = train(model, plan, train_loader, val_loader, config, device=device)
+    history = train(model, plan, train_loader, val_loader, config, device=device, on_epoch=on_epoch)
     t_trained = time.perf_counter()
     model.cpu()
     best = history.best()
@@ -286,7 +297,17 @@ def train_on(options: FitOptions, train_data: LabeledData, val_data: LabeledData
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
-    """Build the target model, apply the plan, train, and write a complete run dir."""
+    """Build the target model, apply the plan, train, and write a complete run dir.
+
+    With ``options.mlflow_uri`` / ``options.tensorboard`` the run is also tracked there.
+    """
+    from headstart.tracking import open_tracker
+
+    with open_tracker(options) as tracker:
+        return _fit(options, kind=kind, tracker=tracker)
+
+
+def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     t_start = time.perf_counter()
     options.train_config()  # validates epochs, batch size... before any slow work
     out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
@@ -304,7 +325,15 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
             strategy=recommendation.strategy,
             backbone_lr_mult=recommendation.backbone_lr_mult,
         )
-    trained = train_on(options, train_data, val_data)
+    tracker.start(
+        out.name,
+        {
+            "kind": kind,
+            **asdict(options),
+            "recommended_case": recommendation.case if recommendation else None,
+        },
+    )
+    trained = train_on(options, train_data, val_data, on_epoch=tracker.epoch_logger())
     source, plan, metrics = trained.source, trained.plan, trained.metrics
     timings = dict(trained.timings)
     timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
@@ -342,6 +371,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
         overwrite=options.overwrite,
     )
     timings["total_s"] = time.perf_counter() - t_start
+    tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=len(rows))
+    tracker.log_artifacts(run_dir)
     log.info("run dir: %s", run_dir)
     return FitResult(
         run_dir=run_dir,

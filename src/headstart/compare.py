@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -34,6 +34,9 @@ from headstart.options import CompareOptions
 from headstart.plan import parse_strategy
 from headstart.report import benefits, benefits_table, html_page, plot_lines
 from headstart.run import prepare_out
+
+if TYPE_CHECKING:
+    from headstart.tracking import Tracker
 
 __all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
 
@@ -180,7 +183,19 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
 
 
 def compare(options: CompareOptions) -> CompareResult:
-    """Cross-validate ``options.strategies`` on the same folds; write the comparison."""
+    """Cross-validate ``options.strategies`` on the same folds; write the comparison.
+
+    With ``options.mlflow_uri`` / ``options.tensorboard`` one tracked run holds every
+    fold's per-epoch metrics (``STRATEGY/foldK/val_acc``), each fold's score and the
+    summary (``STRATEGY/mean_accuracy``), and the comparison's files.
+    """
+    from headstart.tracking import open_tracker
+
+    with open_tracker(options) as tracker:
+        return _compare(options, tracker)
+
+
+def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     from sklearn.model_selection import StratifiedKFold
 
     t0 = time.perf_counter()
@@ -204,6 +219,7 @@ def compare(options: CompareOptions) -> CompareResult:
             f"--folds {options.folds}; use fewer folds or add data"
         )
     fractions = _fractions(options.label_fractions)
+    tracker.start(out.name, {"kind": "compare", **_config(options)})
     scores: list[FoldScore] = []
     total = options.seeds * options.folds * len(strategies) * len(fractions)
     done = 0
@@ -228,7 +244,14 @@ def compare(options: CompareOptions) -> CompareResult:
                         fold_options, chosen, case = _recommended(fold_options, train_data)
                     # auto's time includes its measuring: that is what choosing costs
                     measure_s = time.perf_counter() - t_measure
-                    trained = train_on(fold_options, train_data, test_data)
+                    where = f"{strategy}/" + (f"r{repeat}/" if options.seeds > 1 else "")
+                    where += f"fold{fold + 1}/" + (f"labels{fraction:g}/" if fraction < 1 else "")
+                    trained = train_on(
+                        fold_options,
+                        train_data,
+                        test_data,
+                        on_epoch=tracker.epoch_logger(where),
+                    )
                     done += 1
                     m = trained.metrics
                     scores.append(
@@ -262,7 +285,24 @@ def compare(options: CompareOptions) -> CompareResult:
     result = CompareResult(out_dir=out, scores=scores, summary=summarise(scores))
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)
+    for i, s in enumerate(scores):
+        if s.fraction == 1.0:
+            tracker.log_metrics({f"{s.strategy}/accuracy": s.accuracy}, step=i)
+    for summary in result.summary:
+        tracker.log_metrics(
+            {
+                f"{summary.strategy}/mean_accuracy": summary.mean,
+                f"{summary.strategy}/std_accuracy": summary.std,
+                f"{summary.strategy}/diff_vs_best": summary.diff_vs_best,
+                f"{summary.strategy}/seconds_per_fold": summary.seconds,
+            }
+        )
+    tracker.log_artifacts(out)
     return result
+
+
+def _config(options: CompareOptions) -> dict[str, Any]:
+    return {k: v for k, v in asdict(options).items() if k != "progress"}
 
 
 def _recommended(
@@ -521,6 +561,5 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     images = [folder / n for n in ("compare.png", "curves.png", "labels.png")]
     page = html_page(title, markdown_text, [p for p in images if p.is_file()])
     atomic_write_text(folder / "compare.html", page)
-    config = {k: v for k, v in asdict(options).items() if k != "progress"}
-    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": config})
+    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": _config(options)})
     log.info("comparison written to %s", folder)

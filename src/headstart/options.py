@@ -75,6 +75,16 @@ class FitOptions:
     out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
     overwrite: bool = _opt("replace an existing --out", default=False)
     progress: bool = _opt("show progress bars", default=True, cli=False)
+    mlflow_uri: str | None = _opt(
+        "log params, per-epoch metrics and the run's files to this MLflow tracking URI, "
+        "e.g. file:./mlruns or http://host:5000",
+        default=None,
+    )
+    tensorboard: str | None = _opt(
+        "write TensorBoard events (params, per-epoch metrics, plots) under this folder",
+        default=None,
+        const="runs/tensorboard",
+    )
 
     def train_config(self) -> TrainConfig:
         from headstart.train import TrainConfig
@@ -158,3 +168,5 @@ class RecommendOptions(FitOptions):
     workers: int = _opt("", default=0, cli=False)
     out: str | None = _opt("", default=None, cli=False)
     overwrite: bool = _opt("", default=False, cli=False)
+    mlflow_uri: str | None = _opt("", default=None, cli=False)
+    tensorboard: str | None = _opt("", default=None, cli=False)

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -188,8 +188,13 @@ def train(
     config: TrainConfig,
     *,
     device: torch.device,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> History:
-    """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights."""
+    """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights.
+
+    ``on_epoch`` is called with each epoch's metrics as soon as they are measured
+    (experiment tracking logs them live).
+    """
     model.to(device)
     groups = apply_plan(model, plan)
     optimizer = torch.optim.AdamW(groups)
@@ -242,6 +247,8 @@ def train(
         )
         history.epochs.append(row)
         log.info(_format_row(row))
+        if on_epoch is not None:
+            on_epoch(row)
         if config.select == "last" or val is None or _better(row, best):
             best, history.best_epoch, since_best = row, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
