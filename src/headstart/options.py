@@ -79,11 +79,13 @@ class FitOptions:
         "log params, per-epoch metrics and the run's files to this MLflow tracking URI, "
         "e.g. file:./mlruns or http://host:5000",
         default=None,
+        metavar="URI",
     )
     tensorboard: str | None = _opt(
         "write TensorBoard events (params, per-epoch metrics, plots) under this folder",
         default=None,
         const="runs/tensorboard",
+        metavar="DIR",
     )
 
     def train_config(self) -> TrainConfig:
