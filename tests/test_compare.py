@@ -6,7 +6,9 @@ import csv
 import json
 import math
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
@@ -90,3 +92,49 @@ def test_compare_refuses_bad_requests(tmp_path: Path) -> None:
         compare(CompareOptions(strategies="linear,linear", **base))  # type: ignore[arg-type]
     with pytest.raises(DataError, match="fewer than --folds 3"):
         compare(CompareOptions(strategies="linear", folds=3, **base))  # type: ignore[arg-type]
+
+
+def test_auto_recommends_per_fold_from_the_training_part_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headstart.recommend as recommend_module
+    from headstart.data import load_data
+    from tests.conftest import run_cli
+
+    spec = "builtin:digits?classes=0-2&per_class=12"
+    every = load_data(spec)
+    fingerprints = {np.asarray(x).tobytes(): i for i, x in enumerate(every.items)}
+    seen: list[set[int]] = []
+    real = recommend_module.recommend_for
+
+    def spy(options: Any, data: Any) -> Any:
+        seen.append({fingerprints[np.asarray(x).tobytes()] for x in data.items})
+        return real(options, data)
+
+    monkeypatch.setattr(recommend_module, "recommend_for", spy)
+    out = tmp_path / "cmp"
+    result = run_cli(
+        "compare", spec, "--source", "builtin:digits-cnn", "--strategies", "linear,partial:2,auto",
+        "--folds", "3", "--epochs", "2", "--batch-size", "16", "--out", out,
+    )  # fmt: skip
+    assert result.code == 0, result.stderr
+    assert len(seen) == 3  # once per fold, for auto only
+    rows = list(csv.DictReader((out / "compare.csv").open()))
+    auto_rows = sorted((r for r in rows if r["strategy"] == "auto"), key=lambda r: r["fold"])
+    for fold_seen, row in zip(seen, auto_rows, strict=True):
+        assert len(fold_seen) == int(row["n_train"]) == 24  # the training part, no more
+    # the three held-out folds partition the data, and no fold's recommendation saw its own
+    assert set().union(*seen) == set(range(36))
+    assert all(len(a & b) == 12 for a, b in [(seen[0], seen[1]), (seen[1], seen[2])])
+    chosen = [r["chosen"] for r in auto_rows]
+    assert all(c in ("linear", "partial:2") for c in chosen)
+    # auto trains exactly what it chose: same fold, same seed, same score as that strategy
+    # (for small data the recommendation keeps the default backbone rate, 0.1)
+    for row in auto_rows:
+        twin = next(r for r in rows if r["strategy"] == row["chosen"] and r["fold"] == row["fold"])
+        assert row["accuracy"] == twin["accuracy"]
+    assert "auto chose per fold: " + " ".join(chosen) in result.stdout
+    assert "auto chose per fold" in (out / "compare.md").read_text()
+    stored = json.loads((out / "compare.json").read_text())
+    assert [s["chosen"] for s in stored["scores"] if s["strategy"] == "auto"] == chosen
+    assert all(s["case"] for s in stored["scores"] if s["strategy"] == "auto")

@@ -13,6 +13,8 @@ from headstart.api import fit
 from headstart.data import load_data
 from headstart.options import FitOptions, PretrainOptions, RecommendOptions
 from headstart.recommend import (
+    LARGE_EXAMPLES_PER_PARAM,
+    LARGE_MIN_PER_CLASS,
     LARGE_PER_CLASS,
     Measurements,
     decide,
@@ -80,14 +82,14 @@ def test_bn_shift_grows_when_the_inputs_move_away_from_the_source(digits_source:
     assert far.bn_shift > 2 * near.bn_shift
 
 
-def _m(per_class: int, gain: float) -> Measurements:
+def _m(per_class: int, gain: float, params: int = 1_000_000) -> Measurements:
     return Measurements(
         n_items=per_class * 5,
         n_classes=5,
         min_per_class=per_class,
         median_per_class=per_class,
-        trainable_params_full=10_000,
-        examples_per_param=per_class * 5 / 10_000,
+        trainable_params_full=params,
+        examples_per_param=per_class * 5 / params,
         probe_pretrained=0.5 + gain,
         probe_random=0.5,
         probe_gain=gain,
@@ -108,6 +110,19 @@ def test_the_four_cases(per_class: int, gain: float, case: str, strategy: str, m
     assert (rec.case, rec.strategy, rec.backbone_lr_mult) == (case, strategy, mult)
     assert len(rec.reasons) == 3 and all(rec.reasons)
     assert case.split(" + ")[0] in rec.reasons[0] and case.split(" + ")[1] in rec.reasons[1]
+
+
+def test_large_is_relative_to_the_network_too() -> None:
+    """The same 60 examples per class are large for a 100k-parameter network, not for 10M."""
+    small_net = _m(60, 0.2, params=100_000)  # 3e-3 examples per parameter
+    big_net = _m(60, 0.2, params=10_000_000)  # 3e-5
+    assert small_net.examples_per_param >= LARGE_EXAMPLES_PER_PARAM > big_net.examples_per_param
+    assert decide(small_net, STAGES).case == "large + similar"
+    assert "per trainable parameter" in decide(small_net, STAGES).reasons[0]
+    assert decide(big_net, STAGES).case == "small + similar"
+    # enough per parameter, but a class with a handful of examples keeps the data small
+    few = replace(small_net, min_per_class=LARGE_MIN_PER_CLASS - 1)
+    assert decide(few, STAGES).case == "small + similar"
 
 
 def test_recommend_cli_and_fit_auto_save_the_reasoning(digits_source: Path, tmp_path: Path) -> None:

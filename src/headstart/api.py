@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -45,6 +46,7 @@ from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.train import (
+    EpochMetrics,
     History,
     Predictions,
     predict_loader,
@@ -52,6 +54,9 @@ from headstart.train import (
     seed_everything,
     train,
 )
+
+if TYPE_CHECKING:
+    from headstart.tracking import Tracker
 
 __all__ = [
     "EvalResult",
@@ -247,16 +252,20 @@ def train_on(
     *,
     checkpointer: Checkpointer | None = None,
     parallel: Parallel | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> Trained:
     """Build the source and target model, apply the plan and train on the given split.
 
     The building block of :func:`fit` (which also writes a run dir and checkpoints) and
-    of cross-validation, which trains on folds it made itself.
+    of cross-validation, which trains on folds it made itself.  ``on_epoch`` gets each
+    epoch's metrics as they are measured (see :func:`headstart.train.train`).
     """
     # on a CUDA out-of-memory error: all again from scratch at half the batch size
     return accel.halve_on_oom(
         options,
-        lambda o: _train_on(o, train_data, val_data, checkpointer=checkpointer, parallel=parallel),
+        lambda o: _train_on(
+            o, train_data, val_data, checkpointer=checkpointer, parallel=parallel, on_epoch=on_epoch
+        ),
     )
 
 
@@ -267,6 +276,7 @@ def _train_on(
     *,
     checkpointer: Checkpointer | None,
     parallel: Parallel | None,
+    on_epoch: Callable[[EpochMetrics], None] | None,
 ) -> Trained:
     t_start = time.perf_counter()
     config = options.train_config()
@@ -344,6 +354,7 @@ def _train_on(
             device=device,
             checkpointer=checkpointer,
             parallel=parallel,
+            on_epoch=on_epoch,
         )
     t_trained = time.perf_counter()
     model.cpu()
@@ -368,7 +379,18 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
 
     While it trains, checkpoints go to a hidden folder beside the run dir
     (:mod:`headstart.checkpoint`); ``options.resume`` continues a stopped fit from there.
+    With ``options.mlflow_uri`` / ``options.tensorboard`` the run is also tracked there
+    (by the main process only, when several train).
     """
+    from headstart.tracking import open_tracker
+
+    if in_launched_group() and int(os.environ.get("RANK", "0")) != 0:
+        options = replace(options, mlflow_uri=None, tensorboard=None)
+    with open_tracker(options) as tracker:
+        return _fit(options, kind=kind, tracker=tracker)
+
+
+def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     t_start = time.perf_counter()
     if options.processes < 1:
         raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
@@ -446,9 +468,22 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     checkpointer.writer = main
     if parallel is not None:  # nobody reads the checkpoint folder before it is ready
         parallel.barrier()
+    tracker.start(
+        out.name,
+        {
+            "kind": kind,
+            **asdict(options),
+            "recommended_case": recommendation["case"] if recommendation else None,
+        },
+    )
     try:
         trained = train_on(
-            options, train_data, val_data, checkpointer=checkpointer, parallel=parallel
+            options,
+            train_data,
+            val_data,
+            checkpointer=checkpointer,
+            parallel=parallel,
+            on_epoch=tracker.epoch_logger(),
         )
     except BaseException:
         # Failed before its first checkpoint (a bad source, Ctrl-C): nothing to resume, so
@@ -501,6 +536,8 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     )
     checkpointer.remove()  # the run dir is complete: nothing left to resume
     timings["total_s"] = time.perf_counter() - t_start
+    tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=len(rows))
+    tracker.log_artifacts(run_dir)
     log.info("run dir: %s", run_dir)
     return _result(run_dir, trained, data.classes, timings)
 

@@ -49,13 +49,20 @@ def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             )
         else:
             shown = "" if f.default is None else f" (default: {f.default})"
-            metavar = {"int": "N", "float": "X"}.get(type_name, f.name.upper())
+            metavar = meta.get("metavar") or {"int": "N", "float": "X"}.get(
+                type_name, f.name.upper()
+            )
+            # a field with a "const" takes its value optionally: --flag alone means const
+            optional = {"nargs": "?", "const": meta["const"]} if "const" in meta else {}
+            if optional:
+                shown = f" (alone: {meta['const']})"
             parser.add_argument(
                 flag,
                 type=_TYPES[type_name],
                 default=f.default,
                 metavar=metavar,
                 help=help_text + shown,
+                **optional,
             )
 
 

@@ -7,6 +7,10 @@ with the best one *pairwise* (fold by fold), with a 95% confidence interval from
 corrected resampled t-test of Nadeau & Bengio (2003, "Inference for the Generalization
 Error"): k-fold scores share most of their training data, so the plain t-test's
 variance is too small; theirs is inflated by ``n_test / n_train``.
+
+``auto`` may be one of the strategies: in each fold, :mod:`headstart.recommend` measures
+that fold's *training* part only (the held-out fold stays unseen, as it would be for a
+user's new data) and the strategy it picks is trained; each score records the choice.
 """
 
 from __future__ import annotations
@@ -18,18 +22,21 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text
-from headstart.api import check_options, load_training_data, train_on
-from headstart.data import data_checks
+from headstart.api import AUTO, check_options, load_training_data, train_on
+from headstart.data import LabeledData, data_checks
 from headstart.errors import ConfigError, DataError
 from headstart.options import CompareOptions
 from headstart.plan import parse_strategy
 from headstart.report import benefits, benefits_table, check_lines, html_page, plot_lines
 from headstart.run import prepare_out
+
+if TYPE_CHECKING:
+    from headstart.tracking import Tracker
 
 __all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
 
@@ -49,6 +56,8 @@ class FoldScore:
     curve: tuple[float, ...] = ()  # held-out accuracy after each epoch
     fraction: float = 1.0  # share of the fold's training labels used
     labels_per_class: float = 0.0  # mean training labels per class
+    chosen: str = ""  # for auto: the concrete strategy the recommendation picked
+    case: str = ""  # for auto: the case it named, e.g. "small + similar"
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,7 @@ class StrategySummary:
     diff_vs_best: float  # mean paired difference (this - best), 0 for the best
     ci_low: float
     ci_high: float
+    chosen: tuple[str, ...] = ()  # for auto: the strategy picked in each fold, in order
 
 
 @dataclass
@@ -92,7 +102,8 @@ def _strategies(text: str) -> list[str]:
     if not names:
         raise ConfigError("--strategies is empty; e.g. --strategies linear,full,scratch")
     for name in names:
-        parse_strategy(name)
+        if name != AUTO:
+            parse_strategy(name)
     if len(set(names)) != len(names):
         raise ConfigError(f"--strategies names a strategy twice: {text}")
     return names
@@ -167,13 +178,26 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
                 diff_vs_best=mean_diff,
                 ci_low=low,
                 ci_high=high,
+                chosen=tuple(r.chosen for r in rows) if any(r.chosen for r in rows) else (),
             )
         )
     return out
 
 
 def compare(options: CompareOptions) -> CompareResult:
-    """Cross-validate ``options.strategies`` on the same folds; write the comparison."""
+    """Cross-validate ``options.strategies`` on the same folds; write the comparison.
+
+    With ``options.mlflow_uri`` / ``options.tensorboard`` one tracked run holds every
+    fold's per-epoch metrics (``STRATEGY/foldK/val_acc``), each fold's score and the
+    summary (``STRATEGY/mean_accuracy``), and the comparison's files.
+    """
+    from headstart.tracking import open_tracker
+
+    with open_tracker(options) as tracker:
+        return _compare(options, tracker)
+
+
+def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     from sklearn.model_selection import StratifiedKFold
 
     t0 = time.perf_counter()
@@ -198,6 +222,7 @@ def compare(options: CompareOptions) -> CompareResult:
             f"--folds {options.folds}; use fewer folds or add data"
         )
     fractions = _fractions(options.label_fractions)
+    tracker.start(out.name, {"kind": "compare", **_config(options)})
     scores: list[FoldScore] = []
     total = options.seeds * options.folds * len(strategies) * len(fractions)
     done = 0
@@ -216,7 +241,20 @@ def compare(options: CompareOptions) -> CompareResult:
                     fold_options = replace(
                         options, strategy=strategy, seed=seed, select="last", patience=None
                     )
-                    trained = train_on(fold_options, train_data, test_data)
+                    chosen = case = ""
+                    t_measure = time.perf_counter()
+                    if strategy == AUTO:
+                        fold_options, chosen, case = _recommended(fold_options, train_data)
+                    # auto's time includes its measuring: that is what choosing costs
+                    measure_s = time.perf_counter() - t_measure
+                    where = f"{strategy}/" + (f"r{repeat}/" if options.seeds > 1 else "")
+                    where += f"fold{fold + 1}/" + (f"labels{fraction:g}/" if fraction < 1 else "")
+                    trained = train_on(
+                        fold_options,
+                        train_data,
+                        test_data,
+                        on_epoch=tracker.epoch_logger(where),
+                    )
                     done += 1
                     m = trained.metrics
                     scores.append(
@@ -226,12 +264,14 @@ def compare(options: CompareOptions) -> CompareResult:
                             fold=fold,
                             accuracy=float(m["val_acc"]),
                             macro_f1=float(m["val_f1"]),
-                            seconds=trained.timings["train_s"],
+                            seconds=trained.timings["train_s"] + measure_s,
                             n_train=len(train_data),
                             n_test=len(test_data),
                             curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
                             fraction=fraction,
                             labels_per_class=per_class,
+                            chosen=chosen,
+                            case=case,
                         )
                     )
                     log.info(
@@ -241,7 +281,7 @@ def compare(options: CompareOptions) -> CompareResult:
                         repeat,
                         fold + 1,
                         fraction,
-                        strategy,
+                        f"auto->{chosen}" if chosen else strategy,
                         m["val_acc"],
                         trained.timings["train_s"],
                     )
@@ -250,7 +290,52 @@ def compare(options: CompareOptions) -> CompareResult:
     )
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)
+    for i, s in enumerate(scores):
+        if s.fraction == 1.0:
+            tracker.log_metrics({f"{s.strategy}/accuracy": s.accuracy}, step=i)
+    for summary in result.summary:
+        tracker.log_metrics(
+            {
+                f"{summary.strategy}/mean_accuracy": summary.mean,
+                f"{summary.strategy}/std_accuracy": summary.std,
+                f"{summary.strategy}/diff_vs_best": summary.diff_vs_best,
+                f"{summary.strategy}/seconds_per_fold": summary.seconds,
+            }
+        )
+    tracker.log_artifacts(out)
     return result
+
+
+def _config(options: CompareOptions) -> dict[str, Any]:
+    return {k: v for k, v in asdict(options).items() if k != "progress"}
+
+
+def _recommended(
+    options: CompareOptions, train_data: LabeledData
+) -> tuple[CompareOptions, str, str]:
+    """``options`` with the strategy and backbone rate that recommend picks for this fold."""
+    from headstart.recommend import recommend_for
+
+    rec = recommend_for(options, train_data)
+    return (
+        replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult),
+        rec.strategy,
+        rec.case,
+    )
+
+
+def auto_choices(summary: list[StrategySummary]) -> list[str]:
+    """One line per strategy that chose per fold (auto): what it picked, fold by fold."""
+    lines = []
+    for s in summary:
+        if s.chosen:
+            counts = {c: s.chosen.count(c) for c in dict.fromkeys(s.chosen)}
+            tally = ", ".join(f"{c} in {n} of {len(s.chosen)}" for c, n in counts.items())
+            lines.append(
+                f"{s.strategy} chose per fold: {' '.join(s.chosen)} ({tally}); measured on "
+                "each fold's training part only"
+            )
+    return lines
 
 
 def format_table(summary: list[StrategySummary]) -> str:
@@ -268,7 +353,7 @@ def format_table(summary: list[StrategySummary]) -> str:
             f"{s.strategy:<12} {s.mean:>8.3f} +- {s.std:.3f} {s.f1_mean:>9.3f} {vs:>26} "
             f"{s.seconds:>7.1f}"
         )
-    return "\n".join(lines)
+    return "\n".join(lines + auto_choices(summary))
 
 
 def _markdown(result: CompareResult, options: CompareOptions) -> str:
@@ -295,6 +380,7 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
             f"{s.seconds:.1f} |"
         )
+    lines += ["", *[f"- {line}" for line in auto_choices(result.summary)]]
     lines += ["", _verdict(result), ""]
     if result.data_checks:
         lines += ["## Data checks", "", *check_lines(result.data_checks), ""]
@@ -448,7 +534,17 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(
-        ["strategy", "repeat", "fold", "accuracy", "macro_f1", "seconds", "n_train", "n_test"]
+        [
+            "strategy",
+            "repeat",
+            "fold",
+            "accuracy",
+            "macro_f1",
+            "seconds",
+            "n_train",
+            "n_test",
+            "chosen",
+        ]
     )
     for s in result.scores:
         writer.writerow(
@@ -461,6 +557,7 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
                 f"{s.seconds:.3f}",
                 s.n_train,
                 s.n_test,
+                s.chosen,
             ]
         )
     atomic_write_text(folder / "compare.csv", buf.getvalue())
@@ -471,6 +568,5 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     images = [folder / n for n in ("compare.png", "curves.png", "labels.png")]
     page = html_page(title, markdown_text, [p for p in images if p.is_file()])
     atomic_write_text(folder / "compare.html", page)
-    config = {k: v for k, v in asdict(options).items() if k != "progress"}
-    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": config})
+    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": _config(options)})
     log.info("comparison written to %s", folder)

@@ -122,6 +122,18 @@ class FitOptions:
         "--batch-size stays the global batch",
         default=1,
     )
+    mlflow_uri: str | None = _opt(
+        "log params, per-epoch metrics and the run's files to this MLflow tracking URI, "
+        "e.g. file:./mlruns or http://host:5000",
+        default=None,
+        metavar="URI",
+    )
+    tensorboard: str | None = _opt(
+        "write TensorBoard events (params, per-epoch metrics, plots) under this folder",
+        default=None,
+        const="runs/tensorboard",
+        metavar="DIR",
+    )
 
     def train_config(self) -> TrainConfig:
         from headstart.train import TrainConfig
@@ -159,7 +171,9 @@ class CompareOptions(FitOptions):
     """``headstart compare``: the same folds for every strategy, mean +- std each."""
 
     strategies: str = _opt(
-        "comma-separated strategies to compare", default="linear,partial:2,full,scratch"
+        "comma-separated strategies to compare; auto: in each fold, recommend from that "
+        "fold's training part only, then train its pick",
+        default="linear,partial:2,full,scratch",
     )
     folds: int = _opt("stratified k-fold cross-validation folds", default=5)
     seeds: int = _opt("repeat the k folds with this many shuffles (seed, seed+1, ...)", default=1)
@@ -215,6 +229,8 @@ class RecommendOptions(FitOptions):
     checkpoint_every: int = _opt("", default=0, cli=False)
     deterministic: bool = _opt("", default=False, cli=False)
     processes: int = _opt("", default=1, cli=False)
+    mlflow_uri: str | None = _opt("", default=None, cli=False)
+    tensorboard: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass
@@ -260,6 +276,8 @@ class RankOptions(FitOptions):
     checkpoint_every: int = _opt("", default=0, cli=False)
     deterministic: bool = _opt("", default=False, cli=False)
     processes: int = _opt("", default=1, cli=False)
+    mlflow_uri: str | None = _opt("", default=None, cli=False)
+    tensorboard: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass
@@ -306,6 +324,8 @@ class AdaptOptions(FitOptions):
     checkpoint_every: int = _opt("", default=0, cli=False)
     deterministic: bool = _opt("", default=False, cli=False)
     processes: int = _opt("", default=1, cli=False)
+    mlflow_uri: str | None = _opt("", default=None, cli=False)
+    tensorboard: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass

@@ -25,12 +25,13 @@ Similarity (three measures, each cheap: one forward pass over the target data)
       (BatchNorm statistics as a description of a domain: Li et al., "Revisiting Batch
       Normalization For Practical Domain Adaptation" (AdaBN), ICLR workshop 2017).
 
-The decision uses the size, and for similarity LEEP (normalised to [0, 1] by the target
-labels' entropy) where the source has its classifier, the probe gain otherwise: on the
-digits, a source trained on 0-4 gains about as much probe accuracy over random features
-on 5-9 as on 0-4 (random convolutional features of small images are strong), while its
-LEEP separates the two cleanly (0.90 against 0.07 of the way from chance).  The
-BatchNorm shift is reported alongside, as evidence of an input-domain change.
+The decision uses the size (the ``LARGE_*`` thresholds below), and for similarity LEEP
+(normalised to [0, 1] by the target labels' entropy) where the source has its
+classifier, the probe gain otherwise: on the digits, a source trained on 0-4 gains about
+as much probe accuracy over random features on 5-9 as on 0-4 (random convolutional
+features of small images are strong), while its LEEP separates the two cleanly (0.90
+against 0.07 of the way from chance). The BatchNorm shift is reported alongside, as
+evidence of an input-domain change.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
 
 __all__ = [
+    "LARGE_EXAMPLES_PER_PARAM",
+    "LARGE_MIN_PER_CLASS",
     "LARGE_PER_CLASS",
     "SIMILAR_LEEP",
     "SIMILAR_PROBE_GAIN",
@@ -65,9 +68,18 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-# A class with at least this many labelled examples counts as "large" data: enough to move
-# every layer of a network without simply memorising the training set.
+# "Large" data is enough to move every layer of the network without memorising the
+# training set. Two ways to have it: many examples per class (the articles' convention for
+# ImageNet-sized networks), or many examples for the size of *this* network, counted per
+# trainable parameter, which is what over-fitting depends on. The second threshold comes
+# from the digits (digits-cnn, 102k parameters, pre-trained on 0-4, target 5-9, README):
+# at 3 labels per class (1.5e-4 examples per parameter) fine-tuning the source beat
+# training from scratch by 15 points; by 13 per class (6.4e-4) scratch had caught up, so
+# from about 1e-3 the data alone can train every layer. Below LARGE_MIN_PER_CLASS
+# examples in some class the data is small whatever the network.
 LARGE_PER_CLASS = 200
+LARGE_EXAMPLES_PER_PARAM = 1e-3
+LARGE_MIN_PER_CLASS = 10
 # Pretrained features that beat random features of the same network by this much probe
 # accuracy carry something the target needs: the source counts as "similar".
 SIMILAR_PROBE_GAIN = 0.05
@@ -253,7 +265,11 @@ def measure(
 
 def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -> Recommendation:
     """The articles' four cases, decided from measurements."""
-    large = m.min_per_class >= LARGE_PER_CLASS
+    by_class = m.min_per_class >= LARGE_PER_CLASS
+    by_params = (
+        m.examples_per_param >= LARGE_EXAMPLES_PER_PARAM and m.min_per_class >= LARGE_MIN_PER_CLASS
+    )
+    large = by_class or by_params
     if m.leep_normalised is not None:
         similar = m.leep_normalised >= SIMILAR_LEEP
         sim_reason = (
@@ -269,10 +285,24 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
             f"{'beat' if similar else 'do not beat'} random features of the same network by "
             f"{SIMILAR_PROBE_GAIN:.0%} or more probe accuracy (gain {m.probe_gain:+.3f})"
         )
-    size_reason = (
-        f"{'large' if large else 'small'}: the smallest class has {m.min_per_class} labelled "
-        f"examples ({'at least' if large else 'fewer than'} {LARGE_PER_CLASS})"
-    )
+    if by_class:
+        size_reason = (
+            f"large: the smallest class has {m.min_per_class} labelled examples (at least "
+            f"{LARGE_PER_CLASS})"
+        )
+    elif by_params:
+        size_reason = (
+            f"large for this network: {m.examples_per_param:.2g} labelled examples per "
+            f"trainable parameter (at least {LARGE_EXAMPLES_PER_PARAM:g}), and "
+            f"{m.min_per_class} or more in every class"
+        )
+    else:
+        size_reason = (
+            f"small: the smallest class has {m.min_per_class} labelled examples (fewer than "
+            f"{LARGE_PER_CLASS}) and there are {m.examples_per_param:.2g} per trainable "
+            f"parameter (fewer than {LARGE_EXAMPLES_PER_PARAM:g}, or a class under "
+            f"{LARGE_MIN_PER_CLASS})"
+        )
     n = len(stage_names)
     if not large and similar:
         case, strategy, mult = "small + similar", "linear", 0.1

@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -203,13 +203,16 @@ def train(
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     parallel: Parallel | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
 ) -> History:
     """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights.
 
     With a ``checkpointer``, training starts from its latest checkpoint when there is one
     (mid-epoch too: the epoch's order and augmentation replay, the batches already done
     are skipped) and saves one at the end of every epoch and every ``checkpointer.every``
-    steps.  ``parallel``: this process's part of a data-parallel run.
+    steps.  ``parallel``: this process's part of a data-parallel run.  ``on_epoch`` is
+    called with each epoch's metrics as soon as they are measured (experiment tracking
+    logs them live).
     """
     model.to(device)
     groups = apply_plan(model, plan)
@@ -332,6 +335,8 @@ def train(
         )
         history.epochs.append(row)
         log.info(_format_row(row))
+        if on_epoch is not None:
+            on_epoch(row)
         if config.select == "last" or val is None or _better(row, best):
             best, history.best_epoch, since_best = row, epoch, 0
             best_state = copy.deepcopy(model.state_dict())
