@@ -60,7 +60,8 @@ _MAX_LISTED = 10  # paths / rows named in one error message
 
 UNLABELLED = -1  # the target of an item with no label (e.g. an image to predict)
 
-Item = Path | np.ndarray  # an image file, or an in-memory (H, W) or (H, W, C) uint8 image
+# an image file, an in-memory (H, W) or (H, W, C) uint8 image, or a text (headstart.textdata)
+Item = Path | np.ndarray | str
 
 
 def _hidden(name: str) -> bool:
