@@ -133,3 +133,24 @@ def test_minilm_package_folder() -> None:
         emb = torch.nn.functional.normalize(source.backbone(_packed(source.text.tokenizer, texts)))
     # pretrained sentence embeddings: the paraphrase is far closer than the other topic
     assert float(emb[0] @ emb[1]) > float(emb[0] @ emb[2]) + 0.3
+
+
+def test_image_model_fits_and_predicts(tmp_path: Path, tiny_vit: Path, digits_folder: Path) -> None:
+    from headstart.api import fit, predict
+    from headstart.options import FitOptions
+
+    result = fit(
+        FitOptions(
+            data=str(digits_folder),
+            source=f"hf:{tiny_vit}",
+            strategy="partial:1",
+            epochs=1,
+            out=str(tmp_path / "run"),
+            progress=False,
+        )
+    )
+    assert result.plan.frozen_stages == ("embeddings", "layers.0")
+    assert (result.run_dir / "hf" / "preprocessor_config.json").is_file()
+    image = next(iter(sorted(digits_folder.rglob("*.png"))))
+    rows = predict(result.run_dir, [image])
+    assert rows[0]["label"] in result.classes

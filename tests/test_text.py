@@ -450,3 +450,26 @@ def test_minilm_other_strategies_leave_complete_runs(
     assert (run / "adapter_model.safetensors").is_file() == (strategy == "lora")
     r = run_cli("predict", run, "--text", "We ate a lovely curry.", "--json")
     assert r.code == 0, r.stderr
+
+
+def test_compare_and_classifier_on_texts(
+    tmp_path: Path, tiny_bert: Path, sentiment_csv: Path
+) -> None:
+    from headstart.api import HeadstartClassifier
+
+    r = run_cli(
+        "compare", sentiment_csv, "--source", f"hf:{tiny_bert}", "--strategies", "linear,lora",
+        "--folds", "2", "--epochs", "1", "--out", tmp_path / "cmp", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert (tmp_path / "cmp" / "compare.csv").is_file()
+    clf = HeadstartClassifier(
+        source=f"hf:{tiny_bert}",
+        strategy="linear",
+        epochs=1,
+        out=str(tmp_path / "run"),
+        progress=False,
+    ).fit(sentiment_csv)
+    labels = clf.predict(["the film was good", "the plot was dull"])
+    assert len(labels) == 2 and set(labels) <= {"neg", "pos"}
+    assert clf.predict_proba(["the film was good"]).shape == (1, 2)

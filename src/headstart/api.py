@@ -392,6 +392,11 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     recommendation = None
+    if options.strategy == AUTO and isinstance(data, TextData):
+        raise ConfigError(
+            "--strategy auto measures image data only; for texts choose linear, partial:K, "
+            "full, lora or scratch (headstart compare tries several on the same folds)"
+        )
     if options.strategy == AUTO:
         from headstart.recommend import recommend_for
 
