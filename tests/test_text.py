@@ -247,6 +247,10 @@ def test_lora_trains_only_adapters_and_head_and_the_run_predicts_identically(
         for m in ("query", "value")
     )
     run = result.run_dir
+    report = (run / "report.md").read_text()
+    assert (
+        "lora: rank 4, alpha 16 on query, value" in report and "texts, at most 64 tokens" in report
+    )
     adapter_cfg = json.loads((run / "adapter_config.json").read_text())
     assert adapter_cfg["r"] == 4 and sorted(adapter_cfg["target_modules"]) == ["query", "value"]
     from safetensors.torch import load_file
