@@ -96,3 +96,19 @@ def headstart(
         timeout=timeout,
     )
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random BERT folder (2 layers, 32 wide) with its WordPiece tokenizer."""
+    from tests.hf_tiny import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("hf") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random ViT folder for 32x32 images, with its image processor."""
+    from tests.hf_tiny import make_tiny_vit
+
+    return make_tiny_vit(tmp_path_factory.mktemp("hf") / "tiny-vit")

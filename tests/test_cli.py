@@ -170,7 +170,7 @@ def test_unknown_source_lists_valid(digits_folder: Path, tmp_path: Path) -> None
     _error(
         run_cli("fit", digits_folder, "--source", "zoo:thing", "--out", tmp_path),
         "zoo",
-        "builtin, file, timm, torchvision",
+        "builtin, file, hf, timm, torchvision",
     )
     _error(
         run_cli("fit", digits_folder, "--source", "builtin:nope", "--out", tmp_path),
@@ -182,7 +182,7 @@ def test_unknown_strategy_lists_valid(digits_folder: Path, tmp_path: Path) -> No
     _error(
         run_cli("fit", digits_folder, "--strategy", "finetune", "--out", tmp_path / "r"),
         "finetune",
-        "full, linear, partial:K, scratch",
+        "full, linear, lora, partial:K, scratch",
     )
 
 

@@ -56,7 +56,7 @@ def test_unknown_or_malformed_strategy_lists_valid(bad: str) -> None:
     msg = str(info.value)
     assert repr(bad) in msg or "partial:2" in msg
     if bad in ("finetune", "linear:2", ""):
-        assert "full, linear, partial:K, scratch" in msg
+        assert "full, linear, lora, partial:K, scratch" in msg
 
 
 def test_partial_k_out_of_range_names_the_stages() -> None:

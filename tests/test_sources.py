@@ -45,6 +45,7 @@ CASES = {
     "timm": [("timm:resnet18", 32)],
     "torchvision": [("torchvision:resnet18", 32)],
     "file": [("file:RUN", None)],
+    "hf": [("hf:TINY_VIT", None)],  # text models: tests/test_sources_hf.py
 }
 
 
@@ -56,15 +57,21 @@ def test_every_family_has_a_contract_case() -> None:
     assert sorted(CASES) == ADAPTERS.names()
 
 
-def _build(spec: str, size: int | None, run_dir: Path, weights: str = "none") -> Source:
+def _build(
+    spec: str, size: int | None, run_dir: Path, weights: str = "none", tiny_vit: Path | None = None
+) -> Source:
+    if spec == "hf:TINY_VIT":
+        return build_source(
+            f"hf:{tiny_vit}", weights=weights, options=BuildOptions(image_size=size)
+        )
     if spec == "file:RUN":
         return build_source(f"file:{run_dir}", options=BuildOptions(image_size=size))
     return build_source(spec, weights=weights, options=BuildOptions(image_size=size))
 
 
 @pytest.mark.parametrize(("spec", "size"), _cases(), ids=[c[0] for c in _cases()])
-def test_source_contract(spec: str, size: int | None, run_dir: Path) -> None:
-    source = _build(spec, size, run_dir)
+def test_source_contract(spec: str, size: int | None, run_dir: Path, tiny_vit: Path) -> None:
+    source = _build(spec, size, run_dir, tiny_vit=tiny_vit)
     backbone = source.backbone
     # ordered, named stages that cover every parameter exactly once
     assert len(backbone.stage_names) >= 2
@@ -83,11 +90,15 @@ def test_source_contract(spec: str, size: int | None, run_dir: Path) -> None:
     with torch.no_grad():
         out = backbone(x)
     assert out.shape == (2, source.feature_dim)
-    # the old output layer is gone from the backbone, and kept aside
-    assert source.old_head is not None
-    head_out = [m.out_features for m in source.old_head.modules() if isinstance(m, nn.Linear)]
-    assert head_out, "the old output layer was not kept"
-    assert all(m is not source.old_head for m in backbone.modules())
+    # the old output layer is gone from the backbone, and kept aside (a transformers
+    # AutoModel is an encoder without one)
+    if spec.startswith("hf:"):
+        assert source.old_head is None
+    else:
+        assert source.old_head is not None
+        head_out = [m.out_features for m in source.old_head.modules() if isinstance(m, nn.Linear)]
+        assert head_out, "the old output layer was not kept"
+        assert all(m is not source.old_head for m in backbone.modules())
     # the target model = backbone + a new head sized to the target
     model = TargetModel(backbone, 7)
     with torch.no_grad():

@@ -45,6 +45,7 @@ from headstart.plan import Plan, format_plan, make_plan, parse_strategy
 from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
+from headstart.textdata import TextData, load_labelled, loader_order, read_texts, text_loader
 from headstart.train import (
     EpochMetrics,
     History,
@@ -165,8 +166,13 @@ def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
 
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
     if options.val:
-        return data, load_data(
-            options.val, classes=data.classes, skip_bad=options.skip_bad, progress=options.progress
+        return data, load_labelled(
+            options.val,
+            classes=data.classes,
+            text_col=options.text_col,
+            label_col=options.label_col,
+            skip_bad=options.skip_bad,
+            progress=options.progress,
         )
     if not 0.0 <= options.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
@@ -224,6 +230,8 @@ class Trained:
     timings: dict[str, float]
     feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
     speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
+    adapter: Any = None  # lora: the trained adapter (merged into the model already)
+    max_length: int | None = None  # texts: the truncation length used
 
 
 def check_options(options: FitOptions) -> None:
@@ -236,7 +244,13 @@ def check_options(options: FitOptions) -> None:
 
 
 def load_training_data(options: FitOptions) -> LabeledData:
-    data = load_data(options.data, skip_bad=options.skip_bad, progress=options.progress)
+    data = load_labelled(
+        options.data,
+        text_col=options.text_col,
+        label_col=options.label_col,
+        skip_bad=options.skip_bad,
+        progress=options.progress,
+    )
     if len(data.classes) < 2:
         raise DataError(
             f"{options.data}: needs at least 2 classes to train (found "
@@ -284,25 +298,74 @@ def _train_on(
         set_deterministic()
     generator = seed_everything(options.seed)
     source = _build_source(options, scratch=options.strategy == "scratch")
+    lora = None
+    if options.strategy == "lora":
+        from headstart.lora import lora_settings
+
+        lora = lora_settings(
+            r=options.lora_r,
+            alpha=options.lora_alpha,
+            dropout=options.lora_dropout,
+            targets=options.lora_targets,
+            default=source.lora_targets,
+        )
     plan = make_plan(
         options.strategy,
         source.stage_names,
         lr=options.lr,
         backbone_lr_mult=options.backbone_lr_mult,
         weight_decay=options.weight_decay,
+        leading_stages=source.backbone.leading_stages,
+        layer_decay=options.layer_decay,
+        lora=lora,
     )
+    _check_kind(options, source, train_data)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = parallel.device if parallel is not None else resolve_device(options.device)
-    use_cache, why_not = headtrain.applies(options, plan)
+    if source.text is not None:
+        if parallel is not None:
+            raise ConfigError("--processes > 1 is for image sources; train text models in one")
+        assert isinstance(train_data, TextData)
+        use_cache, why_not = False, "a text model (the cache is for image backbones)"
+    else:
+        use_cache, why_not = headtrain.applies(options, plan)
     if use_cache and parallel is not None:
         use_cache, why_not = False, "several processes: each runs the backbone on its share"
     speedups = accel.resolve(options, device)
     fit_model: torch.nn.Module = model
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
-    if use_cache:
+    max_length: int | None = None
+    if source.text is not None:
+        assert isinstance(train_data, TextData)
+        max_length = _max_length(options, source)
+        train_loader = text_loader(
+            train_data.texts(),
+            train_data.targets,
+            source.text.tokenizer,
+            max_length=max_length,
+            batch_size=options.batch_size,
+            train=True,
+            generator=generator,
+            workers=options.workers,
+            seed=options.seed,
+        )
+        val_loader = (
+            text_loader(
+                val_data.texts(),
+                val_data.targets,
+                source.text.tokenizer,
+                max_length=max_length,
+                batch_size=max(options.batch_size, EVAL_BATCH),
+                train=False,
+                workers=options.workers,
+            )
+            if isinstance(val_data, TextData) and len(val_data)
+            else None
+        )
+    elif use_cache:
         cached = headtrain.prepare(
             options, source, plan, model, train_data, val_data, generator=generator, device=device
         )
@@ -358,6 +421,11 @@ def _train_on(
         )
     t_trained = time.perf_counter()
     model.cpu()
+    adapter = None
+    if plan.lora is not None:
+        from headstart.lora import merge_adapters
+
+        adapter = merge_adapters(model.backbone)  # prediction runs on the merged weights
     best = history.best()
     metrics = {
         "best_epoch": history.best_epoch,
@@ -371,7 +439,52 @@ def _train_on(
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
     speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
-    return Trained(model, source, plan, history, metrics, timings, feature_cache, speed)
+    return Trained(
+        model,
+        source,
+        plan,
+        history,
+        metrics,
+        timings,
+        feature_cache=feature_cache,
+        speed=speed,
+        adapter=adapter,
+        max_length=max_length,
+    )
+
+
+DEFAULT_MAX_LENGTH = 128  # tokens: a few sentences; --max-length changes it
+
+
+def _max_length(options: FitOptions, source: Source) -> int:
+    """``--max-length`` (default 128), at most what the text model takes."""
+    assert source.text is not None
+    if options.max_length is None:
+        return min(DEFAULT_MAX_LENGTH, source.text.max_length)
+    if options.max_length > source.text.max_length:
+        log.warning(
+            "--max-length %d: %s takes at most %d tokens; using %d",
+            options.max_length,
+            source.spec,
+            source.text.max_length,
+            source.text.max_length,
+        )
+    return min(options.max_length, source.text.max_length)
+
+
+def _check_kind(options: FitOptions, source: Source, data: LabeledData) -> None:
+    """A text source needs text data, an image source images: say which is which."""
+    is_text = isinstance(data, TextData)
+    if source.text is not None and not is_text:
+        raise DataError(
+            f"{options.data}: images, but {source.spec} is a text model; give a CSV, TSV or "
+            "JSONL with text and label columns, or a folder of .txt files per class"
+        )
+    if source.text is None and is_text:
+        raise DataError(
+            f"{options.data}: texts, but {source.spec} is an image model; use a text source, "
+            "e.g. --source hf:FOLDER of a transformers text encoder"
+        )
 
 
 def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
@@ -443,6 +556,12 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         recommendation = saved["recommendation"]
     else:
         requested = options
+        if options.strategy == AUTO and isinstance(data, TextData):
+            raise ConfigError(
+                "--strategy auto measures image data only; for texts choose linear, "
+                "partial:K, full, lora or scratch (headstart compare tries several on the "
+                "same folds)"
+            )
         if options.strategy == AUTO:
             from headstart.recommend import recommend_for
 
@@ -512,6 +631,18 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         "metrics": metrics,
         "recommendation": recommendation,
         "resumed": saved is not None,
+        **(
+            {
+                "text": {
+                    **source.text.to_dict(),
+                    "max_length": trained.max_length,
+                    "text_col": options.text_col,
+                    "label_col": options.label_col,
+                }
+            }
+            if source.text is not None
+            else {}
+        ),
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
         "feature_cache": trained.feature_cache,
@@ -520,6 +651,12 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     rows = trained.history.rows()
 
     def extras(folder: Path) -> None:
+        if source.save_files is not None:  # config + tokenizer: the run rebuilds alone
+            source.save_files(folder)
+        if trained.adapter is not None:
+            from headstart.lora import save_adapter
+
+            save_adapter(folder, trained.adapter)
         title = f"{source.spec} · {plan.strategy} · {options.data}"
         plot_curves(rows, folder / "curves.png", title=title)
         timings["total_s"] = time.perf_counter() - t_start
@@ -652,6 +789,8 @@ def _as_run(run: str | Path | LoadedRun) -> LoadedRun:
 def _predict_data(
     run: LoadedRun, data: LabeledData, *, batch_size: int, device: str, workers: int = 0
 ) -> Predictions:
+    if run.text is not None:
+        return _predict_texts(run, data, batch_size=batch_size, device=device)
     loader = _loader(
         data,
         run.preprocessing,
@@ -668,6 +807,46 @@ def _predict_data(
         run.model.cpu()
 
 
+def _predict_texts(
+    run: LoadedRun, data: LabeledData, *, batch_size: int, device: str
+) -> Predictions:
+    """Predictions for texts, in the order of ``data`` (the loader groups by length)."""
+    assert run.text is not None
+    if not isinstance(data, TextData):
+        raise DataError(
+            f"{data.spec}: images, but {run.path} is a text model; give texts (a CSV, TSV or "
+            "JSONL with text and label columns, or a folder of .txt files per class)"
+        )
+    loader = text_loader(
+        data.texts(),
+        data.targets,
+        run.text.tokenizer,
+        max_length=int(run.meta.get("text", {}).get("max_length", run.text.max_length)),
+        batch_size=batch_size,
+        train=False,
+    )
+    dev = resolve_device(device)
+    run.model.to(dev)
+    try:
+        preds = predict_loader(run.model, loader, dev)
+    finally:
+        run.model.cpu()
+    order = loader_order(loader)
+    probs = np.empty_like(preds.probs)
+    targets = np.empty_like(preds.targets)
+    probs[order], targets[order] = preds.probs, preds.targets
+    return Predictions(targets=targets, probs=probs, loss=preds.loss)
+
+
+def _text_columns(run: LoadedRun, text_col: str | None, label_col: str | None) -> dict[str, Any]:
+    """The columns to read: as given, else the ones the run was trained with."""
+    saved = run.meta.get("text") or {}
+    return {
+        "text_col": text_col or saved.get("text_col"),
+        "label_col": label_col or saved.get("label_col"),
+    }
+
+
 def evaluate(
     run: str | Path | LoadedRun,
     data: str,
@@ -675,6 +854,8 @@ def evaluate(
     out: str | Path | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    text_col: str | None = None,
+    label_col: str | None = None,
 ) -> EvalResult:
     """Score a run on labelled data: accuracy, macro-F1, a per-class table, a confusion PNG.
 
@@ -684,7 +865,12 @@ def evaluate(
     from sklearn.metrics import classification_report, confusion_matrix
 
     loaded = _as_run(run)
-    labelled = load_data(data, classes=loaded.classes)
+    if loaded.text is not None:
+        labelled = load_labelled(
+            data, classes=loaded.classes, **_text_columns(loaded, text_col, label_col)
+        )
+    else:
+        labelled = load_data(data, classes=loaded.classes)
     if not len(labelled):
         raise DataError(f"{data}: no items to evaluate")
     preds = _predict_data(loaded, labelled, batch_size=batch_size, device=device)
@@ -741,24 +927,54 @@ def predict(
     top_k: int = 1,
     batch_size: int = 64,
     device: str = "auto",
+    texts: Sequence[str] = (),
+    text_col: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Label and probability for each image file (folders are searched for images)."""
+    """Label and probability for each input.
+
+    Image runs: image files (folders are searched for images).  Text runs: ``texts``,
+    plus files of texts in ``inputs`` (a ``.txt`` file holds one text per line; a CSV,
+    TSV or JSONL file its text column, ``text_col`` or the run's).  Each row has the
+    input's ``path`` (for a text: its file and line, or ``--text N``).
+    """
     loaded = _as_run(run)
-    paths = list_inputs(inputs)
-    data = LabeledData(
-        spec="predict",
-        classes=loaded.classes,
-        items=list(paths),
-        targets=np.full(len(paths), UNLABELLED, dtype=np.int64),
-    )
+    data: LabeledData
+    if loaded.text is not None:
+        pairs = read_texts(inputs, text_col=_text_columns(loaded, text_col, None)["text_col"])
+        pairs += [(f"--text {i}", t) for i, t in enumerate(texts, start=1)]
+        if not pairs:
+            raise DataError("no texts given; pass --text TEXT or files of texts")
+        empty = [w for w, t in pairs if not t.strip()]
+        if empty:
+            raise DataError(f"empty text: {', '.join(empty[:10])}")
+        names = [w for w, _ in pairs]
+        data = TextData(
+            spec="predict",
+            classes=loaded.classes,
+            items=[t for _, t in pairs],
+            targets=np.full(len(pairs), UNLABELLED, dtype=np.int64),
+            rows=names,
+        )
+    else:
+        if texts:
+            raise ConfigError(f"--text: {loaded.path} is an image model; pass image files")
+        paths = list_inputs(inputs)
+        names = [str(p) for p in paths]
+        data = LabeledData(
+            spec="predict",
+            classes=loaded.classes,
+            items=list(paths),
+            targets=np.full(len(paths), UNLABELLED, dtype=np.int64),
+        )
     preds = _predict_data(loaded, data, batch_size=batch_size, device=device)
     k = max(1, min(top_k, len(loaded.classes)))
     out = []
-    for path, p in zip(paths, preds.probs, strict=True):
+    for i, (path, p) in enumerate(zip(names, preds.probs, strict=True)):
         order = np.argsort(-p)[:k]
         out.append(
             {
-                "path": str(path),
+                "path": path,
+                **({"text": data.items[i]} if loaded.text is not None else {}),
                 "label": loaded.classes[int(order[0])],
                 "probability": float(p[order[0]]),
                 "top": [
@@ -816,11 +1032,18 @@ class HeadstartClassifier:
             raise ConfigError("this HeadstartClassifier is not fitted yet; call fit(data) first")
         return self._run
 
+    def _rows(self, inputs: Sequence[str | Path], top_k: int = 1) -> list[dict[str, Any]]:
+        run = self._loaded()
+        if run.text is not None:  # a text model labels the strings themselves
+            return predict(run, [], texts=[str(t) for t in inputs], top_k=top_k)
+        return predict(run, inputs, top_k=top_k)
+
     def predict(self, inputs: Sequence[str | Path]) -> list[str]:
-        return [r["label"] for r in predict(self._loaded(), inputs)]
+        """Labels of image files, or of texts for a text model."""
+        return [r["label"] for r in self._rows(inputs)]
 
     def predict_proba(self, inputs: Sequence[str | Path]) -> np.ndarray:
-        rows = predict(self._loaded(), inputs, top_k=len(self.classes_))
+        rows = self._rows(inputs, top_k=len(self.classes_))
         probs = np.zeros((len(rows), len(self.classes_)))
         index = {c: i for i, c in enumerate(self.classes_)}
         for r, row in enumerate(rows):

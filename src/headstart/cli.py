@@ -205,11 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
+    p.add_argument("--text-col", default=None, help="texts: the text column (default: the run's)")
+    p.add_argument("--label-col", default=None, help="texts: the label column (default: the run's)")
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("predict", parents=[common], help="label images with a run")
+    p = sub.add_parser("predict", parents=[common], help="label images or texts with a run")
     p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="image files or folders")
+    p.add_argument(
+        "inputs",
+        metavar="INPUT",
+        nargs="*",
+        help="image files or folders; for a text model, files of texts (.txt: one per line; "
+        ".csv/.tsv/.jsonl: the text column)",
+    )
+    p.add_argument(
+        "--text", action="append", default=[], metavar="TEXT", help="a text to label (repeatable)"
+    )
+    p.add_argument("--text-col", default=None, help="texts: the text column (default: the run's)")
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K best")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
@@ -351,7 +363,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.api import evaluate
 
     result = evaluate(
-        args.run, args.data, out=args.out, batch_size=args.batch_size, device=args.device
+        args.run,
+        args.data,
+        out=args.out,
+        batch_size=args.batch_size,
+        device=args.device,
+        text_col=args.text_col,
+        label_col=args.label_col,
     )
     width = max(len(r["class"]) for r in result.per_class)
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]
@@ -372,7 +390,13 @@ def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.api import predict
 
     rows = predict(
-        args.run, args.inputs, top_k=args.top_k, batch_size=args.batch_size, device=args.device
+        args.run,
+        args.inputs,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        device=args.device,
+        texts=args.text,
+        text_col=args.text_col,
     )
     lines = []
     for r in rows:

@@ -67,7 +67,8 @@ _MAX_LISTED = 10  # paths / rows named in one error message
 
 UNLABELLED = -1  # the target of an item with no label (e.g. an image to predict)
 
-Item = Path | np.ndarray  # an image file, or an in-memory (H, W) or (H, W, C) uint8 image
+# an image file, an in-memory (H, W) or (H, W, C) uint8 image, or a text (headstart.textdata)
+Item = Path | np.ndarray | str
 
 
 def _hidden(name: str) -> bool:
@@ -159,7 +160,7 @@ class LabeledData:
         item = self.items[i]
         if isinstance(item, np.ndarray):
             return _array_to_image(item, self.name_of(i))
-        return open_image(item)
+        return open_image(Path(item))
 
     def class_counts(self) -> dict[str, int]:
         labelled = self.targets[self.targets != UNLABELLED]

@@ -34,11 +34,13 @@ class FitOptions:
 
     data: str = _opt(
         "training data: a folder (one sub-folder per class), a CSV "
-        "(path,label) or builtin:digits[?classes=0-4&per_class=10]",
+        "(path,label) or builtin:digits[?classes=0-4&per_class=10]; texts: a CSV, TSV or "
+        "JSONL with text and label columns, or a folder of .txt files per class",
         default="",
     )
     source: str = _opt(
-        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
+        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME, file:RUN_DIR or "
+        "hf:FOLDER_OR_HUB_ID (transformers encoders, texts or images)",
         default="builtin:digits-cnn",
     )
     weights: str = _opt(
@@ -47,7 +49,7 @@ class FitOptions:
         default="default",
     )
     strategy: str = _opt(
-        "linear | partial:K | full | scratch | auto (measure the data, then choose)",
+        "linear | partial:K | full | scratch | lora | auto (measure the data, then choose)",
         default="linear",
     )
     epochs: int = _opt("training epochs", default=10)
@@ -104,6 +106,29 @@ class FitOptions:
         "leave out unreadable images and pictures found under two labels (counted in the "
         "run's report) instead of stopping",
         default=False,
+    )
+    layer_decay: float = _opt(
+        "full, partial: each earlier stage trains at this times the next one's rate (1: off)",
+        default=1.0,
+    )
+    lora_r: int = _opt("lora: rank of the adapters", default=8)
+    lora_alpha: int = _opt("lora: scaling alpha (the update is scaled by alpha / r)", default=16)
+    lora_dropout: float = _opt("lora: dropout on the adapters' input", default=0.1)
+    lora_targets: str | None = _opt(
+        "lora: comma-separated module names to adapt (default per architecture, e.g. "
+        "query,value for BERT)",
+        default=None,
+    )
+    text_col: str | None = _opt(
+        "texts: the text column (default: text, sentence, review, content or document)",
+        default=None,
+    )
+    label_col: str | None = _opt(
+        "texts: the label column (default: label, labels, class or category)", default=None
+    )
+    max_length: int | None = _opt(
+        "texts: truncate to this many tokens (default 128, or less if the model takes less)",
+        default=None,
     )
     progress: bool = _opt("show progress bars", default=True, cli=False)
     resume: str | None = _opt(
@@ -231,6 +256,11 @@ class RecommendOptions(FitOptions):
     processes: int = _opt("", default=1, cli=False)
     mlflow_uri: str | None = _opt("", default=None, cli=False)
     tensorboard: str | None = _opt("", default=None, cli=False)
+    layer_decay: float = _opt("", default=1.0, cli=False)
+    lora_r: int = _opt("", default=8, cli=False)
+    lora_alpha: int = _opt("", default=16, cli=False)
+    lora_dropout: float = _opt("", default=0.1, cli=False)
+    lora_targets: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass

@@ -12,6 +12,13 @@ Strategies (DESIGN.md "Strategies"):
 - ``partial:K``: the first K stages frozen; later stages at the backbone rate.
 - ``full``: everything trains; backbone at ``lr * backbone_lr_mult`` (default / 10).
 - ``scratch``: same architecture, random initialisation, everything at the base rate.
+- ``lora``: the backbone frozen, low-rank adapters (peft's LoRA) on its target modules
+  train at the base rate with the head; they are merged into the weights after training
+  (:mod:`headstart.lora`).
+
+``full`` and ``partial:K`` may also decay the learning rate layer by layer
+(``layer_decay`` < 1: the last trainable stage at the backbone rate, each earlier one
+``layer_decay`` times the next).
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class Plan:
     backbone_lr: float  # 0.0 when the whole backbone is frozen
     bn_mode: str  # "frozen stages in eval mode" / "all train"
     weight_decay: float
+    layer_decay: float = 1.0  # stage i trains at backbone_lr * layer_decay**(last - i)
+    lora: dict[str, Any] | None = None  # lora: r, alpha, dropout, target_modules
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -66,6 +75,8 @@ class Plan:
             backbone_lr=float(d["backbone_lr"]),
             bn_mode=str(d["bn_mode"]),
             weight_decay=float(d["weight_decay"]),
+            layer_decay=float(d.get("layer_decay", 1.0)),
+            lora=dict(d["lora"]) if d.get("lora") else None,
         )
 
     @property
@@ -99,6 +110,8 @@ STRATEGIES.register("linear", _linear)
 STRATEGIES.register("partial", _partial)
 STRATEGIES.register("full", _full)
 STRATEGIES.register("scratch", _scratch)
+# lora: every stage's own weights frozen; the adapters train at the base rate
+STRATEGIES.register("lora", _linear)
 
 _TAKES_K = {"partial"}
 
@@ -125,22 +138,42 @@ def make_plan(
     lr: float = 1e-3,
     backbone_lr_mult: float = 0.1,
     weight_decay: float = 0.01,
+    leading_stages: int = 0,
+    layer_decay: float = 1.0,
+    lora: dict[str, Any] | None = None,
 ) -> Plan:
-    """Turn a strategy string into a plan for a backbone with ``stage_names``."""
+    """Turn a strategy string into a plan for a backbone with ``stage_names``.
+
+    ``leading_stages`` (a transformer's embeddings) are frozen by ``partial:K`` on top of
+    the first K stages.  ``lora`` (``r``, ``alpha``, ``dropout``, ``target_modules``) is
+    required by, and only used by, the ``lora`` strategy.
+    """
     if lr <= 0:
         raise ConfigError(f"--lr must be positive (got {lr})")
     if backbone_lr_mult < 0:
         raise ConfigError(f"--backbone-lr-mult must be >= 0 (got {backbone_lr_mult})")
+    if not 0 < layer_decay <= 1:
+        raise ConfigError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
     name, k = parse_strategy(strategy)
     n = len(stage_names)
-    if k is not None and not 1 <= k < n:
+    lead = leading_stages if name == "partial" else 0
+    if k is not None and not 1 <= k < n - lead:
+        kinds = f"{', '.join(stage_names[:lead])} and " if lead else ""
         raise ConfigError(
             f"strategy {strategy!r}: this source has {n} stages ({', '.join(stage_names)}); "
-            f"K must be 1..{n - 1} (use 'linear' to freeze all of them)"
+            f"K must be 1..{n - lead - 1}, partial:K freezing {kinds}the next K "
+            "(use 'linear' to freeze all of them)"
         )
-    frozen, reinit, same_rate = STRATEGIES.get(name)(k, n)
+    if name == "lora" and not (lora and lora.get("target_modules")):
+        raise ConfigError(
+            "strategy 'lora' needs target modules: pass --lora-targets NAME,NAME (names of "
+            "Linear layers, e.g. query,value for BERT); hf: sources know their defaults"
+        )
+    frozen, reinit, same_rate = STRATEGIES.get(name)((k + lead) if k is not None else None, n)
     trainable = tuple(stage_names[frozen:])
-    if not trainable:
+    if name == "lora":
+        backbone_lr = lr  # the adapters' rate
+    elif not trainable:
         backbone_lr = 0.0
     elif same_rate:
         backbone_lr = lr
@@ -153,8 +186,16 @@ def make_plan(
         reinitialise=reinit,
         head_lr=lr,
         backbone_lr=backbone_lr,
-        bn_mode="frozen stages in eval mode" if frozen else "all stages train",
+        bn_mode=(
+            "base weights frozen, dropout on (adapters train)"
+            if name == "lora"
+            else "frozen stages in eval mode"
+            if frozen
+            else "all stages train"
+        ),
         weight_decay=weight_decay,
+        layer_decay=layer_decay if trainable else 1.0,
+        lora=dict(lora) if name == "lora" and lora else None,
     )
 
 
@@ -168,22 +209,42 @@ def apply_plan(model: Any, plan: Plan) -> list[dict[str, Any]]:
 
     ``model`` is a :class:`headstart.model.TargetModel`.  Frozen parameters get
     ``requires_grad=False`` and appear in no group.  Groups: ``backbone`` (trainable
-    stages, at ``plan.backbone_lr``) and ``head`` (at ``plan.head_lr``); weight decay is
-    not applied to biases and normalisation weights (1-d tensors).
+    stages, at ``plan.backbone_lr``; with ``layer_decay`` < 1 the earlier stages get
+    groups ``backbone@STAGE`` at decayed rates) and ``head`` (at ``plan.head_lr``); weight
+    decay is not applied to biases and normalisation weights (1-d tensors).  A ``lora``
+    plan first puts adapters into the backbone (:func:`headstart.lora.add_adapters`);
+    they, not the backbone's own weights, are its ``backbone`` group.
     """
     backbone = model.backbone
     frozen = set(_frozen_indices(model, plan))
     groups: list[dict[str, Any]] = []
-    train_params: list[tuple[str, nn.Parameter]] = []
-    for name, p in backbone.body.named_parameters():
-        trainable = backbone.stage_of(name) not in frozen and plan.backbone_lr > 0
-        p.requires_grad_(trainable)
-        if trainable:
-            train_params.append((name, p))
-    for gname, params, lr in (
-        ("backbone", train_params, plan.backbone_lr),
-        ("head", list(model.head.named_parameters()), plan.head_lr),
-    ):
+    by_stage: dict[int, list[tuple[str, nn.Parameter]]] = {}
+    if plan.lora is not None:
+        from headstart.lora import add_adapters, is_adapter_parameter
+
+        add_adapters(backbone, plan.lora)
+        for name, p in backbone.body.named_parameters():
+            p.requires_grad_(is_adapter_parameter(name))
+            if p.requires_grad:
+                by_stage.setdefault(backbone.num_stages - 1, []).append((name, p))
+    else:
+        for name, p in backbone.body.named_parameters():
+            stage = backbone.stage_of(name)
+            trainable = stage not in frozen and plan.backbone_lr > 0
+            p.requires_grad_(trainable)
+            if trainable:
+                by_stage.setdefault(stage, []).append((name, p))
+    last = max(by_stage, default=0)
+    sets: list[tuple[str, list[tuple[str, nn.Parameter]], float]] = []
+    if plan.layer_decay == 1.0:
+        sets.append(("backbone", [np for ps in by_stage.values() for np in ps], plan.backbone_lr))
+    else:
+        for stage in sorted(by_stage):
+            gname = "backbone" if stage == last else f"backbone@{backbone.stage_names[stage]}"
+            lr = plan.backbone_lr * plan.layer_decay ** (last - stage)
+            sets.append((gname, by_stage[stage], lr))
+    sets.append(("head", list(model.head.named_parameters()), plan.head_lr))
+    for gname, params, lr in sets:
         decay = [p for _, p in params if p.ndim > 1]
         no_decay = [p for _, p in params if p.ndim <= 1]
         for suffix, ps, wd in (("", decay, plan.weight_decay), ("_no_decay", no_decay, 0.0)):
@@ -197,7 +258,8 @@ def apply_plan(model: Any, plan: Plan) -> list[dict[str, Any]]:
 def set_train_mode(model: Any, plan: Plan, training: bool = True) -> None:
     """``model.train(training)``, but frozen stages always stay in eval mode."""
     model.train(training)
-    if training and plan.frozen_stages:
+    # LoRA trains as the model does (dropout on); its frozen weights cannot move anyway
+    if training and plan.frozen_stages and plan.lora is None:
         frozen = _frozen_indices(model, plan)
         if len(frozen) == model.backbone.num_stages:
             model.backbone.eval()
@@ -217,6 +279,20 @@ def format_plan(plan: Plan) -> str:
         if plan.trainable_stages
         else f"  trains:    {trains}",
         f"  head:      new Linear @ lr {plan.head_lr:g}",
+        *(
+            [
+                f"  lora:      rank {plan.lora['r']}, alpha {plan.lora['alpha']}, dropout "
+                f"{plan.lora['dropout']} on {', '.join(plan.lora['target_modules'])} "
+                f"@ lr {plan.backbone_lr:g}"
+            ]
+            if plan.lora
+            else []
+        ),
+        *(
+            [f"  layer-wise lr decay {plan.layer_decay:g} per stage towards the input"]
+            if plan.layer_decay != 1.0
+            else []
+        ),
         f"  batchnorm: {plan.bn_mode}; weight decay {plan.weight_decay:g}",
     ]
     return "\n".join(lines)

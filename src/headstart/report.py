@@ -140,6 +140,14 @@ def check_lines(checks: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _input_line(meta: dict[str, Any]) -> str:
+    text = meta.get("text")
+    if text:  # a text model: tokens, not pixels
+        return f"- input: texts, at most {text['max_length']} tokens, {text['pooling']} pooling"
+    pre = meta["preprocessing"]
+    return f"- input: {tuple(pre['input_size'])}, mean {pre['mean']}, std {pre['std']}"
+
+
 def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: Path) -> None:
     """A short human report: what was trained on what, the plan, and the results."""
     src, plan, metrics = meta["source"], meta["plan"], meta["metrics"]
@@ -152,8 +160,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"{src['feature_dim']}-d features)",
         f"- weights: {src['weights']['description']}",
         f"- stages: {', '.join(src['stages'])}",
-        f"- input: {tuple(meta['preprocessing']['input_size'])}, "
-        f"mean {meta['preprocessing']['mean']}, std {meta['preprocessing']['std']}",
+        _input_line(meta),
         "",
         "## Plan",
         f"- strategy: `{plan['strategy']}`"
@@ -161,6 +168,15 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"- frozen: {', '.join(plan['frozen_stages']) or 'nothing'}",
         f"- trains: {', '.join(plan['trainable_stages']) or 'head only'}"
         + (f" at lr {plan['backbone_lr']:g}" if plan["trainable_stages"] else ""),
+        *(
+            [
+                f"- lora: rank {plan['lora']['r']}, alpha {plan['lora']['alpha']} on "
+                f"{', '.join(plan['lora']['target_modules'])} at lr {plan['backbone_lr']:g} "
+                "(merged into the weights after training)"
+            ]
+            if plan.get("lora")
+            else []
+        ),
         f"- head: new Linear({src['feature_dim']}, {len(meta['classes'])}) at lr "
         f"{plan['head_lr']:g}",
         f"- BatchNorm: {plan['bn_mode']}",

@@ -28,7 +28,7 @@ from headstart import __version__
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text, current_umask
 from headstart.errors import ConfigError, RunError
 from headstart.model import TargetModel
-from headstart.sources.base import Preprocessing
+from headstart.sources.base import Preprocessing, TextInput
 
 __all__ = [
     "FORMAT_VERSION",
@@ -152,6 +152,7 @@ class LoadedRun:
     model: TargetModel
     classes: list[str]
     preprocessing: Preprocessing
+    text: TextInput | None = None  # a text model's tokenizer and pooling
 
 
 def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -183,8 +184,12 @@ def load_run(path: str | os.PathLike[str]) -> LoadedRun:
     meta = read_meta(run)
     src = meta["source"]
     options = src.get("arch_options") or {}
+    # run_dir: a source that saved its own files there (hf: config, tokenizer) rebuilds
+    # from them, not from the folder or Hub ID it was first loaded from
     source = build_source(
-        src["arch"], weights="none", options=BuildOptions(image_size=options.get("image_size"))
+        src["arch"],
+        weights="none",
+        options=BuildOptions(image_size=options.get("image_size"), extra={"run_dir": str(run)}),
     )
     model = TargetModel(source.backbone, len(meta["classes"]), dropout=meta.get("dropout", 0.0))
     try:
@@ -204,4 +209,5 @@ def load_run(path: str | os.PathLike[str]) -> LoadedRun:
         model=model,
         classes=list(meta["classes"]),
         preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+        text=source.text,
     )

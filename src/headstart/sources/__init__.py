@@ -19,6 +19,7 @@ from headstart.sources.base import (
 )
 from headstart.sources.builtin import BuiltinAdapter
 from headstart.sources.file import FileAdapter
+from headstart.sources.hf import HfAdapter
 from headstart.sources.timm_ import TimmAdapter
 from headstart.sources.torchvision_ import TorchvisionAdapter
 
@@ -36,5 +37,6 @@ __all__ = [
 
 ADAPTERS.register("builtin", BuiltinAdapter())
 ADAPTERS.register("file", FileAdapter())
+ADAPTERS.register("hf", HfAdapter())
 ADAPTERS.register("timm", TimmAdapter())
 ADAPTERS.register("torchvision", TorchvisionAdapter())

@@ -26,6 +26,7 @@ __all__ = [
     "Preprocessing",
     "Source",
     "SourceAdapter",
+    "TextInput",
     "WeightsOrigin",
     "assign_by_prefix",
     "build_source",
@@ -124,6 +125,24 @@ class WeightsOrigin:
         )
 
 
+@dataclass(frozen=True)
+class TextInput:
+    """How texts become a text source's input: its tokenizer and its pooling.
+
+    A text backbone takes one ``[N, 2, L]`` int64 tensor per batch: token ids in
+    ``[:, 0]`` and the attention mask in ``[:, 1]`` (:mod:`headstart.textdata` builds
+    it), so the training loop moves and feeds it like an image batch.
+    """
+
+    tokenizer: Any = field(compare=False, repr=False)
+    pooling: str = "mean"  # mean | cls | max over the last hidden states
+    max_length: int = 512  # the most tokens the model takes (position embeddings)
+    folder: str | None = None  # where the tokenizer and config came from
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"pooling": self.pooling, "model_max_length": self.max_length}
+
+
 RANDOM_WEIGHTS = WeightsOrigin(spec="none", description="random initialisation", pretrained=False)
 
 
@@ -134,6 +153,8 @@ class Backbone(nn.Module):
     stages in forward order; ``assignment`` maps every parameter and buffer name of
     ``body`` to the index of its stage.  Construction fails if a parameter has no stage,
     so an adapter bug surfaces in the contract tests, not as a silently unfrozen weight.
+    ``leading_stages`` are the stages ``partial:K`` freezes on top of the first K (a
+    transformer's embeddings: ``partial:2`` freezes them and the first 2 layers).
     """
 
     def __init__(
@@ -143,9 +164,11 @@ class Backbone(nn.Module):
         stage_names: Sequence[str],
         assignment: dict[str, int],
         feature_dim: int,
+        leading_stages: int = 0,
     ) -> None:
         super().__init__()
         self.body = body
+        self.leading_stages = int(leading_stages)
         self.stage_names: tuple[str, ...] = tuple(stage_names)
         self.feature_dim = int(feature_dim)
         if not self.stage_names:
@@ -246,6 +269,10 @@ class Source:
     weights: WeightsOrigin
     old_head: nn.Module | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
+    text: TextInput | None = None  # set for text sources: inputs are tokenized texts
+    lora_targets: tuple[str, ...] | None = None  # default LoRA target modules, if known
+    # writes what rebuilds the architecture without the original files (config, tokenizer)
+    save_files: Any = field(default=None, repr=False)
 
     @property
     def feature_dim(self) -> int:
@@ -265,6 +292,7 @@ class Source:
             "preprocessing": self.preprocessing.to_dict(),
             "weights": self.weights.to_dict(),
             "parameters": sum(p.numel() for p in self.backbone.parameters()),
+            **({"text": self.text.to_dict()} if self.text is not None else {}),
         }
 
 

