@@ -21,6 +21,7 @@ from headstart.run import load_run
 from headstart.sources import build_source
 from headstart.textdata import (
     LengthGroupedBatches,
+    LengthGroupedEpochBatches,
     PadCollate,
     TextData,
     is_text_data,
@@ -125,6 +126,25 @@ def test_length_grouped_batches_cover_everything_once() -> None:
     assert max(spread) <= 3
     fixed = LengthGroupedBatches(lengths, 8, shuffle=False)
     assert list(fixed) == list(fixed)
+
+
+def test_training_batches_are_a_function_of_seed_and_epoch_and_resume_mid_epoch() -> None:
+    lengths = [5, 50, 7, 48, 6, 49, 8, 47] * 10 + [9, 9, 9]  # a ragged last batch
+    sampler = LengthGroupedEpochBatches(lengths, 8, seed=3)
+    sampler.set_epoch(2)
+    epoch2 = list(sampler)
+    assert len(epoch2) == len(sampler) == 11
+    assert sorted(i for b in epoch2 for i, _ in b) == list(range(83))
+    spread = [max(lengths[i] for i, _ in b) - min(lengths[i] for i, _ in b) for b in epoch2]
+    assert max(spread) <= 4  # grouped by length
+    again = LengthGroupedEpochBatches(lengths, 8, seed=3)
+    again.set_epoch(2, skip=4)  # a run resumed after its 4th step of epoch 2
+    assert list(again) == epoch2[4:]
+    again.set_epoch(3)
+    assert list(again) != epoch2  # another epoch, another order
+    other_seed = LengthGroupedEpochBatches(lengths, 8, seed=4)
+    other_seed.set_epoch(2)
+    assert list(other_seed) != epoch2
 
 
 def test_pad_collate_packs_ids_and_mask() -> None:
