@@ -240,7 +240,13 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     target = load_unlabelled(options.target, allow_hflip=data.allow_hflip)
-    eval_data = load_data(options.eval, classes=data.classes) if options.eval else None
+    eval_data = (
+        load_data(
+            options.eval, classes=data.classes, skip_bad=options.skip_bad, progress=options.progress
+        )
+        if options.eval
+        else None
+    )
     if eval_data is not None and not len(eval_data):
         raise DataError(f"--eval {options.eval}: no items")
 

@@ -357,6 +357,16 @@ class AdaptOptions(FitOptions):
     mlflow_uri: str | None = _opt("", default=None, cli=False)
     tensorboard: str | None = _opt("", default=None, cli=False)
 
+    # images only, and its own loop: no text options, no LoRA, no layer-wise decay
+    layer_decay: float = _opt("", default=1.0, cli=False)
+    lora_r: int = _opt("", default=8, cli=False)
+    lora_alpha: int = _opt("", default=16, cli=False)
+    lora_dropout: float = _opt("", default=0.1, cli=False)
+    lora_targets: str | None = _opt("", default=None, cli=False)
+    text_col: str | None = _opt("", default=None, cli=False)
+    label_col: str | None = _opt("", default=None, cli=False)
+    max_length: int | None = _opt("", default=None, cli=False)
+
 
 @dataclass
 class EmbedOptions:
