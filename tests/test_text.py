@@ -497,3 +497,48 @@ def test_compare_and_classifier_on_texts(
     labels = clf.predict(["the film was good", "the plot was dull"])
     assert len(labels) == 2 and set(labels) <= {"neg", "pos"}
     assert clf.predict_proba(["the film was good"]).shape == (1, 2)
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_text_fit_interrupted_mid_epoch_resumes_bit_identical(
+    tmp_path: Path,
+    tiny_bert: Path,
+    sentiment_csv: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    strategy: str,
+) -> None:
+    import headstart.train as train_module
+
+    options = FitOptions(
+        data=str(sentiment_csv),
+        source=f"hf:{tiny_bert}",
+        strategy=strategy,
+        epochs=2,
+        batch_size=8,
+        dropout=0.1,
+        checkpoint_every=2,
+        max_length=16,
+        progress=False,
+    )
+    whole = fit(FitOptions(**{**options.__dict__, "out": str(tmp_path / "whole")}))
+
+    class Stop(Exception):
+        pass
+
+    def stop(name: str) -> None:
+        if name == "step:5":  # epoch 2, after the step-4 checkpoint
+            raise Stop(name)
+
+    out = tmp_path / "run"
+    monkeypatch.setattr(train_module, "kill_point", stop)
+    with pytest.raises(Stop):
+        fit(FitOptions(**{**options.__dict__, "out": str(out)}))
+    monkeypatch.undo()
+    resumed = fit(FitOptions(resume=str(out), progress=False))
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r.train_loss for r in resumed.history.epochs] == [
+        r.train_loss for r in whole.history.epochs
+    ]
