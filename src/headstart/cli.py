@@ -29,16 +29,19 @@ _TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": floa
 
 def _add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field: ``backbone_lr_mult`` -> ``--backbone-lr-mult``; ``data`` positional."""
-    fields = dataclasses.fields(cls)
+    not_flags: frozenset[str] = getattr(cls, "NOT_FLAGS", frozenset())
+    fields = [
+        f
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("cli", True) and f.name not in not_flags
+    ]
     for f in fields:
         meta = f.metadata
-        if not meta.get("cli", True):
-            continue
         help_text = meta.get("help", "")
         type_name = str(f.type).replace(" | None", "").strip()
         if f.name == "data":
             # --resume takes DATA from the checkpoint: optional where a command resumes.
-            resumes = any(g.name == "resume" and g.metadata.get("cli", True) for g in fields)
+            resumes = any(g.name == "resume" for g in fields)
             nargs = "?" if resumes else None
             parser.add_argument("data", metavar="DATA", nargs=nargs, default="", help=help_text)
             continue

@@ -6,7 +6,7 @@ Kept free of heavy imports so that ``headstart --help`` and argument errors are 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from headstart.train import TrainConfig
@@ -30,7 +30,11 @@ def _opt(help: str, **kw: Any) -> Any:
 
 @dataclass
 class FitOptions:
-    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
+    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case.
+
+    A command's subclass names the inherited fields that are not its flags in
+    ``NOT_FLAGS`` (they keep these defaults), and redeclares a field only to change it.
+    """
 
     data: str = _opt(
         "training data: a folder (one sub-folder per class), a CSV "
@@ -195,6 +199,11 @@ class PretrainOptions(FitOptions):
 class CompareOptions(FitOptions):
     """``headstart compare``: the same folds for every strategy, mean +- std each."""
 
+    # Fit's flags that mean nothing here (they keep fit's defaults).
+    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
+        {"strategy", "val", "patience", "resume", "checkpoint_every", "processes"}
+    )
+
     strategies: str = _opt(
         "comma-separated strategies to compare; auto: in each fold, recommend from that "
         "fold's training part only, then train its pick",
@@ -208,14 +217,8 @@ class CompareOptions(FitOptions):
     )
     # Not meaningful here: each fold's held-out part is the validation set, and the last
     # epoch is scored (picking the best epoch on the test fold would flatter every score).
-    strategy: str = _opt("", default="linear", cli=False)
-    val: str | None = _opt("", default=None, cli=False)
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)
-    patience: int | None = _opt("", default=None, cli=False)
-    resume: str | None = _opt("", default=None, cli=False)
-    checkpoint_every: int = _opt("", default=0, cli=False)
-    processes: int = _opt("", default=1, cli=False)
     label_fractions: str = _opt(
         "also train on these shares of each training fold's labels, for a plot of accuracy "
         "against labels per class, e.g. 0.1,0.25,0.5,1",
@@ -227,46 +230,70 @@ class CompareOptions(FitOptions):
 class RecommendOptions(FitOptions):
     """``headstart recommend``: the fit options that matter for measuring, no training."""
 
+    # Fit's flags that mean nothing here (they keep fit's defaults).
+    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "epochs",
+            "backbone_lr_mult",
+            "weight_decay",
+            "batch_size",
+            "val",
+            "val_fraction",
+            "patience",
+            "select",
+            "augment",
+            "dropout",
+            "label_smoothing",
+            "warmup_epochs",
+            "workers",
+            "feature_cache",
+            "feature_cache_views",
+            "precision",
+            "channels_last",
+            "compile",
+            "out",
+            "overwrite",
+            "resume",
+            "checkpoint_every",
+            "deterministic",
+            "processes",
+            "mlflow_uri",
+            "tensorboard",
+            "layer_decay",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_targets",
+        }
+    )
+
     lr: float = _opt("base learning rate the proposed plan starts from", default=1e-3)
-    # Training-only options: not flags of recommend.
     strategy: str = _opt("", default="auto", cli=False)
-    epochs: int = _opt("", default=10, cli=False)
-    backbone_lr_mult: float = _opt("", default=0.1, cli=False)
-    weight_decay: float = _opt("", default=0.01, cli=False)
-    batch_size: int = _opt("", default=32, cli=False)
-    val: str | None = _opt("", default=None, cli=False)
-    val_fraction: float = _opt("", default=0.2, cli=False)
-    patience: int | None = _opt("", default=None, cli=False)
-    select: str = _opt("", default="best", cli=False)
-    augment: str = _opt("", default="light", cli=False)
-    dropout: float = _opt("", default=0.0, cli=False)
-    label_smoothing: float = _opt("", default=0.0, cli=False)
-    warmup_epochs: float = _opt("", default=1.0, cli=False)
-    workers: int = _opt("", default=0, cli=False)
-    feature_cache: bool = _opt("", default=True, cli=False)
-    feature_cache_views: int = _opt("", default=0, cli=False)
-    precision: str = _opt("", default="auto", cli=False)
-    channels_last: bool = _opt("", default=True, cli=False)
-    compile: bool = _opt("", default=False, cli=False)
-    out: str | None = _opt("", default=None, cli=False)
-    overwrite: bool = _opt("", default=False, cli=False)
-    resume: str | None = _opt("", default=None, cli=False)
-    checkpoint_every: int = _opt("", default=0, cli=False)
-    deterministic: bool = _opt("", default=False, cli=False)
-    processes: int = _opt("", default=1, cli=False)
-    mlflow_uri: str | None = _opt("", default=None, cli=False)
-    tensorboard: str | None = _opt("", default=None, cli=False)
-    layer_decay: float = _opt("", default=1.0, cli=False)
-    lora_r: int = _opt("", default=8, cli=False)
-    lora_alpha: int = _opt("", default=16, cli=False)
-    lora_dropout: float = _opt("", default=0.1, cli=False)
-    lora_targets: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass
 class RankOptions(FitOptions):
     """``headstart rank``: score candidate sources without fine-tuning; ``--validate``
     also fine-tunes each briefly (the training flags below are for that)."""
+
+    # Fit's flags that mean nothing here (they keep fit's defaults).
+    # --sources names the candidates (SPEC@WEIGHTS), so no --source / --weights.
+    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "source",
+            "weights",
+            "val",
+            "patience",
+            "out",
+            "overwrite",
+            "resume",
+            "checkpoint_every",
+            "deterministic",
+            "processes",
+            "mlflow_uri",
+            "tensorboard",
+        }
+    )
 
     data: str = _opt(
         "labelled target data to score the candidates on: a folder (one sub-folder per "
@@ -291,28 +318,37 @@ class RankOptions(FitOptions):
     folds: int = _opt("stratified folds for --validate", default=3)
     strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
     epochs: int = _opt("training epochs of each --validate fine-tuning", default=10)
-    # One candidate list instead: --sources; the weights go after an @ in each.
-    source: str = _opt("", default="builtin:digits-cnn", cli=False)
-    weights: str = _opt("", default="default", cli=False)
     # Each fold's held-out part is the validation set, and the last epoch is scored.
-    val: str | None = _opt("", default=None, cli=False)
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)
-    patience: int | None = _opt("", default=None, cli=False)
-    out: str | None = _opt("", default=None, cli=False)
-    overwrite: bool = _opt("", default=False, cli=False)
-
-    resume: str | None = _opt("", default=None, cli=False)
-    checkpoint_every: int = _opt("", default=0, cli=False)
-    deterministic: bool = _opt("", default=False, cli=False)
-    processes: int = _opt("", default=1, cli=False)
-    mlflow_uri: str | None = _opt("", default=None, cli=False)
-    tensorboard: str | None = _opt("", default=None, cli=False)
 
 
 @dataclass
 class AdaptOptions(FitOptions):
     """``headstart adapt``: labelled source-domain DATA, unlabelled --target images."""
+
+    # Fit's flags that mean nothing here (they keep fit's defaults).
+    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "patience",
+            "feature_cache_views",
+            "compile",
+            "resume",
+            "checkpoint_every",
+            "deterministic",
+            "processes",
+            "mlflow_uri",
+            "tensorboard",
+            "layer_decay",
+            "lora_r",
+            "lora_alpha",
+            "lora_dropout",
+            "lora_targets",
+            "text_col",
+            "label_col",
+            "max_length",
+        }
+    )
 
     data: str = _opt(
         "labelled source-domain data: a folder (one sub-folder per class), a CSV or builtin:...",
@@ -341,31 +377,11 @@ class AdaptOptions(FitOptions):
     coral_weight: float = _opt("weight of the CORAL loss", default=1.0)
     # The last epoch is kept (no target labels to choose by); the lr is annealed instead.
     select: str = _opt("", default="last", cli=False)
-    patience: int | None = _opt("", default=None, cli=False)
     warmup_epochs: float = _opt("", default=0.0, cli=False)
     # adapt trains in its own loop: no cached head, no accelerator options.
     feature_cache: bool = _opt("", default=False, cli=False)
-    feature_cache_views: int = _opt("", default=0, cli=False)
     precision: str = _opt("", default="fp32", cli=False)
     channels_last: bool = _opt("", default=False, cli=False)
-    compile: bool = _opt("", default=False, cli=False)
-
-    resume: str | None = _opt("", default=None, cli=False)
-    checkpoint_every: int = _opt("", default=0, cli=False)
-    deterministic: bool = _opt("", default=False, cli=False)
-    processes: int = _opt("", default=1, cli=False)
-    mlflow_uri: str | None = _opt("", default=None, cli=False)
-    tensorboard: str | None = _opt("", default=None, cli=False)
-
-    # images only, and its own loop: no text options, no LoRA, no layer-wise decay
-    layer_decay: float = _opt("", default=1.0, cli=False)
-    lora_r: int = _opt("", default=8, cli=False)
-    lora_alpha: int = _opt("", default=16, cli=False)
-    lora_dropout: float = _opt("", default=0.1, cli=False)
-    lora_targets: str | None = _opt("", default=None, cli=False)
-    text_col: str | None = _opt("", default=None, cli=False)
-    label_col: str | None = _opt("", default=None, cli=False)
-    max_length: int | None = _opt("", default=None, cli=False)
 
 
 @dataclass
