@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import re
 import sys
@@ -75,3 +77,15 @@ def split_indices(targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
     classes = [str(c) for c in range(int(targets.max()) + 1)]
     train_idx, val_idx = stratified_split(targets, val_fraction=0.2, seed=seed, classes=classes)
     return np.asarray(train_idx), np.asarray(val_idx)
+
+
+def headstart_json(argv: list[str]) -> dict[str, Any]:
+    """Run ``headstart ARGV --json`` in this process and return its JSON object."""
+    from headstart.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(argv)
+    if code != 0:
+        raise SystemExit(f"headstart failed ({code}): {' '.join(argv)}")
+    return dict(json.loads(buf.getvalue()))

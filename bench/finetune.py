@@ -22,8 +22,6 @@ each, and headstart's time ratio against each.  Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -34,11 +32,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import digits_folder, measured, split_indices
+from _common import digits_folder, headstart_json, measured, split_indices
 
 
 def _headstart(data: Path, out: Path, args: argparse.Namespace) -> float:
-    from headstart.cli import main
 
     argv = [
         "fit",
@@ -62,12 +59,7 @@ def _headstart(data: Path, out: Path, args: argparse.Namespace) -> float:
         "--json",
         "-q",
     ]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(argv)
-    if code != 0:
-        raise SystemExit(f"headstart fit failed ({code})")
-    return float(json.loads(buf.getvalue())["metrics"]["val_acc"])
+    return float(headstart_json(argv)["metrics"]["val_acc"])
 
 
 def _plain(data: Path, args: argparse.Namespace) -> float:

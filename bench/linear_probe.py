@@ -20,8 +20,6 @@ and the ratios.  Usage::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import sys
 import tempfile
@@ -30,11 +28,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import digits_folder, measured, split_indices
+from _common import digits_folder, headstart_json, measured, split_indices
 
 
 def _fit(data: Path, out: Path, cache: Path, args: argparse.Namespace, *extra: str) -> Any:
-    from headstart.cli import main
 
     argv = [
         "fit",
@@ -59,12 +56,7 @@ def _fit(data: Path, out: Path, cache: Path, args: argparse.Namespace, *extra: s
         "-q",
         *extra,
     ]
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(argv)
-    if code != 0:
-        raise SystemExit(f"headstart fit failed ({code}): {' '.join(argv)}")
-    summary = json.loads(buf.getvalue())
+    summary = headstart_json(argv)
     meta = json.loads((out / "headstart.json").read_text())
     return summary["metrics"]["val_acc"], meta["feature_cache"]
 
