@@ -164,16 +164,23 @@ def _materialise(dataset: Dataset[Any], pre: Any, n: int) -> Dataset[Any]:
     return preprocessed(dataset, pre.input_size)
 
 
+def _load_labelled(
+    options: FitOptions, spec: str, *, classes: Sequence[str] | None = None
+) -> LabeledData:
+    """``spec`` (images or texts) read as the options say: columns, pre-scan, progress."""
+    return load_labelled(
+        spec,
+        classes=classes,
+        text_col=options.text_col,
+        label_col=options.label_col,
+        skip_bad=options.skip_bad,
+        progress=options.progress,
+    )
+
+
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
     if options.val:
-        return data, load_labelled(
-            options.val,
-            classes=data.classes,
-            text_col=options.text_col,
-            label_col=options.label_col,
-            skip_bad=options.skip_bad,
-            progress=options.progress,
-        )
+        return data, _load_labelled(options, options.val, classes=data.classes)
     if not 0.0 <= options.val_fraction < 1.0:
         raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
     if options.val_fraction == 0:
@@ -244,13 +251,7 @@ def check_options(options: FitOptions) -> None:
 
 
 def load_training_data(options: FitOptions) -> LabeledData:
-    data = load_labelled(
-        options.data,
-        text_col=options.text_col,
-        label_col=options.label_col,
-        skip_bad=options.skip_bad,
-        progress=options.progress,
-    )
+    data = _load_labelled(options, options.data)
     if len(data.classes) < 2:
         raise DataError(
             f"{options.data}: needs at least 2 classes to train (found "
