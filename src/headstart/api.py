@@ -319,6 +319,7 @@ def _train_on(
         leading_stages=source.backbone.leading_stages,
         layer_decay=options.layer_decay,
         lora=lora,
+        head_epochs=options.head_epochs,
     )
     _check_kind(options, source, train_data)
     log.info("source: %s (%s)", source.spec, source.weights.description)
@@ -569,7 +570,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
             # Measured on the training part only: the validation split stays unseen.
             rec = recommend_for(options, train_data)
             recommendation = rec.to_dict()
-            options = replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult)
+            options = replace(options, **rec.options())
         checkpointer = Checkpointer.create(
             out,
             {
@@ -578,6 +579,8 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
                 "resolved": {
                     "strategy": options.strategy,
                     "backbone_lr_mult": options.backbone_lr_mult,
+                    "layer_decay": options.layer_decay,
+                    "head_epochs": options.head_epochs,
                 },
                 "recommendation": recommendation,
                 "fingerprints": fingerprints,

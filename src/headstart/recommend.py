@@ -37,7 +37,6 @@ evidence of an input-domain change.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -57,10 +56,12 @@ __all__ = [
     "LARGE_PER_CLASS",
     "SIMILAR_LEEP",
     "SIMILAR_PROBE_GAIN",
+    "SMALL_DISSIMILAR_SPREAD",
     "Measurements",
     "Recommendation",
     "bn_shift",
     "decide",
+    "head_epochs_for",
     "measure",
     "recommend",
     "recommend_for",
@@ -87,6 +88,9 @@ SIMILAR_PROBE_GAIN = 0.05
 # predictions explain at least this share of the target labels' entropy is "similar".
 # Both thresholds are first settings, to be calibrated on bench/ cases.
 SIMILAR_LEEP = 0.5
+# Small + dissimilar: the first stage trains at this share of the last one's rate
+# (fastai's fine_tune spreads its body's rates over lr/100 .. lr/10: a factor of 10).
+SMALL_DISSIMILAR_SPREAD = 0.1
 
 
 @dataclass
@@ -111,11 +115,30 @@ class Measurements:
 @dataclass
 class Recommendation:
     case: str  # e.g. "small + similar"
-    strategy: str  # e.g. "linear", "partial:2"
+    strategy: str  # e.g. "full", "partial:2"
     lr: float
     backbone_lr_mult: float
     reasons: list[str]
     measurements: Measurements
+    layer_decay: float = 1.0
+    head_epochs: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """The fit options this recommendation sets (``dataclasses.replace`` them in)."""
+        return {
+            "strategy": self.strategy,
+            "backbone_lr_mult": self.backbone_lr_mult,
+            "layer_decay": self.layer_decay,
+            "head_epochs": self.head_epochs,
+        }
+
+    def label(self) -> str:
+        """A short name for what was chosen, e.g. ``full (head 2, x0.1, decay 0.46)``."""
+        parts = [f"head {self.head_epochs}"] if self.head_epochs else []
+        parts.append(f"x{self.backbone_lr_mult:g}")
+        if self.layer_decay != 1.0:
+            parts.append(f"decay {self.layer_decay:.2g}")
+        return f"{self.strategy} ({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +150,9 @@ class Recommendation:
         m = self.measurements
         lines = [
             f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
-            f"--backbone-lr-mult {self.backbone_lr_mult:g}",
+            f"--backbone-lr-mult {self.backbone_lr_mult:g}"
+            + (f" --layer-decay {self.layer_decay:.3g}" if self.layer_decay != 1.0 else "")
+            + (f" --head-epochs {self.head_epochs}" if self.head_epochs else ""),
             f"  size: {m.n_items} labelled examples, {m.n_classes} classes, "
             f"{m.min_per_class}-{m.median_per_class:g} per class (min-median), "
             f"{m.examples_per_param:.2g} examples per trainable parameter",
@@ -263,8 +288,21 @@ def measure(
     )
 
 
-def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -> Recommendation:
-    """The articles' four cases, decided from measurements."""
+def head_epochs_for(epochs: int) -> int:
+    """Head-only epochs before fine-tuning small data: a fifth of the run, at least one,
+    and never all of it."""
+    return min(max(1, round(epochs / 5)), epochs - 1) if epochs > 1 else 0
+
+
+def decide(
+    m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3, epochs: int = 10
+) -> Recommendation:
+    """The articles' four cases, decided from measurements, each turned into a plan.
+
+    The cases are the articles'; the plans for small data are softer than their advice
+    to freeze (see the reasons in each): on small data the head trains alone first and
+    the backbone then moves slowly, rather than not at all.
+    """
     by_class = m.min_per_class >= LARGE_PER_CLASS
     by_params = (
         m.examples_per_param >= LARGE_EXAMPLES_PER_PARAM and m.min_per_class >= LARGE_MIN_PER_CLASS
@@ -304,24 +342,35 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
             f"{LARGE_MIN_PER_CLASS})"
         )
     n = len(stage_names)
+    head = head_epochs_for(epochs)
+    plural = "s" if head != 1 else ""
+    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
+    decay = 1.0
     if not large and similar:
-        case, strategy, mult = "small + similar", "linear", 0.1
+        case, strategy, mult = "small + similar", "full", 0.1
         why = (
-            "the source's features already separate the classes and there is too little "
-            "data to move them safely: train only the new head"
+            "the source's features already separate the classes, and a few labels could "
+            f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
+            "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
+            "beat both freezing and plain fine-tuning; freezing outright gives up what a "
+            "small rate can still adapt, Kornblith et al., CVPR 2019)"
         )
     elif not large and not similar:
-        k = max(1, math.ceil(n / 2))
-        case, strategy, mult = "small + dissimilar", f"partial:{k}", 0.1
+        case, strategy, mult = "small + dissimilar", "full", 0.1
+        decay = SMALL_DISSIMILAR_SPREAD ** (1 / (n - 1)) if n > 1 else 1.0
         why = (
-            f"keep the generic early stages ({', '.join(stage_names[:k])}) and adapt the "
-            f"later, task-specific ones ({', '.join(stage_names[k:])}) with little data"
+            f"keep the generic early stages ({', '.join(stage_names[: max(1, n // 2)])}) "
+            f"nearly where they are and let the later, task-specific ones adapt: {first}"
+            f"fine-tune every stage, the last at a tenth of the head's rate and each earlier "
+            f"one {decay:.2g} times the next (the first at {SMALL_DISSIMILAR_SPREAD:g} of the "
+            "last: fastai's discriminative rates, Howard & Ruder 2018); a soft version of "
+            "freezing them, which breaks co-adapted layers apart (Yosinski et al., NeurIPS 2014)"
         )
     elif large and similar:
-        case, strategy, mult = "large + similar", "full", 0.1
+        case, strategy, mult, head = "large + similar", "full", 0.1, 0
         why = "enough data to fine-tune every stage, starting from useful weights (backbone /10)"
     else:
-        case, strategy, mult = "large + dissimilar", "full", 1.0
+        case, strategy, mult, head = "large + dissimilar", "full", 1.0, 0
         why = (
             "enough data to retrain every stage and little to keep from the source: "
             "fine-tune everything at the full rate"
@@ -331,6 +380,8 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
         strategy=strategy,
         lr=lr,
         backbone_lr_mult=mult,
+        layer_decay=decay,
+        head_epochs=head,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
     )
@@ -359,6 +410,6 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
     )
     random_source.preprocessing = source.preprocessing
     m = measure(source, random_source, data, seed=options.seed)
-    rec = decide(m, source.stage_names, lr=options.lr)
+    rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
     log.info("%s", rec.describe())
     return rec
