@@ -558,12 +558,6 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         recommendation = saved["recommendation"]
     else:
         requested = options
-        if options.strategy == AUTO and isinstance(data, TextData):
-            raise ConfigError(
-                "--strategy auto measures image data only; for texts choose linear, "
-                "partial:K, full, lora or scratch (headstart compare tries several on the "
-                "same folds)"
-            )
         if options.strategy == AUTO:
             from headstart.recommend import recommend_for
 

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data import LabeledData, load_data
+from headstart.data import LabeledData
 from headstart.options import FitOptions
 from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
@@ -228,24 +228,60 @@ def bn_shift(backbone: nn.Module, batches: list[torch.Tensor]) -> tuple[np.ndarr
     return feats, float(np.mean(divergences))
 
 
-def _input_batches(source: Source, data: LabeledData, batch_size: int = 128) -> list[torch.Tensor]:
+def _input_batches(
+    source: Source, data: LabeledData, *, max_length: int, batch_size: int = 128
+) -> tuple[list[torch.Tensor], np.ndarray | None]:
+    """The backbone's inputs for ``data`` in batches, and for texts the item index of each
+    row (texts are batched by length; images stay in order: None)."""
+    if source.text is not None:
+        from headstart.textdata import TextData, loader_order, text_loader
+
+        assert isinstance(data, TextData)
+        loader = text_loader(
+            data.texts(),
+            data.targets,
+            source.text.tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            train=False,
+        )
+        return [x for x, _ in loader], loader_order(loader)
     from headstart.data import ImageDataset, make_transform
 
     transform = make_transform(source.preprocessing, train=False)
     dataset = ImageDataset(data, transform, source.preprocessing.channels)
     xs = [dataset[i][0] for i in range(len(dataset))]
-    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)], None
+
+
+def _in_item_order(feats: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    if order is None:
+        return feats
+    out = np.empty_like(feats)
+    out[order] = feats
+    return out
 
 
 def measure(
-    source: Source, random_source: Source, data: LabeledData, *, seed: int = 0
+    source: Source,
+    random_source: Source,
+    data: LabeledData,
+    *,
+    seed: int = 0,
+    max_length: int = 128,
 ) -> Measurements:
-    """Size and similarity measurements of ``data`` for ``source`` (see module docs)."""
+    """Size and similarity measurements of ``data`` for ``source`` (see module docs).
+
+    Texts (an ``hf:`` encoder) are measured the same way, up to ``max_length`` tokens:
+    the probe gain over a randomly initialised copy of the encoder; no LEEP (no
+    classifier head) and no BatchNorm shift (transformers normalise per token).
+    """
     t0 = time.perf_counter()
     counts = np.bincount(data.targets, minlength=len(data.classes))
-    batches = _input_batches(source, data)
+    batches, order = _input_batches(source, data, max_length=max_length)
     feats, shift = bn_shift(source.backbone, batches)
     random_feats, shift_random = bn_shift(random_source.backbone, batches)
+    feats, random_feats = _in_item_order(feats, order), _in_item_order(random_feats, order)
     probe = linear_probe_accuracy(feats, data.targets, seed=seed)
     probe_random = linear_probe_accuracy(random_feats, data.targets, seed=seed)
     trainable = sum(p.numel() for p in source.backbone.parameters()) + (
@@ -388,9 +424,10 @@ def decide(
 
 
 def recommend(options: FitOptions) -> Recommendation:
-    """Load ``options.data`` and ``options.source``, measure, decide."""
-    data = load_data(options.data, skip_bad=options.skip_bad, progress=options.progress)
-    return recommend_for(options, data)
+    """Load ``options.data`` (images or texts) and ``options.source``, measure, decide."""
+    from headstart.api import load_training_data
+
+    return recommend_for(options, load_training_data(options))
 
 
 def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
@@ -409,7 +446,12 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
         options=replace(build, image_size=source.arch_options.get("image_size")),
     )
     random_source.preprocessing = source.preprocessing
-    m = measure(source, random_source, data, seed=options.seed)
+    max_length = 128
+    if source.text is not None:
+        from headstart.api import _max_length
+
+        max_length = _max_length(options, source)
+    m = measure(source, random_source, data, seed=options.seed, max_length=max_length)
     rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
     log.info("%s", rec.describe())
     return rec
