@@ -182,7 +182,7 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     except mp.ProcessExitedException as exc:
         if not queue.empty():
             name, message = queue.get()
-            cls = getattr(errors_module, name, None) or getattr(
+            cls: type[HeadstartError] = getattr(errors_module, name, None) or getattr(
                 checkpoint_module, name, HeadstartError
             )
             raise cls(message) from None
