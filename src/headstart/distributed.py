@@ -182,8 +182,8 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     except mp.ProcessExitedException as exc:
         if not queue.empty():
             name, message = queue.get()
-            cls: type[HeadstartError] = getattr(errors_module, name, None) or getattr(
-                checkpoint_module, name, HeadstartError
+            cls: type[HeadstartError] = getattr(
+                errors_module, name, getattr(checkpoint_module, name, HeadstartError)
             )
             raise cls(message) from None
         raise RuntimeError(f"a training process failed: {exc}") from exc
