@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, float] = {}
     seconds: dict[str, float] = {}
+    chosen: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         _write(train_rows, work / "train.csv")
@@ -100,6 +101,14 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
             results[strategy] = round(evaluate(result.run_dir, str(work / "test.csv")).accuracy, 4)
+            if strategy == "auto":  # what it measured and chose, on the training rows only
+                meta = json.loads((result.run_dir / "headstart.json").read_text())
+                rec = meta["recommendation"]
+                chosen = {
+                    "case": rec["case"],
+                    "plan": result.plan.to_dict(),
+                    "probe_gain": rec["measurements"]["probe_gain"],
+                }
             seconds[strategy] = round(time.perf_counter() - t0, 1)
             print(f"{strategy}: test accuracy {results[strategy]}", file=sys.stderr)
     print(
@@ -117,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "test_accuracy": results,
                 "seconds": seconds,
+                **({"auto": chosen} if chosen else {}),
                 "chance": round(1 / len(topics), 4),
             }
         )

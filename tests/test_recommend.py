@@ -99,30 +99,31 @@ def _m(per_class: int, gain: float, params: int = 1_000_000) -> Measurements:
 
 
 @pytest.mark.parametrize(
-    ("per_class", "gain", "case", "mult", "head", "decay"),
+    ("per_class", "gain", "case", "strategy", "mult", "head"),
     [
-        (20, 0.2, "small + similar", 0.1, 2, 1.0),
-        (20, 0.0, "small + dissimilar", 0.1, 2, 0.1 ** (1 / 3)),
-        (LARGE_PER_CLASS, 0.2, "large + similar", 0.1, 0, 1.0),
-        (LARGE_PER_CLASS, -0.1, "large + dissimilar", 1.0, 0, 1.0),
+        (20, 0.2, "small + similar", "full", 0.1, 2),
+        (20, 0.0, "small + dissimilar", "partial:2", 0.1, 0),
+        (LARGE_PER_CLASS, 0.2, "large + similar", "full", 0.1, 0),
+        (LARGE_PER_CLASS, -0.1, "large + dissimilar", "full", 1.0, 0),
     ],
 )
 def test_the_four_cases(
-    per_class: int, gain: float, case: str, mult: float, head: int, decay: float
+    per_class: int, gain: float, case: str, strategy: str, mult: float, head: int
 ) -> None:
     rec = decide(_m(per_class, gain), STAGES, epochs=10)
-    assert (rec.case, rec.strategy, rec.backbone_lr_mult) == (case, "full", mult)
-    assert rec.head_epochs == head and rec.layer_decay == pytest.approx(decay)
+    assert (rec.case, rec.strategy, rec.backbone_lr_mult, rec.head_epochs) == (
+        case,
+        strategy,
+        mult,
+        head,
+    )
     assert len(rec.reasons) == 3 and all(rec.reasons)
     assert case.split(" + ")[0] in rec.reasons[0] and case.split(" + ")[1] in rec.reasons[1]
     # what it says is what it sets: the command line in the description, the fit options
-    assert rec.options()["head_epochs"] == head
+    assert rec.options() == {"strategy": strategy, "backbone_lr_mult": mult, "head_epochs": head}
     assert (f"--head-epochs {head}" in rec.describe()) == bool(head)
-    # small + dissimilar: the first stage at a tenth of the last one's rate
-    plan = make_plan("full", STAGES, **{k: v for k, v in rec.options().items() if k != "strategy"})
-    assert plan.backbone_lr * plan.layer_decay**3 == pytest.approx(
-        plan.backbone_lr * (0.1 if decay != 1.0 else 1.0)
-    )
+    plan = make_plan(strategy, STAGES, backbone_lr_mult=mult, head_epochs=head)
+    assert plan.head_epochs == head
 
 
 def test_head_epochs_are_a_fifth_of_the_run_and_never_all_of_it() -> None:

@@ -573,7 +573,6 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
                 "resolved": {
                     "strategy": options.strategy,
                     "backbone_lr_mult": options.backbone_lr_mult,
-                    "layer_decay": options.layer_decay,
                     "head_epochs": options.head_epochs,
                 },
                 "recommendation": recommendation,

@@ -327,9 +327,10 @@ def auto_choices(summary: list[StrategySummary]) -> list[str]:
         if s.chosen:
             counts = {c: s.chosen.count(c) for c in dict.fromkeys(s.chosen)}
             tally = ", ".join(f"{c} in {n} of {len(s.chosen)}" for c, n in counts.items())
+            # fold by fold while that reads at a glance; the tally alone beyond
+            listed = f"{'; '.join(s.chosen)} ({tally})" if len(s.chosen) <= 6 else tally
             lines.append(
-                f"{s.strategy} chose per fold: {'; '.join(s.chosen)} ({tally}); measured on "
-                "each fold's training part only"
+                f"{s.strategy} chose per fold: {listed}; measured on each fold's training part only"
             )
     return lines
 

@@ -37,6 +37,7 @@ evidence of an input-domain change.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -56,7 +57,6 @@ __all__ = [
     "LARGE_PER_CLASS",
     "SIMILAR_LEEP",
     "SIMILAR_PROBE_GAIN",
-    "SMALL_DISSIMILAR_SPREAD",
     "Measurements",
     "Recommendation",
     "bn_shift",
@@ -88,9 +88,6 @@ SIMILAR_PROBE_GAIN = 0.05
 # predictions explain at least this share of the target labels' entropy is "similar".
 # Both thresholds are first settings, to be calibrated on bench/ cases.
 SIMILAR_LEEP = 0.5
-# Small + dissimilar: the first stage trains at this share of the last one's rate
-# (fastai's fine_tune spreads its body's rates over lr/100 .. lr/10: a factor of 10).
-SMALL_DISSIMILAR_SPREAD = 0.1
 
 
 @dataclass
@@ -120,7 +117,6 @@ class Recommendation:
     backbone_lr_mult: float
     reasons: list[str]
     measurements: Measurements
-    layer_decay: float = 1.0
     head_epochs: int = 0
 
     def options(self) -> dict[str, Any]:
@@ -128,16 +124,13 @@ class Recommendation:
         return {
             "strategy": self.strategy,
             "backbone_lr_mult": self.backbone_lr_mult,
-            "layer_decay": self.layer_decay,
             "head_epochs": self.head_epochs,
         }
 
     def label(self) -> str:
-        """A short name for what was chosen, e.g. ``full (head 2, x0.1, decay 0.46)``."""
+        """A short name for what was chosen, e.g. ``full (head 2, x0.1)``."""
         parts = [f"head {self.head_epochs}"] if self.head_epochs else []
         parts.append(f"x{self.backbone_lr_mult:g}")
-        if self.layer_decay != 1.0:
-            parts.append(f"decay {self.layer_decay:.2g}")
         return f"{self.strategy} ({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
@@ -151,7 +144,6 @@ class Recommendation:
         lines = [
             f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
             f"--backbone-lr-mult {self.backbone_lr_mult:g}"
-            + (f" --layer-decay {self.layer_decay:.3g}" if self.layer_decay != 1.0 else "")
             + (f" --head-epochs {self.head_epochs}" if self.head_epochs else ""),
             f"  size: {m.n_items} labelled examples, {m.n_classes} classes, "
             f"{m.min_per_class}-{m.median_per_class:g} per class (min-median), "
@@ -335,9 +327,8 @@ def decide(
 ) -> Recommendation:
     """The articles' four cases, decided from measurements, each turned into a plan.
 
-    The cases are the articles'; the plans for small data are softer than their advice
-    to freeze (see the reasons in each): on small data the head trains alone first and
-    the backbone then moves slowly, rather than not at all.
+    The cases and plans are the articles', but for small + similar: the head trains
+    alone first and the backbone then moves slowly, instead of staying frozen.
     """
     by_class = m.min_per_class >= LARGE_PER_CLASS
     by_params = (
@@ -381,7 +372,6 @@ def decide(
     head = head_epochs_for(epochs)
     plural = "s" if head != 1 else ""
     first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
-    decay = 1.0
     if not large and similar:
         case, strategy, mult = "small + similar", "full", 0.1
         why = (
@@ -392,15 +382,13 @@ def decide(
             "small rate can still adapt, Kornblith et al., CVPR 2019)"
         )
     elif not large and not similar:
-        case, strategy, mult = "small + dissimilar", "full", 0.1
-        decay = SMALL_DISSIMILAR_SPREAD ** (1 / (n - 1)) if n > 1 else 1.0
+        k = max(1, math.ceil(n / 2))
+        case, strategy, mult, head = "small + dissimilar", f"partial:{k}", 0.1, 0
         why = (
-            f"keep the generic early stages ({', '.join(stage_names[: max(1, n // 2)])}) "
-            f"nearly where they are and let the later, task-specific ones adapt: {first}"
-            f"fine-tune every stage, the last at a tenth of the head's rate and each earlier "
-            f"one {decay:.2g} times the next (the first at {SMALL_DISSIMILAR_SPREAD:g} of the "
-            "last: fastai's discriminative rates, Howard & Ruder 2018); a soft version of "
-            "freezing them, which breaks co-adapted layers apart (Yosinski et al., NeurIPS 2014)"
+            f"keep the generic early stages ({', '.join(stage_names[:k])}) as they are and "
+            f"adapt the later, task-specific ones ({', '.join(stage_names[k:])}) to the new "
+            "task: too few labels to move the whole network, too different a task to keep "
+            "all of it"
         )
     elif large and similar:
         case, strategy, mult, head = "large + similar", "full", 0.1, 0
@@ -416,7 +404,6 @@ def decide(
         strategy=strategy,
         lr=lr,
         backbone_lr_mult=mult,
-        layer_decay=decay,
         head_epochs=head,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
