@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     # that every strategy has at least ~100 optimizer steps to converge.
     parser.add_argument("--epochs", type=int, default=15, help="epochs, large cases")
     parser.add_argument("--small-epochs", type=int, default=40, help="epochs, small cases")
-    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--folds", type=int, default=5)
     parser.add_argument(
-        "--seeds", type=int, default=1, help="repeat the folds with this many shuffles"
+        "--seeds", type=int, default=3, help="repeat the folds with this many shuffles"
     )
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
