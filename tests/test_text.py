@@ -573,8 +573,8 @@ def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
     assert any("LEEP skipped" in n for n in m["notes"])
     result = fit(_options(sentiment_csv, tiny_bert, "auto", tmp_path / "auto", epochs=3))
     meta = json.loads((tmp_path / "auto" / "headstart.json").read_text())
-    assert meta["recommendation"]["case"] == rec["case"]
-    chosen = meta["recommendation"]
+    chosen = meta["recommendation"]  # measured on the training split, not on all of it
+    assert chosen["case"] and chosen["measurements"]["n_items"] < m["n_items"]
     assert result.plan.strategy == chosen["strategy"]
     assert result.plan.head_epochs == chosen["head_epochs"]
     assert result.plan.backbone_lr == pytest.approx(1e-2 * chosen["backbone_lr_mult"])
