@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data import LabeledData, load_data
+from headstart.data import AUTO_AUGMENT, LabeledData, load_data, resolve_augment
 from headstart.options import FitOptions
 from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
@@ -116,6 +116,8 @@ class Recommendation:
     backbone_lr_mult: float
     reasons: list[str]
     measurements: Measurements
+    # the training augmentation --augment auto gives the strategy (none for linear)
+    augment: str = "light"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -127,7 +129,7 @@ class Recommendation:
         m = self.measurements
         lines = [
             f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
-            f"--backbone-lr-mult {self.backbone_lr_mult:g}",
+            f"--backbone-lr-mult {self.backbone_lr_mult:g} (augmentation: {self.augment})",
             f"  size: {m.n_items} labelled examples, {m.n_classes} classes, "
             f"{m.min_per_class}-{m.median_per_class:g} per class (min-median), "
             f"{m.examples_per_param:.2g} examples per trainable parameter",
@@ -333,6 +335,7 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
         backbone_lr_mult=mult,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
+        augment=resolve_augment(AUTO_AUGMENT, strategy),
     )
 
 
