@@ -154,6 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=15, help="epochs, large cases")
     parser.add_argument("--small-epochs", type=int, default=40, help="epochs, small cases")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument(
+        "--seeds", type=int, default=1, help="repeat the folds with this many shuffles"
+    )
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", default="", help="comma-separated case names to run")
@@ -184,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 source=f"file:{source_run}",
                 strategies=CONCRETE + ",auto",
                 folds=args.folds,
+                seeds=args.seeds,
                 epochs=args.small_epochs if case.per_class == args.small else args.epochs,
                 lr=args.lr,
                 batch_size=16,
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[case.name] = row
         (out / case.name.replace(" + ", "-") / "verdict.json").write_text(json.dumps(row, indent=2))
         print(
-            f"{case.name:<20} auto chose {' '.join(row['auto_chose'])}: "  # type: ignore[arg-type]
+            f"{case.name:<20} auto chose {'; '.join(row['auto_chose'])}: "  # type: ignore[arg-type]
             f"{row['auto_acc']:.3f}; best {row['best']} {row['best_acc']:.3f}; "
             f"gap {row['gap']:+.3f} -> {'within 1 point' if row['within'] else 'MISSED'}",
             flush=True,

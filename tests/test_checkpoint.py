@@ -115,19 +115,28 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(
     assert loaded is not None and loaded.progress.global_step == 1
 
 
+@pytest.mark.parametrize(
+    ("head_epochs", "stop"),
+    [
+        (0, "step:7"),  # epoch 2 of 2, after the step-6 checkpoint
+        (1, "step:3"),  # in the head-only epoch, after the step-2 checkpoint
+        (1, "step:7"),  # in the plan's epoch, after the head-only one
+    ],
+)
 def test_interrupted_fit_resumes_to_the_same_result(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head_epochs: int, stop: str
 ) -> None:
-    whole = fit(replace(OPTIONS, out=str(tmp_path / "whole")))
+    options = replace(OPTIONS, head_epochs=head_epochs)
+    whole = fit(replace(options, out=str(tmp_path / "whole")))
     out = tmp_path / "run"
-    _stop_at(monkeypatch, "step:7")  # epoch 2 of 2, after the step-6 checkpoint
+    _stop_at(monkeypatch, stop)
     with pytest.raises(Stop):
-        fit(replace(OPTIONS, out=str(out)))
+        fit(replace(options, out=str(out)))
     monkeypatch.undo()
     assert not out.exists() and checkpoint_dir(out).is_dir()
     # A fresh fit may not silently throw the checkpoint away.
     with pytest.raises(ConfigError, match="--resume"):
-        fit(replace(OPTIONS, out=str(out)))
+        fit(replace(options, out=str(out)))
     resumed = fit(FitOptions(resume=str(out), progress=False))
     assert resumed.run_dir == out and not checkpoint_dir(out).exists()
     for key, value in whole.model.state_dict().items():

@@ -53,3 +53,23 @@ def test_two_processes_train_like_one_with_the_same_global_batch(tmp_path: Path)
 def test_global_batch_must_divide_among_processes(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="divisible by --processes 2"):
         fit(replace(OPTIONS, out=str(tmp_path / "x"), batch_size=7, processes=2))
+
+
+@pytest.mark.slow
+def test_a_checkpoint_the_main_process_cannot_write_stops_every_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full while the main process saves: the run stops within seconds with the main
+    process's error as a CheckpointError (the other process is torn down with the group,
+    not left waiting in a collective until it times out), and no run dir is written."""
+    import time
+
+    from headstart.checkpoint import KILL_ENV, CheckpointError
+
+    # the step-3 checkpoint is the first (--checkpoint-every 3); its first part fails
+    monkeypatch.setenv(KILL_ENV, "enospc:checkpoint:3:model.safetensors")
+    t0 = time.perf_counter()
+    with pytest.raises(CheckpointError, match="no space left on device"):
+        fit(replace(OPTIONS, out=str(tmp_path / "run"), processes=2, checkpoint_every=3))
+    assert time.perf_counter() - t0 < 120  # a hang would last the collective timeout
+    assert not (tmp_path / "run").exists()

@@ -148,3 +148,56 @@ def test_frozen_stages_stay_in_eval_mode() -> None:
     set_train_mode(model, make_plan("linear", model.backbone.stage_names), True)
     assert not any(m.training for m in model.backbone.modules())
     assert model.head.training
+
+
+def test_head_epochs_train_only_the_head_first_then_the_plan() -> None:
+    """LP-FT: during the head-only epochs the backbone, its BatchNorm statistics included,
+    stays bit-identical; afterwards the plan trains it; the rows say which rate applied."""
+    model = _model()
+    before = _snapshot(model)
+    plan = make_plan("full", STAGES, lr=1e-2, head_epochs=2)
+    seen: list[dict[str, torch.Tensor]] = []
+    head_before = model.head.weight.detach().clone()
+    cfg = TrainConfig(epochs=3, batch_size=8, progress=False, select="last")
+    history = train(
+        model,
+        plan,
+        _loader(),
+        None,
+        cfg,
+        device=torch.device("cpu"),
+        on_epoch=lambda row: seen.append(_snapshot(model)),
+    )
+    for epoch in (0, 1):  # after epochs 1 and 2: untouched, running statistics too
+        assert all(torch.equal(seen[epoch][k], before[k]) for k in before)
+    assert not torch.equal(model.head.weight, head_before)
+    changed = [k for k in before if not torch.equal(seen[2][k], before[k])]
+    assert any("running_mean" in k for k in changed) and any("weight" in k for k in changed)
+    assert [r.lr_backbone for r in history.epochs[:2]] == [0.0, 0.0]
+    assert history.epochs[2].lr_backbone > 0
+    # the backbone is left trainable as the plan says, for whoever uses the model next
+    assert all(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_head_epochs_restart_the_schedule_for_the_plan() -> None:
+    from headstart.train import _schedule
+
+    cfg = TrainConfig(epochs=4, warmup_epochs=1.0)
+    f = _schedule(cfg, 10, 1)
+    head_cycle = [f(s) for s in range(10)]
+    plan_cycle = [f(s) for s in range(10, 40)]
+    assert head_cycle[0] < head_cycle[4] and head_cycle[-1] < 0.1  # warm up, decay to ~0
+    assert plan_cycle[0] < plan_cycle[9] == pytest.approx(1.0)  # warm up again
+    assert plan_cycle[-1] < 0.01
+
+
+def test_head_epochs_are_checked() -> None:
+    with pytest.raises(ConfigError, match="linear strategy trains only the head"):
+        make_plan("linear", STAGES, head_epochs=1)
+    with pytest.raises(ConfigError, match="head-epochs must be >= 0"):
+        make_plan("full", STAGES, head_epochs=-1)
+    with pytest.raises(ConfigError, match="fewer than --epochs 2"):
+        _fit(_model(), make_plan("full", STAGES, head_epochs=2), epochs=2)
+    plan = make_plan("partial:1", STAGES, head_epochs=3)
+    assert Plan.from_dict(plan.to_dict()) == plan
+    assert "3 epochs train only the head" in format_plan(plan)

@@ -12,12 +12,14 @@ import torch
 from headstart.api import fit
 from headstart.data import load_data
 from headstart.options import FitOptions, PretrainOptions, RecommendOptions
+from headstart.plan import make_plan
 from headstart.recommend import (
     LARGE_EXAMPLES_PER_PARAM,
     LARGE_MIN_PER_CLASS,
     LARGE_PER_CLASS,
     Measurements,
     decide,
+    head_epochs_for,
     measure,
     recommend,
 )
@@ -97,19 +99,34 @@ def _m(per_class: int, gain: float, params: int = 1_000_000) -> Measurements:
 
 
 @pytest.mark.parametrize(
-    ("per_class", "gain", "case", "strategy", "mult"),
+    ("per_class", "gain", "case", "mult", "head", "decay"),
     [
-        (20, 0.2, "small + similar", "linear", 0.1),
-        (20, 0.0, "small + dissimilar", "partial:2", 0.1),
-        (LARGE_PER_CLASS, 0.2, "large + similar", "full", 0.1),
-        (LARGE_PER_CLASS, -0.1, "large + dissimilar", "full", 1.0),
+        (20, 0.2, "small + similar", 0.1, 2, 1.0),
+        (20, 0.0, "small + dissimilar", 0.1, 2, 0.1 ** (1 / 3)),
+        (LARGE_PER_CLASS, 0.2, "large + similar", 0.1, 0, 1.0),
+        (LARGE_PER_CLASS, -0.1, "large + dissimilar", 1.0, 0, 1.0),
     ],
 )
-def test_the_four_cases(per_class: int, gain: float, case: str, strategy: str, mult: float) -> None:
-    rec = decide(_m(per_class, gain), STAGES)
-    assert (rec.case, rec.strategy, rec.backbone_lr_mult) == (case, strategy, mult)
+def test_the_four_cases(
+    per_class: int, gain: float, case: str, mult: float, head: int, decay: float
+) -> None:
+    rec = decide(_m(per_class, gain), STAGES, epochs=10)
+    assert (rec.case, rec.strategy, rec.backbone_lr_mult) == (case, "full", mult)
+    assert rec.head_epochs == head and rec.layer_decay == pytest.approx(decay)
     assert len(rec.reasons) == 3 and all(rec.reasons)
     assert case.split(" + ")[0] in rec.reasons[0] and case.split(" + ")[1] in rec.reasons[1]
+    # what it says is what it sets: the command line in the description, the fit options
+    assert rec.options()["head_epochs"] == head
+    assert (f"--head-epochs {head}" in rec.describe()) == bool(head)
+    # small + dissimilar: the first stage at a tenth of the last one's rate
+    plan = make_plan("full", STAGES, **{k: v for k, v in rec.options().items() if k != "strategy"})
+    assert plan.backbone_lr * plan.layer_decay**3 == pytest.approx(
+        plan.backbone_lr * (0.1 if decay != 1.0 else 1.0)
+    )
+
+
+def test_head_epochs_are_a_fifth_of_the_run_and_never_all_of_it() -> None:
+    assert [head_epochs_for(e) for e in (1, 2, 3, 5, 10, 20, 40)] == [0, 1, 1, 1, 2, 4, 8]
 
 
 def test_large_is_relative_to_the_network_too() -> None:
@@ -129,19 +146,20 @@ def test_recommend_cli_and_fit_auto_save_the_reasoning(digits_source: Path, tmp_
     result = run_cli("recommend", TARGET, "--source", f"file:{digits_source}", "--json")
     assert result.code == 0, result.stderr
     rec = result.json()
-    assert rec["case"] == "small + similar" and rec["strategy"] == "linear"
+    assert rec["case"] == "small + similar" and rec["strategy"] == "full"
+    assert rec["head_epochs"] == 2 and rec["backbone_lr_mult"] == 0.1
     assert rec["measurements"]["leep"] is not None
     fitted = fit(
         FitOptions(
             data=TARGET,
             source=f"file:{digits_source}",
             strategy="auto",
-            epochs=1,
+            epochs=2,
             out=str(tmp_path / "auto"),
             progress=False,
         )
     )
-    assert fitted.plan.strategy in ("linear", "partial:2")
+    assert fitted.plan.strategy == "full" and fitted.plan.head_epochs == 1
     import json
 
     meta = json.loads((tmp_path / "auto" / "headstart.json").read_text())

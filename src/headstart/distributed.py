@@ -154,6 +154,7 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     """
     import torch.multiprocessing as mp
 
+    from headstart import checkpoint as checkpoint_module
     from headstart import errors as errors_module
 
     n = options.processes
@@ -181,7 +182,9 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     except mp.ProcessExitedException as exc:
         if not queue.empty():
             name, message = queue.get()
-            cls = getattr(errors_module, name, HeadstartError)
+            cls: type[HeadstartError] = getattr(
+                errors_module, name, getattr(checkpoint_module, name, HeadstartError)
+            )
             raise cls(message) from None
         raise RuntimeError(f"a training process failed: {exc}") from exc
     return _read_result(options, kind)

@@ -119,6 +119,11 @@ class FitOptions:
         "full, partial: each earlier stage trains at this times the next one's rate (1: off)",
         default=1.0,
     )
+    head_epochs: int = _opt(
+        "full, partial, lora: train only the new head (backbone frozen) for the first N "
+        "epochs, then the plan (linear probing then fine-tuning, fastai's freeze_epochs)",
+        default=0,
+    )
     lora_r: int = _opt("lora: rank of the adapters", default=8)
     lora_alpha: int = _opt("lora: scaling alpha (the update is scaled by alpha / r)", default=16)
     lora_dropout: float = _opt("lora: dropout on the adapters' input", default=0.1)
@@ -264,6 +269,7 @@ class RecommendOptions(FitOptions):
             "mlflow_uri",
             "tensorboard",
             "layer_decay",
+            "head_epochs",
             "lora_r",
             "lora_alpha",
             "lora_dropout",
@@ -344,6 +350,7 @@ class AdaptOptions(FitOptions):
             "mlflow_uri",
             "tensorboard",
             "layer_decay",
+            "head_epochs",
             "lora_r",
             "lora_alpha",
             "lora_dropout",

@@ -19,12 +19,20 @@ Strategies (DESIGN.md "Strategies"):
 ``full`` and ``partial:K`` may also decay the learning rate layer by layer
 (``layer_decay`` < 1: the last trainable stage at the backbone rate, each earlier one
 ``layer_decay`` times the next).
+
+Any plan that trains part of the backbone may start with ``head_epochs`` epochs in which
+only the new head trains, the whole backbone frozen and in eval mode, before the plan
+proper: linear probing then fine-tuning ("LP-FT", Kumar et al., "Fine-Tuning can Distort
+Pretrained Features and Underperform Out-of-Distribution", ICLR 2022; fastai's
+``fine_tune(freeze_epochs=...)``). A randomly initialised head's large early gradients
+then never reach the pretrained features.  :func:`head_phase` is the plan of those
+epochs.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from torch import nn
@@ -37,6 +45,7 @@ __all__ = [
     "Plan",
     "apply_plan",
     "format_plan",
+    "head_phase",
     "make_plan",
     "parse_strategy",
     "set_train_mode",
@@ -57,6 +66,7 @@ class Plan:
     weight_decay: float
     layer_decay: float = 1.0  # stage i trains at backbone_lr * layer_decay**(last - i)
     lora: dict[str, Any] | None = None  # lora: r, alpha, dropout, target_modules
+    head_epochs: int = 0  # the first epochs train only the head (LP-FT), then the plan
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -77,6 +87,7 @@ class Plan:
             weight_decay=float(d["weight_decay"]),
             layer_decay=float(d.get("layer_decay", 1.0)),
             lora=dict(d["lora"]) if d.get("lora") else None,
+            head_epochs=int(d.get("head_epochs", 0)),
         )
 
     @property
@@ -141,12 +152,14 @@ def make_plan(
     leading_stages: int = 0,
     layer_decay: float = 1.0,
     lora: dict[str, Any] | None = None,
+    head_epochs: int = 0,
 ) -> Plan:
     """Turn a strategy string into a plan for a backbone with ``stage_names``.
 
     ``leading_stages`` (a transformer's embeddings) are frozen by ``partial:K`` on top of
     the first K stages.  ``lora`` (``r``, ``alpha``, ``dropout``, ``target_modules``) is
-    required by, and only used by, the ``lora`` strategy.
+    required by, and only used by, the ``lora`` strategy.  ``head_epochs``: train only
+    the head for that many epochs first (a plan that trains some of the backbone).
     """
     if lr <= 0:
         raise ConfigError(f"--lr must be positive (got {lr})")
@@ -155,6 +168,13 @@ def make_plan(
     if not 0 < layer_decay <= 1:
         raise ConfigError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
     name, k = parse_strategy(strategy)
+    if head_epochs < 0:
+        raise ConfigError(f"--head-epochs must be >= 0 (got {head_epochs})")
+    if head_epochs and name == "linear":
+        raise ConfigError(
+            "--head-epochs: the linear strategy trains only the head in every epoch already; "
+            "use it with full, partial:K or lora (or drop --head-epochs)"
+        )
     n = len(stage_names)
     lead = leading_stages if name == "partial" else 0
     if k is not None and not 1 <= k < n - lead:
@@ -196,6 +216,23 @@ def make_plan(
         weight_decay=weight_decay,
         layer_decay=layer_decay if trainable else 1.0,
         lora=dict(lora) if name == "lora" and lora else None,
+        head_epochs=head_epochs,
+    )
+
+
+def head_phase(plan: Plan) -> Plan:
+    """The plan of the first ``plan.head_epochs`` epochs: every stage frozen (eval mode),
+    only the head trains."""
+    stages = plan.frozen_stages + plan.trainable_stages
+    return replace(
+        plan,
+        frozen_stages=stages,
+        trainable_stages=(),
+        backbone_lr=0.0,
+        bn_mode="frozen stages in eval mode",
+        layer_decay=1.0,
+        lora=None,
+        head_epochs=0,
     )
 
 
@@ -294,5 +331,13 @@ def format_plan(plan: Plan) -> str:
             else []
         ),
         f"  batchnorm: {plan.bn_mode}; weight decay {plan.weight_decay:g}",
+        *(
+            [
+                f"  first:     {plan.head_epochs} epoch{'s' if plan.head_epochs > 1 else ''} "
+                "train only the head (backbone frozen, eval mode), then the above"
+            ]
+            if plan.head_epochs
+            else []
+        ),
     ]
     return "\n".join(lines)

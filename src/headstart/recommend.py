@@ -37,7 +37,6 @@ evidence of an input-domain change.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data import AUTO_AUGMENT, LabeledData, load_data, resolve_augment
+from headstart.data import AUTO_AUGMENT, LabeledData, resolve_augment
 from headstart.options import FitOptions
 from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
@@ -57,10 +56,12 @@ __all__ = [
     "LARGE_PER_CLASS",
     "SIMILAR_LEEP",
     "SIMILAR_PROBE_GAIN",
+    "SMALL_DISSIMILAR_SPREAD",
     "Measurements",
     "Recommendation",
     "bn_shift",
     "decide",
+    "head_epochs_for",
     "measure",
     "recommend",
     "recommend_for",
@@ -87,6 +88,9 @@ SIMILAR_PROBE_GAIN = 0.05
 # predictions explain at least this share of the target labels' entropy is "similar".
 # Both thresholds are first settings, to be calibrated on bench/ cases.
 SIMILAR_LEEP = 0.5
+# Small + dissimilar: the first stage trains at this share of the last one's rate
+# (fastai's fine_tune spreads its body's rates over lr/100 .. lr/10: a factor of 10).
+SMALL_DISSIMILAR_SPREAD = 0.1
 
 
 @dataclass
@@ -111,13 +115,32 @@ class Measurements:
 @dataclass
 class Recommendation:
     case: str  # e.g. "small + similar"
-    strategy: str  # e.g. "linear", "partial:2"
+    strategy: str  # e.g. "full", "partial:2"
     lr: float
     backbone_lr_mult: float
     reasons: list[str]
     measurements: Measurements
+    layer_decay: float = 1.0
+    head_epochs: int = 0
     # the training augmentation --augment auto gives the strategy (none for linear)
     augment: str = "light"
+
+    def options(self) -> dict[str, Any]:
+        """The fit options this recommendation sets (``dataclasses.replace`` them in)."""
+        return {
+            "strategy": self.strategy,
+            "backbone_lr_mult": self.backbone_lr_mult,
+            "layer_decay": self.layer_decay,
+            "head_epochs": self.head_epochs,
+        }
+
+    def label(self) -> str:
+        """A short name for what was chosen, e.g. ``full (head 2, x0.1, decay 0.46)``."""
+        parts = [f"head {self.head_epochs}"] if self.head_epochs else []
+        parts.append(f"x{self.backbone_lr_mult:g}")
+        if self.layer_decay != 1.0:
+            parts.append(f"decay {self.layer_decay:.2g}")
+        return f"{self.strategy} ({', '.join(parts)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -129,7 +152,10 @@ class Recommendation:
         m = self.measurements
         lines = [
             f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
-            f"--backbone-lr-mult {self.backbone_lr_mult:g} (augmentation: {self.augment})",
+            f"--backbone-lr-mult {self.backbone_lr_mult:g}"
+            + (f" --layer-decay {self.layer_decay:.3g}" if self.layer_decay != 1.0 else "")
+            + (f" --head-epochs {self.head_epochs}" if self.head_epochs else "")
+            + f" (augmentation: {self.augment})",
             f"  size: {m.n_items} labelled examples, {m.n_classes} classes, "
             f"{m.min_per_class}-{m.median_per_class:g} per class (min-median), "
             f"{m.examples_per_param:.2g} examples per trainable parameter",
@@ -205,24 +231,60 @@ def bn_shift(backbone: nn.Module, batches: list[torch.Tensor]) -> tuple[np.ndarr
     return feats, float(np.mean(divergences))
 
 
-def _input_batches(source: Source, data: LabeledData, batch_size: int = 128) -> list[torch.Tensor]:
+def _input_batches(
+    source: Source, data: LabeledData, *, max_length: int, batch_size: int = 128
+) -> tuple[list[torch.Tensor], np.ndarray | None]:
+    """The backbone's inputs for ``data`` in batches, and for texts the item index of each
+    row (texts are batched by length; images stay in order: None)."""
+    if source.text is not None:
+        from headstart.textdata import TextData, loader_order, text_loader
+
+        assert isinstance(data, TextData)
+        loader = text_loader(
+            data.texts(),
+            data.targets,
+            source.text.tokenizer,
+            max_length=max_length,
+            batch_size=batch_size,
+            train=False,
+        )
+        return [x for x, _ in loader], loader_order(loader)
     from headstart.data import ImageDataset, make_transform
 
     transform = make_transform(source.preprocessing, train=False)
     dataset = ImageDataset(data, transform, source.preprocessing.channels)
     xs = [dataset[i][0] for i in range(len(dataset))]
-    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)], None
+
+
+def _in_item_order(feats: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    if order is None:
+        return feats
+    out = np.empty_like(feats)
+    out[order] = feats
+    return out
 
 
 def measure(
-    source: Source, random_source: Source, data: LabeledData, *, seed: int = 0
+    source: Source,
+    random_source: Source,
+    data: LabeledData,
+    *,
+    seed: int = 0,
+    max_length: int = 128,
 ) -> Measurements:
-    """Size and similarity measurements of ``data`` for ``source`` (see module docs)."""
+    """Size and similarity measurements of ``data`` for ``source`` (see module docs).
+
+    Texts (an ``hf:`` encoder) are measured the same way, up to ``max_length`` tokens:
+    the probe gain over a randomly initialised copy of the encoder; no LEEP (no
+    classifier head) and no BatchNorm shift (transformers normalise per token).
+    """
     t0 = time.perf_counter()
     counts = np.bincount(data.targets, minlength=len(data.classes))
-    batches = _input_batches(source, data)
+    batches, order = _input_batches(source, data, max_length=max_length)
     feats, shift = bn_shift(source.backbone, batches)
     random_feats, shift_random = bn_shift(random_source.backbone, batches)
+    feats, random_feats = _in_item_order(feats, order), _in_item_order(random_feats, order)
     probe = linear_probe_accuracy(feats, data.targets, seed=seed)
     probe_random = linear_probe_accuracy(random_feats, data.targets, seed=seed)
     trainable = sum(p.numel() for p in source.backbone.parameters()) + (
@@ -265,8 +327,21 @@ def measure(
     )
 
 
-def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -> Recommendation:
-    """The articles' four cases, decided from measurements."""
+def head_epochs_for(epochs: int) -> int:
+    """Head-only epochs before fine-tuning small data: a fifth of the run, at least one,
+    and never all of it."""
+    return min(max(1, round(epochs / 5)), epochs - 1) if epochs > 1 else 0
+
+
+def decide(
+    m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3, epochs: int = 10
+) -> Recommendation:
+    """The articles' four cases, decided from measurements, each turned into a plan.
+
+    The cases are the articles'; the plans for small data are softer than their advice
+    to freeze (see the reasons in each): on small data the head trains alone first and
+    the backbone then moves slowly, rather than not at all.
+    """
     by_class = m.min_per_class >= LARGE_PER_CLASS
     by_params = (
         m.examples_per_param >= LARGE_EXAMPLES_PER_PARAM and m.min_per_class >= LARGE_MIN_PER_CLASS
@@ -306,24 +381,35 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
             f"{LARGE_MIN_PER_CLASS})"
         )
     n = len(stage_names)
+    head = head_epochs_for(epochs)
+    plural = "s" if head != 1 else ""
+    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
+    decay = 1.0
     if not large and similar:
-        case, strategy, mult = "small + similar", "linear", 0.1
+        case, strategy, mult = "small + similar", "full", 0.1
         why = (
-            "the source's features already separate the classes and there is too little "
-            "data to move them safely: train only the new head"
+            "the source's features already separate the classes, and a few labels could "
+            f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
+            "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
+            "beat both freezing and plain fine-tuning; freezing outright gives up what a "
+            "small rate can still adapt, Kornblith et al., CVPR 2019)"
         )
     elif not large and not similar:
-        k = max(1, math.ceil(n / 2))
-        case, strategy, mult = "small + dissimilar", f"partial:{k}", 0.1
+        case, strategy, mult = "small + dissimilar", "full", 0.1
+        decay = SMALL_DISSIMILAR_SPREAD ** (1 / (n - 1)) if n > 1 else 1.0
         why = (
-            f"keep the generic early stages ({', '.join(stage_names[:k])}) and adapt the "
-            f"later, task-specific ones ({', '.join(stage_names[k:])}) with little data"
+            f"keep the generic early stages ({', '.join(stage_names[: max(1, n // 2)])}) "
+            f"nearly where they are and let the later, task-specific ones adapt: {first}"
+            f"fine-tune every stage, the last at a tenth of the head's rate and each earlier "
+            f"one {decay:.2g} times the next (the first at {SMALL_DISSIMILAR_SPREAD:g} of the "
+            "last: fastai's discriminative rates, Howard & Ruder 2018); a soft version of "
+            "freezing them, which breaks co-adapted layers apart (Yosinski et al., NeurIPS 2014)"
         )
     elif large and similar:
-        case, strategy, mult = "large + similar", "full", 0.1
+        case, strategy, mult, head = "large + similar", "full", 0.1, 0
         why = "enough data to fine-tune every stage, starting from useful weights (backbone /10)"
     else:
-        case, strategy, mult = "large + dissimilar", "full", 1.0
+        case, strategy, mult, head = "large + dissimilar", "full", 1.0, 0
         why = (
             "enough data to retrain every stage and little to keep from the source: "
             "fine-tune everything at the full rate"
@@ -333,6 +419,8 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
         strategy=strategy,
         lr=lr,
         backbone_lr_mult=mult,
+        layer_decay=decay,
+        head_epochs=head,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
         augment=resolve_augment(AUTO_AUGMENT, strategy),
@@ -340,9 +428,10 @@ def decide(m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3) -
 
 
 def recommend(options: FitOptions) -> Recommendation:
-    """Load ``options.data`` and ``options.source``, measure, decide."""
-    data = load_data(options.data, skip_bad=options.skip_bad, progress=options.progress)
-    return recommend_for(options, data)
+    """Load ``options.data`` (images or texts) and ``options.source``, measure, decide."""
+    from headstart.api import load_training_data
+
+    return recommend_for(options, load_training_data(options))
 
 
 def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
@@ -361,7 +450,12 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
         options=replace(build, image_size=source.arch_options.get("image_size")),
     )
     random_source.preprocessing = source.preprocessing
-    m = measure(source, random_source, data, seed=options.seed)
-    rec = decide(m, source.stage_names, lr=options.lr)
+    max_length = 128
+    if source.text is not None:
+        from headstart.api import _max_length
+
+        max_length = _max_length(options, source)
+    m = measure(source, random_source, data, seed=options.seed, max_length=max_length)
+    rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
     log.info("%s", rec.describe())
     return rec

@@ -35,7 +35,7 @@ from headstart.checkpoint import (
 from headstart.determinism import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.model import TargetModel
-from headstart.plan import Plan, apply_plan, set_train_mode
+from headstart.plan import Plan, apply_plan, head_phase, set_train_mode
 
 if TYPE_CHECKING:
     from headstart.distributed import Parallel
@@ -158,6 +158,22 @@ def _lr_lambda(total_steps: int, warmup_steps: int) -> Any:
     return f
 
 
+def _schedule(config: TrainConfig, steps_per_epoch: int, head_epochs: int) -> Any:
+    """The learning-rate multiplier per step: warm-up then cosine decay over the run, or,
+    with ``head_epochs``, over the head-only epochs and again over the rest (two cycles,
+    as fastai's ``fine_tune`` runs one cycle frozen and one unfrozen)."""
+
+    def cycle(steps: int) -> Any:
+        return _lr_lambda(steps, min(int(config.warmup_epochs * steps_per_epoch), steps // 2))
+
+    total = config.epochs * steps_per_epoch
+    if not head_epochs:
+        return cycle(total)
+    split = head_epochs * steps_per_epoch
+    first, second = cycle(split), cycle(total - split)
+    return lambda step: first(step) if step < split else second(step - split)
+
+
 @torch.no_grad()
 def predict_loader(
     model: nn.Module, loader: Iterable[Any], device: torch.device, *, progress: bool = False
@@ -214,13 +230,22 @@ def train(
     called with each epoch's metrics as soon as they are measured (experiment tracking
     logs them live).
     """
+    if plan.head_epochs and plan.head_epochs >= config.epochs:
+        raise ConfigError(
+            f"--head-epochs {plan.head_epochs} must be fewer than --epochs {config.epochs}: "
+            "the plan itself needs at least one epoch after the head-only ones"
+        )
+    if plan.head_epochs and parallel is not None:
+        raise ConfigError("--head-epochs with --processes > 1 is not supported; use one process")
     model.to(device)
     groups = apply_plan(model, plan)
+    # what the plan trains in the backbone: frozen during the head-only epochs
+    backbone_trainable = [p for p in model.backbone.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(groups, **_adamw_kernel(groups))
     steps_per_epoch = max(1, len(train_loader))
-    total = config.epochs * steps_per_epoch
-    warmup = min(int(config.warmup_epochs * steps_per_epoch), total // 2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, warmup))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _schedule(config, steps_per_epoch, plan.head_epochs)
+    )
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     sampler = train_loader.batch_sampler
     if checkpointer is not None and not isinstance(sampler, EpochBatchSampler):
@@ -254,11 +279,16 @@ def train(
         if progress.finished:
             break
         t0 = time.perf_counter() - progress.seconds
+        head_only = epoch <= plan.head_epochs
+        for p in backbone_trainable:  # no gradient, so AdamW leaves them (and their decay) be
+            p.requires_grad_(not head_only)
         if progress.step_in_epoch == 0:
             progress.lr_head = float(lrs["head"]["lr"])
-            progress.lr_backbone = float(lrs["backbone"]["lr"]) if "backbone" in lrs else 0.0
+            progress.lr_backbone = (
+                float(lrs["backbone"]["lr"]) if "backbone" in lrs and not head_only else 0.0
+            )
         lr_head, lr_backbone = progress.lr_head, progress.lr_backbone
-        set_train_mode(model, plan, True)
+        set_train_mode(model, head_phase(plan) if head_only else plan, True)
         loss_sum, correct, seen = progress.loss_sum, progress.correct, progress.seen
         step = progress.step_in_epoch
         if isinstance(sampler, EpochBatchSampler):
@@ -370,6 +400,8 @@ def train(
         progress = Progress()
         if history.stopped_early:
             break
+    for p in backbone_trainable:
+        p.requires_grad_(True)
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
