@@ -2,27 +2,37 @@
 
 One process, the same data folder (digits drawn as PNGs), the same architecture
 (timm resnet18, random initialisation: nothing is downloaded), the same input size,
-split, number of passes over the data and batch size:
+split, number of passes over the data, batch size and shape of training: H passes
+with the body frozen (only the new head trains), then E - H passes training everything,
+every layer at one learning rate (a random body has nothing to protect: see
+bench/README.md):
 
 - ``headstart``: ``headstart fit DIR --source timm:resnet18 --weights none --strategy full
-  --epochs E --image-size S --batch-size B`` (its default light augmentation);
-- ``plain``: ImageFolder, the same kind of light augmentation, AdamW, E epochs;
+  --backbone-lr-mult 1 --epochs E --head-epochs H --image-size S --batch-size B`` (its
+  default light augmentation, run dir, checkpoint each epoch, plots and report included);
+- ``plain``: ImageFolder, the same kind of light augmentation, AdamW at 1e-3, H epochs
+  with the body frozen (``requires_grad_(False)``, eval mode), then E - H epochs of all;
 - ``fastai``: ``vision_learner(dls, "resnet18", pretrained=False)`` and
-  ``fine_tune(E - 1, freeze_epochs=1)``, i.e. E passes in all (one with the body frozen,
-  as fastai does), on the same split (``IndexSplitter``).  fastai is not a headstart
-  dependency: put it on ``PYTHONPATH`` (see bench/README.md); without it this part is
-  reported as skipped.
+  ``fine_tune(E - H, freeze_epochs=H, base_lr=2e-3, lr_mult=1)`` (its one-cycle schedule;
+  the unfrozen passes at 2e-3 / 2 = 1e-3 for every layer), on the same split
+  (``IndexSplitter``).  fastai is not a headstart dependency: put it on ``PYTHONPATH``
+  (see bench/README.md); without it this part is reported as skipped.
+
+Everything each competitor imports is imported before any clock starts (matplotlib,
+fastai, headstart's modules), so that no competitor pays for another's imports.  With
+``--repeats R`` the competitors run R rounds in rotating order and the medians count.
 
 Prints one JSON line: seconds, CPU seconds, best validation accuracy and peak memory of
 each, and headstart's time ratio against each.  Usage::
 
-    PYTHONPATH=src:/tmp/fastai-pkgs .venv/bin/python bench/finetune.py --epochs 3
+    PYTHONPATH=src:/tmp/fastai-pkgs .venv/bin/python bench/finetune.py --epochs 3 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -46,8 +56,11 @@ def _headstart(data: Path, out: Path, args: argparse.Namespace) -> float:
         "none",
         "--strategy",
         "full",
+        "--backbone-lr-mult",
+        "1",
         "--epochs",
         str(args.epochs),
+        *(["--head-epochs", str(args.head_epochs)] if args.head_epochs else []),
         "--image-size",
         str(args.image_size),
         "--batch-size",
@@ -84,9 +97,18 @@ def _plain(data: Path, args: argparse.Namespace) -> float:
     val = DataLoader(Subset(val_ds, val_idx.tolist()), batch_size=128)
     model = timm.create_model("resnet18", pretrained=False, num_classes=len(train_ds.classes))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    head = model.get_classifier()
+    body = [p for n, p in model.named_parameters() if not n.startswith("fc.")]
     best = 0.0
-    for _ in range(args.epochs):
-        model.train()
+    for epoch in range(args.epochs):
+        frozen = epoch < args.head_epochs  # the first H epochs train only the new head
+        for p in body:
+            p.requires_grad_(not frozen)
+        if frozen:
+            model.eval()
+            head.train()
+        else:
+            model.train()
         for x, y in train:
             loss = nn.functional.cross_entropy(model(x), y)
             opt.zero_grad()
@@ -131,20 +153,43 @@ def _fastai(data: Path, args: argparse.Namespace) -> float:
     dls = block.dataloaders(data, bs=args.batch_size, num_workers=0, device="cpu")
     learn = vision_learner(dls, "resnet18", pretrained=False, metrics=accuracy)
     with learn.no_bar(), learn.no_logging():
-        learn.fine_tune(args.epochs - 1, freeze_epochs=1)
+        learn.fine_tune(
+            args.epochs - args.head_epochs,
+            freeze_epochs=args.head_epochs,
+            base_lr=2e-3,
+            lr_mult=1,
+        )
     accs = [float(row[2]) for row in learn.recorder.values]
     return max(accs)
 
 
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median of each measure over the rounds, and every round as measured."""
+    out: dict[str, Any] = {
+        k: statistics.median(r[k] for r in runs)
+        for k in ("seconds", "cpu_seconds", "peak_rss_mb", "peak_rss_added_mb", "val_acc")
+    }
+    out["rounds"] = runs
+    return out
+
+
+def _ratio(a: dict[str, Any], b: dict[str, Any], key: str) -> float | None:
+    return round(a[key] / b[key], 2) if key in a and key in b else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="passes over the data in all")
+    parser.add_argument(
+        "--head-epochs", type=int, default=1, help="of which the first ones train only the head"
+    )
     parser.add_argument("--per-class", type=int, default=30, help="images per digit (10 digits)")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds, in rotating order")
     args = parser.parse_args()
-    if args.epochs < 2:
-        parser.error("--epochs must be >= 2 (fastai's fine_tune: 1 frozen + E-1)")
+    if not 1 <= args.head_epochs < args.epochs:
+        parser.error("--head-epochs must be >= 1 and < --epochs (fastai's fine_tune)")
 
     import torch
 
@@ -152,44 +197,64 @@ def main() -> None:
         "bench": "finetune",
         "model": "timm:resnet18 (random init)",
         "epochs": args.epochs,
+        "head_epochs": args.head_epochs,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
+        "repeats": args.repeats,
         "torch_threads": torch.get_num_threads(),
     }
+    # Every import before any clock starts: no competitor pays for another's.
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+    import timm
+    import torchvision  # noqa: F401
+
+    import headstart.api
+    import headstart.cli  # noqa: F401
+
+    try:
+        import fastai.vision.all  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError as exc:
+        skipped = f"fastai not importable ({exc})"
+    else:
+        skipped = ""
+    competitors: dict[str, Any] = {
+        "headstart": lambda d, r: _headstart(d, r / "run", args),
+        "plain": lambda d, r: _plain(d, args),
+    }
+    if not skipped:
+        competitors["fastai"] = lambda d, r: _fastai(d, args)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in competitors}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = digits_folder(root / "digits", per_class=args.per_class)
         results["images"] = sum(1 for _ in data.rglob("*.png"))
         # warm up the thread pool and kernels once, for whoever goes first
-        import timm
-
         warm = timm.create_model("resnet18", pretrained=False, num_classes=10)
         warm(torch.randn(4, 3, args.image_size, args.image_size)).sum().backward()
         del warm
-        hs: dict[str, Any] = {}
-        with measured(hs):
-            hs["val_acc"] = _headstart(data, root / "run", args)
-        plain: dict[str, Any] = {}
-        with measured(plain):
-            plain["val_acc"] = _plain(data, args)
-        fa: dict[str, Any] = {}
-        try:
-            import fastai  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError as exc:
-            fa = {"skipped": f"fastai not importable ({exc})"}
-        else:
-            with measured(fa):
-                fa["val_acc"] = _fastai(data, args)
+        names = list(competitors)
+        for round_ in range(args.repeats):
+            for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+                work = root / f"{name}-{round_}"
+                work.mkdir()
+                measure: dict[str, Any] = {"round": round_}
+                with measured(measure):
+                    measure["val_acc"] = competitors[name](data, work)
+                runs[name].append(measure)
+    summary = {name: _median(r) for name, r in runs.items()}
+    hs, plain = summary["headstart"], summary["plain"]
+    fa = summary.get("fastai", {"skipped": skipped})
     results.update(
         headstart=hs,
         plain=plain,
         fastai=fa,
-        time_ratio_vs_plain=round(hs["seconds"] / plain["seconds"], 2),
-        cpu_ratio_vs_plain=round(hs["cpu_seconds"] / plain["cpu_seconds"], 2),
-        time_ratio_vs_fastai=round(hs["seconds"] / fa["seconds"], 2) if "seconds" in fa else None,
-        cpu_ratio_vs_fastai=round(hs["cpu_seconds"] / fa["cpu_seconds"], 2)
-        if "seconds" in fa
-        else None,
+        time_ratio_vs_plain=_ratio(hs, plain, "seconds"),
+        cpu_ratio_vs_plain=_ratio(hs, plain, "cpu_seconds"),
+        time_ratio_vs_fastai=_ratio(hs, fa, "seconds"),
+        cpu_ratio_vs_fastai=_ratio(hs, fa, "cpu_seconds"),
     )
     print(json.dumps(results), flush=True)
 

@@ -8,6 +8,9 @@ One process, one data folder (digits drawn as PNGs), one model; in order:
   --epochs E`` with an empty feature cache (the features are computed in the run);
 - ``headstart_warm``: the same command again (the features come from the cache);
 - ``headstart_no_cache``: the same command with ``--no-feature-cache``;
+- ``headstart_no_cache_light`` (with ``--with-light``): the same command with
+  ``--no-feature-cache --augment light``, what the default was before ``--augment auto``
+  (the head trains on freshly augmented images every epoch);
 - ``plain``: a plain PyTorch loop with the backbone frozen (``no_grad`` forward every
   epoch, a Linear head, AdamW), the same split, epochs and batch size.
 
@@ -138,7 +141,12 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=30, help="images per digit (10 digits)")
     parser.add_argument("--source", default="timm:resnet18")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--augment", default="light", help="headstart's --augment")
+    parser.add_argument("--augment", default="auto", help="headstart's --augment")
+    parser.add_argument(
+        "--with-light",
+        action="store_true",
+        help="also --no-feature-cache --augment light (what augmenting costs the probe)",
+    )
     parser.add_argument("--skip-plain", action="store_true")
     args = parser.parse_args()
 
@@ -171,6 +179,16 @@ def main() -> None:
             nocache["val_acc"], _ = _fit(
                 data, root / "c", root / "cache2", args, "--no-feature-cache"
             )
+        light: dict[str, Any] = {}
+        if args.with_light:
+            with measured(light):
+                light["val_acc"], _ = _fit(
+                    data,
+                    root / "d",
+                    root / "cache3",
+                    argparse.Namespace(**{**vars(args), "augment": "light"}),
+                    "--no-feature-cache",
+                )
         plain: dict[str, Any] = {}
         if not args.skip_plain:
             with measured(plain):
@@ -180,10 +198,14 @@ def main() -> None:
         headstart=cached,
         headstart_warm=warm,
         headstart_no_cache=nocache,
+        headstart_no_cache_light=light,
         plain=plain,
         speedup_vs_no_cache=round(nocache["seconds"] / cached["seconds"], 2),
         speedup_vs_plain=round(plain["seconds"] / cached["seconds"], 2) if plain else None,
         acc_diff_points_vs_no_cache=round(100 * (cached["val_acc"] - nocache["val_acc"]), 2),
+        acc_diff_points_light_vs_none=round(100 * (light["val_acc"] - nocache["val_acc"]), 2)
+        if light
+        else None,
         acc_diff_points_vs_plain=round(100 * (cached["val_acc"] - plain["val_acc"]), 2)
         if plain
         else None,

@@ -76,6 +76,14 @@ def test_compare_writes_everything_on_the_same_folds(tmp_path: Path) -> None:
     stored = json.loads((out / "compare.json").read_text())
     assert stored["best"] == result.best and len(stored["scores"]) == 6
     assert all(len(s.curve) == 2 for s in result.scores)
+    # --augment auto: linear trains on un-augmented images, scratch on light augmentation
+    assert {(s["strategy"], s["augment"]) for s in stored["scores"]} == {
+        ("linear", "none"),
+        ("scratch", "light"),
+    }
+    line = next(x for x in (out / "compare.md").read_text().splitlines() if "augmentation" in x)
+    assert line.startswith("- training augmentation: ") and "linear none" in line
+    assert "scratch light" in line
 
 
 def test_compare_refuses_bad_requests(tmp_path: Path) -> None:

@@ -49,11 +49,17 @@ def _meta(run: Path) -> dict[str, object]:
     return dict(json.loads((run / "headstart.json").read_text()))
 
 
-def test_cached_head_matches_the_per_epoch_loop(tmp_path: Path) -> None:
+@pytest.mark.parametrize("augment", ["none", "default"])
+def test_cached_head_matches_the_per_epoch_loop(tmp_path: Path, augment: str) -> None:
     # dropout, label smoothing, warm-up + cosine per step, shuffling, a ragged last batch
-    kw = dict(dropout=0.3, label_smoothing=0.1, warmup_epochs=1.0, seed=3)
+    kw: dict[str, object] = dict(dropout=0.3, label_smoothing=0.1, warmup_epochs=1.0, seed=3)
+    # "default": fit's own default (--augment auto), which is "none" for linear: the
+    # command with and without --no-feature-cache trains the same head
+    kw["augment"] = FitOptions.augment if augment == "default" else augment
     plain = fit(_options(tmp_path, "plain", feature_cache=False, **kw))
     cached = fit(_options(tmp_path, "cached", **kw))
+    for run in (plain, cached):
+        assert _meta(run.run_dir)["augmentation"]["applied"] == "none"  # type: ignore[index]
     a, b = _head(plain.run_dir), _head(cached.run_dir)
     assert a.keys() == b.keys() == {"head.weight", "head.bias"}
     for key in a:
@@ -106,10 +112,21 @@ def test_augmented_views_are_cached_per_view(tmp_path: Path) -> None:
     views = sorted(json.dumps(e.meta["view"], sort_keys=True) for e in entries)
     assert len(entries) == 3  # two training views and the validation images
     assert sum('"augment": "none"' in v for v in views) == 1
+    assert _meta(result.run_dir)["augmentation"]["applied"] == "light, 2 cached view(s)"  # type: ignore[index]
     # with views 0 and augmentation on, the head sees un-augmented features: said so
     plain = fit(_options(tmp_path, "aug0", augment="light"))
     info0 = _meta(plain.run_dir)["feature_cache"]
     assert info0["augmentation_applied"] is False  # type: ignore[index]
+    aug0 = _meta(plain.run_dir)["augmentation"]
+    assert aug0["requested"] == "light" and aug0["applied"] == "none"  # type: ignore[index]
+    assert "not applied" in aug0["why"]  # type: ignore[index]
+    assert (
+        "training augmentation: none (the feature cache"
+        in (plain.run_dir / "report.md").read_text()
+    )
+    # without the cache, an explicit --augment light with linear augments, as before
+    per_epoch = fit(_options(tmp_path, "aug-nc", augment="light", feature_cache=False))
+    assert _meta(per_epoch.run_dir)["augmentation"]["applied"] == "light"  # type: ignore[index]
 
 
 def test_views_differ_and_repeat(tmp_path: Path) -> None:

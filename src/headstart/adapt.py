@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data import UNLABELLED, LabeledData, list_inputs, load_data
+from headstart.data import UNLABELLED, LabeledData, list_inputs, load_data, resolve_augment
 from headstart.errors import ConfigError, DataError
 from headstart.options import AdaptOptions
 
@@ -235,6 +235,8 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     if options.coral_weight < 0:
         raise ConfigError(f"--coral-weight must be >= 0 (got {options.coral_weight})")
     config = options.train_config()
+    # --augment auto: light for the strategies that train the backbone (as fit)
+    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
     out = prepare_out(options.out or _default_out("adapt"), overwrite=options.overwrite)
     check_options(options)
     data = load_training_data(options)

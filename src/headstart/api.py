@@ -34,6 +34,7 @@ from headstart.data import (
     list_inputs,
     load_data,
     make_transform,
+    resolve_augment,
     stratified_split,
 )
 from headstart.determinism import EpochBatchSampler, SeededDataset, set_deterministic
@@ -239,6 +240,7 @@ class Trained:
     speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
     adapter: Any = None  # lora: the trained adapter (merged into the model already)
     max_length: int | None = None  # texts: the truncation length used
+    augmentation: dict[str, Any] | None = None  # what --augment asked for and what was applied
 
 
 def check_options(options: FitOptions) -> None:
@@ -295,6 +297,8 @@ def _train_on(
 ) -> Trained:
     t_start = time.perf_counter()
     config = options.train_config()
+    requested_augment = options.augment
+    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
     if options.deterministic:
         set_deterministic()
     generator = seed_everything(options.seed)
@@ -441,6 +445,7 @@ def _train_on(
     }
     timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
     speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
+    augmentation = _augmentation(requested_augment, options.augment, feature_cache, source)
     return Trained(
         model,
         source,
@@ -452,7 +457,36 @@ def _train_on(
         speed=speed,
         adapter=adapter,
         max_length=max_length,
+        augmentation=augmentation,
     )
+
+
+def _augmentation(
+    requested: str, resolved: str, feature_cache: dict[str, Any], source: Source
+) -> dict[str, Any]:
+    """What ``--augment`` asked for, the augmentation the training inputs really got, and
+    why (``headstart.json``, report.md and compare say it)."""
+    if source.text is not None:
+        return {"requested": requested, "applied": "none", "why": "texts are not augmented"}
+    views = int(feature_cache.get("views", 0)) if feature_cache.get("used") else 0
+    if resolved != "none" and feature_cache.get("used") and views == 0:
+        applied, why = (
+            "none",
+            f"the feature cache holds features of un-augmented images (--augment {requested} "
+            "is not applied; --feature-cache-views K caches K augmented views)",
+        )
+    elif resolved != "none" and views:
+        applied, why = f"{resolved}, {views} cached view(s)", "--feature-cache-views"
+    elif requested == "auto":
+        applied = resolved
+        why = (
+            "--augment auto: linear evaluation fits the head on un-augmented images"
+            if resolved == "none"
+            else "--augment auto: light when the backbone trains"
+        )
+    else:
+        applied, why = resolved, f"--augment {requested}"
+    return {"requested": requested, "applied": applied, "why": why}
 
 
 DEFAULT_MAX_LENGTH = 128  # tokens: a few sentences; --max-length changes it
@@ -643,6 +677,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
         "feature_cache": trained.feature_cache,
+        "augmentation": trained.augmentation,
         "accel": trained.speed,
     }
     rows = trained.history.rows()

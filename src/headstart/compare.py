@@ -58,6 +58,7 @@ class FoldScore:
     labels_per_class: float = 0.0  # mean training labels per class
     chosen: str = ""  # for auto: the concrete strategy the recommendation picked
     case: str = ""  # for auto: the case it named, e.g. "small + similar"
+    augment: str = ""  # the training augmentation applied (--augment auto: per strategy)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,7 @@ class StrategySummary:
     ci_low: float
     ci_high: float
     chosen: tuple[str, ...] = ()  # for auto: the strategy picked in each fold, in order
+    augment: str = ""  # the training augmentation applied in its folds ("none", "light")
 
 
 @dataclass
@@ -179,6 +181,7 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
                 ci_low=low,
                 ci_high=high,
                 chosen=tuple(r.chosen for r in rows) if any(r.chosen for r in rows) else (),
+                augment=" / ".join(dict.fromkeys(r.augment for r in rows if r.augment)),
             )
         )
     return out
@@ -272,6 +275,7 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
                             labels_per_class=per_class,
                             chosen=chosen,
                             case=case,
+                            augment=(trained.augmentation or {}).get("applied", ""),
                         )
                     )
                     log.info(
@@ -335,6 +339,12 @@ def auto_choices(summary: list[StrategySummary]) -> list[str]:
     return lines
 
 
+def augmentation_line(summary: list[StrategySummary]) -> list[str]:
+    """Which training augmentation each strategy's folds got (--augment auto differs)."""
+    used = [f"{s.strategy} {s.augment}" for s in summary if s.augment]
+    return [f"training augmentation: {', '.join(used)}"] if used else []
+
+
 def format_table(summary: list[StrategySummary]) -> str:
     best = summary[0].strategy
     lines = [
@@ -350,7 +360,7 @@ def format_table(summary: list[StrategySummary]) -> str:
             f"{s.strategy:<12} {s.mean:>8.3f} +- {s.std:.3f} {s.f1_mean:>9.3f} {vs:>26} "
             f"{s.seconds:>7.1f}"
         )
-    return "\n".join(lines + auto_choices(summary))
+    return "\n".join(lines + auto_choices(summary) + augmentation_line(summary))
 
 
 def _markdown(result: CompareResult, options: CompareOptions) -> str:
@@ -377,7 +387,10 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
             f"{s.seconds:.1f} |"
         )
-    lines += ["", *[f"- {line}" for line in auto_choices(result.summary)]]
+    lines += [
+        "",
+        *[f"- {line}" for line in auto_choices(result.summary) + augmentation_line(result.summary)],
+    ]
     lines += ["", _verdict(result), ""]
     if result.data_checks:
         lines += ["## Data checks", "", *check_lines(result.data_checks), ""]

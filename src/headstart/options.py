@@ -70,7 +70,11 @@ class FitOptions:
         "stop after this many epochs without a better validation accuracy", default=None
     )
     select: str = _opt("keep the 'best' epoch on validation or the 'last'", default="best")
-    augment: str = _opt("training augmentation: light or none", default="light")
+    augment: str = _opt(
+        "training augmentation: auto (none for linear, as in linear evaluation; light for "
+        "the strategies that train the backbone), light or none",
+        default="auto",
+    )
     image_size: int | None = _opt("override the source's input size (square)", default=None)
     arch: str | None = _opt(
         "architecture of a file: source that does not record it, e.g. timm:resnet18", default=None
@@ -86,7 +90,7 @@ class FitOptions:
         default=True,
     )
     feature_cache_views: int = _opt(
-        "with --augment light and the feature cache: cache K augmented views of each "
+        "with linear, --augment light and the feature cache: cache K augmented views of each "
         "training image (epoch e uses view e mod K); 0: the head trains on un-augmented "
         "features",
         default=0,

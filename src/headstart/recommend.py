@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from headstart.data import LabeledData
+from headstart.data import AUTO_AUGMENT, LabeledData, resolve_augment
 from headstart.options import FitOptions
 from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
@@ -118,6 +118,8 @@ class Recommendation:
     reasons: list[str]
     measurements: Measurements
     head_epochs: int = 0
+    # the training augmentation --augment auto gives the strategy (none for linear)
+    augment: str = "light"
 
     def options(self) -> dict[str, Any]:
         """The fit options this recommendation sets (``dataclasses.replace`` them in)."""
@@ -144,7 +146,8 @@ class Recommendation:
         lines = [
             f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
             f"--backbone-lr-mult {self.backbone_lr_mult:g}"
-            + (f" --head-epochs {self.head_epochs}" if self.head_epochs else ""),
+            + (f" --head-epochs {self.head_epochs}" if self.head_epochs else "")
+            + f" (augmentation: {self.augment})",
             f"  size: {m.n_items} labelled examples, {m.n_classes} classes, "
             f"{m.min_per_class}-{m.median_per_class:g} per class (min-median), "
             f"{m.examples_per_param:.2g} examples per trainable parameter",
@@ -407,6 +410,7 @@ def decide(
         head_epochs=head,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
+        augment=resolve_augment(AUTO_AUGMENT, strategy),
     )
 
 

@@ -140,6 +140,12 @@ def check_lines(checks: dict[str, Any] | None) -> list[str]:
     return lines
 
 
+def _augmentation_lines(aug: dict[str, Any] | None) -> list[str]:
+    if not aug:
+        return []
+    return [f"- training augmentation: {aug['applied']} ({aug['why']})"]
+
+
 def _input_line(meta: dict[str, Any]) -> str:
     text = meta.get("text")
     if text:  # a text model: tokens, not pixels
@@ -180,6 +186,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"- head: new Linear({src['feature_dim']}, {len(meta['classes'])}) at lr "
         f"{plan['head_lr']:g}",
         f"- BatchNorm: {plan['bn_mode']}",
+        *_augmentation_lines(meta.get("augmentation")),
         "",
         *_recommendation_lines(meta.get("recommendation")),
         "## Data",
