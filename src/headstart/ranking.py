@@ -268,6 +268,21 @@ def _folds(data: LabeledData, folds: int, seed: int) -> list[tuple[np.ndarray, n
     return list(splitter.split(data.targets, data.targets))
 
 
+def validation_epochs(options: RankOptions, splits: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """``--epochs``, raised where needed so that every fold's fine-tuning takes at least
+    ``MIN_STEPS`` optimizer steps (the count below which ``fit`` warns that a new head
+    may not converge): with 5 images per class a fold's training part is one batch, and
+    ten epochs would be ten steps, a measure of how far each candidate got in ten steps
+    rather than of what fine-tuning it gives."""
+    from headstart.api import MIN_STEPS
+
+    smallest = min(len(train) for train, _ in splits)
+    rest = smallest % options.batch_size
+    # as the training loader counts them: a last batch of one example is dropped
+    batches = smallest // options.batch_size + (1 if rest >= 2 or smallest < 2 else 0)
+    return max(options.epochs, math.ceil(MIN_STEPS / max(batches, 1)))
+
+
 def _finetune(
     result: CandidateResult,
     data: LabeledData,
@@ -283,6 +298,11 @@ def _finetune(
         select="last",  # picking the best epoch on the held-out fold would flatter it
         patience=None,
     )
+    if result.weights == "none":
+        # A random backbone has nothing to preserve: it trains at the head's rate, as
+        # `fit --strategy scratch` would train it, not at the slower rate that protects
+        # pretrained weights (which would handicap the random baseline).
+        fold_options = replace(fold_options, backbone_lr_mult=1.0)
     t0 = time.perf_counter()
     for fold, (train_idx, test_idx) in enumerate(splits):
         trained = train_on(
@@ -338,7 +358,7 @@ def kendall_taus(candidates: list[CandidateResult], methods: list[str]) -> dict[
 def rank_sources(options: RankOptions) -> RankResult:
     """Score every candidate of ``options.sources`` on ``options.data``; with
     ``options.validate`` also fine-tune each and compare the orders."""
-    from headstart.api import load_training_data
+    from headstart.api import MIN_STEPS, load_training_data
 
     t_start = time.perf_counter()
     if not options.data:
@@ -378,13 +398,22 @@ def rank_sources(options: RankOptions) -> RankResult:
 
     validation = None
     if options.validate:
+        epochs = validation_epochs(options, splits)
+        if epochs > options.epochs:
+            notes.append(
+                f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
+                f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
+                "optimizer steps"
+            )
         for r in results:
-            _finetune(r, data, options, splits)
+            _finetune(r, data, replace(options, epochs=epochs), splits)
         scoring_s = sum(r.scoring_s for r in results)
         finetune_s = sum(r.finetune_s or 0.0 for r in results)
         validation = {
             "strategy": options.strategy,
-            "epochs": options.epochs,
+            "epochs": epochs,
+            "min_steps": MIN_STEPS,
+            "random_backbone_lr_mult": 1.0,
             "folds": len(splits),
             "kendall_tau": kendall_taus(results, methods),
             "scoring_s": scoring_s,
@@ -441,7 +470,8 @@ def format_rank(result: RankResult) -> str:
     if v is not None:
         lines.append(
             f"validation: {v['strategy']} fine-tuning, {v['epochs']} epochs, accuracy on the "
-            f"held-out fold of {v['folds']}-fold cross-validation"
+            f"held-out folds of {v['folds']}-fold cross-validation (a random candidate's "
+            "backbone trains at the head's rate)"
         )
         for m, t in v["kendall_tau"].items():
             if t["tau"] is None:
