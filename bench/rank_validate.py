@@ -192,6 +192,9 @@ def main() -> None:
                 "scoring_s": round(v["scoring_s"], 2),
                 "finetune_s": round(v["finetune_s"], 1),
                 "ratio": round(v["ratio"], 4),
+                "scoring_cpu_s": round(v["scoring_cpu_s"], 2),
+                "finetune_cpu_s": round(v["finetune_cpu_s"], 1),
+                "cpu_ratio": round(v["cpu_ratio"], 4),
                 "matched_pretrain_s": round(matched_s, 1),
                 "rank_wall_s": round(time.perf_counter() - t0, 1),
             }
@@ -200,6 +203,8 @@ def main() -> None:
     taus = {m: [r["kendall_tau"][m] for r in runs] for m in runs[0]["kendall_tau"]}
     scoring = sum(r["scoring_s"] for r in runs)
     finetune = sum(r["finetune_s"] for r in runs)
+    scoring_cpu = sum(r["scoring_cpu_s"] for r in runs)
+    finetune_cpu = sum(r["finetune_cpu_s"] for r in runs)
     print(
         json.dumps(
             {
@@ -225,6 +230,8 @@ def main() -> None:
                 "finetune_s": round(finetune, 1),
                 "ratio": round(scoring / finetune, 4),
                 "max_ratio": max(r["ratio"] for r in runs),
+                "cpu_ratio": round(scoring_cpu / finetune_cpu, 4),
+                "max_cpu_ratio": max(r["cpu_ratio"] for r in runs),
             }
         )
     )
