@@ -240,10 +240,25 @@ def test_validation_epochs_give_every_fold_at_least_min_steps(
     assert validation_epochs(options, splits) == want
 
 
-def test_the_matched_sources_pretraining_set_is_disjoint_from_the_target_sample() -> None:
-    """What bench/rank_validate.py and the acceptance test pre-train the well-matched
-    source on (split=rest of all ten digits) never holds an image of the target sample."""
+def test_the_matched_sources_pretraining_set_is_disjoint_from_the_target_sample(
+    tmp_path: Path,
+) -> None:
+    """What bench/rank_validate.py (and the acceptance test) pre-train the well-matched
+    source on never holds an image of the target sample: on digits, split=rest of all
+    ten digits; on digits-M, files written from the complementary indices, the target's
+    being the very images builtin:digits picks for that sample."""
     from headstart.data import load_data
+
+    target_m, matched_m = _bench().write_digits_m(tmp_path, per_class=5, seed=2)
+    in_target = {p.stem for p in target_m.rglob("*.png")}
+    in_matched = {p.stem for p in matched_m.rglob("*.png")}
+    assert len(in_target) == 25 and len(in_matched) == 1797 - 50
+    assert not in_target & in_matched
+    sample = load_data("builtin:digits?classes=5-9&per_class=5&seed=2")
+    from sklearn.datasets import load_digits
+
+    scaled = np.clip(np.round(load_digits().images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    assert {i.tobytes() for i in sample.items} == {scaled[int(k)].tobytes() for k in in_target}
 
     target = load_data("builtin:digits?classes=5-9&per_class=20&seed=3")
     rest = load_data("builtin:digits?classes=0-9&per_class=20&seed=3&split=rest")
