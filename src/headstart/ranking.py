@@ -14,7 +14,11 @@ seconds each took, best first by the first method asked for.
 (``train_on``, the same machinery as ``fit`` and ``compare``) on stratified k folds of the
 same data and scored on the held-out fold; Kendall's tau between each score and that
 accuracy says whether the score orders the candidates as fine-tuning does, and the
-seconds spent scoring and fine-tuning say what the shortcut saves.
+seconds (wall and CPU) spent scoring and fine-tuning say what the shortcut saves.  Each
+candidate is fine-tuned as a user would fit it: a pretrained backbone at
+``--backbone-lr-mult`` x the rate, a random (``@none``) one at the full rate, as
+``--strategy scratch`` trains it; and for at least ``MIN_STEPS`` optimizer steps per
+fold (:func:`validation_epochs`), so that a tiny fold is not judged after a few steps.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ __all__ = [
     "CandidateResult",
     "RankResult",
     "format_rank",
+    "kendall_taus",
     "parse_candidates",
     "parse_methods",
     "rank_sources",
+    "validation_epochs",
 ]
 
 log = logging.getLogger(__name__)
