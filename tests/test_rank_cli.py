@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from headstart.errors import ConfigError, SourceError, WeightsError
 from headstart.options import RankOptions
@@ -23,9 +22,6 @@ from headstart.ranking import (
     rank_sources,
 )
 from tests.conftest import run_cli
-
-TARGET = "builtin:digits?classes=5-9&per_class=20"
-
 
 # --------------------------------------------------------------------------- parsing
 
@@ -178,50 +174,152 @@ def test_rank_cli_errors_are_one_line(digits_folder: Path, args: list[str], matc
     assert line.startswith("headstart: error:") and match in line
 
 
+def test_validate_trains_a_random_candidate_at_the_heads_rate(
+    digits_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random backbone has nothing to protect: --validate trains it as scratch would
+    (backbone at the head's rate); a pretrained one at --backbone-lr-mult, on the same
+    folds, and each fold's held-out accuracy is what the candidate gets."""
+    from types import SimpleNamespace
+
+    import headstart.api
+
+    calls: list[tuple[str, float, int, int, int]] = []
+    real = headstart.api.train_on
+
+    def fake_train_on(options: Any, train: Any, held_out: Any, **kw: Any) -> Any:
+        if options.strategy == "scratch":  # digits-cnn's default weights, made on first use
+            return real(options, train, held_out, **kw)
+        calls.append(
+            (options.weights, options.backbone_lr_mult, options.epochs, len(train), len(held_out))
+        )
+        return SimpleNamespace(metrics={"val_acc": 0.5 if options.weights == "none" else 0.75})
+
+    monkeypatch.setattr(headstart.api, "train_on", fake_train_on)
+    result = rank_sources(
+        RankOptions(
+            data=str(digits_folder),
+            sources="builtin:digits-cnn,builtin:digits-cnn@none",
+            method="logme",
+            validate=True,
+            folds=4,
+            backbone_lr_mult=0.2,
+            progress=False,
+        )
+    )
+    assert [(w, m) for w, m, *_ in calls] == [("default", 0.2)] * 4 + [("none", 1.0)] * 4
+    # 36 items: 27 to train on, one batch of 32, so 10 epochs would be 10 steps; 50 it is
+    assert {tuple(c[2:]) for c in calls} == {(50, 27, 9)}
+    acc = {c.weights: c.accuracy for c in result.candidates}
+    assert acc == {"default": 0.75, "none": 0.5}
+    v = result.validation
+    assert v is not None and (v["folds"], v["epochs"]) == (4, 50)
+    assert any("50 epochs, not --epochs 10" in n for n in result.notes)
+    assert "backbone trains at the head's rate" in format_rank(result)
+
+
+@pytest.mark.parametrize(
+    ("n_train", "batch_size", "epochs", "want"),
+    [
+        (20, 32, 10, 50),  # one batch an epoch
+        (80, 32, 10, 17),  # 3 batches: 17 epochs are 51 steps
+        (65, 32, 10, 25),  # 2 batches: the 65th example alone would be dropped
+        (400, 32, 10, 10),  # 13 batches: --epochs already gives 130 steps
+        (40, 8, 30, 30),
+    ],
+)
+def test_validation_epochs_give_every_fold_at_least_min_steps(
+    n_train: int, batch_size: int, epochs: int, want: int
+) -> None:
+    from headstart.api import MIN_STEPS
+    from headstart.ranking import validation_epochs
+
+    assert MIN_STEPS == 50
+    splits = [(np.arange(n_train), np.arange(5)), (np.arange(n_train + 3), np.arange(5))]
+    options = RankOptions(epochs=epochs, batch_size=batch_size)
+    assert validation_epochs(options, splits) == want
+
+
+def test_the_matched_sources_pretraining_set_is_disjoint_from_the_target_sample(
+    tmp_path: Path,
+) -> None:
+    """What bench/rank_validate.py (and the acceptance test) pre-train the well-matched
+    source on never holds an image of the target sample: on digits, split=rest of all
+    ten digits; on digits-M, files written from the complementary indices, the target's
+    being the very images builtin:digits picks for that sample."""
+    from headstart.data import load_data
+
+    target_m, matched_m = _bench().write_digits_m(tmp_path, per_class=5, seed=2)
+    in_target = {p.stem for p in target_m.rglob("*.png")}
+    in_matched = {p.stem for p in matched_m.rglob("*.png")}
+    assert len(in_target) == 25 and len(in_matched) == 1797 - 50
+    assert not in_target & in_matched
+    sample = load_data("builtin:digits?classes=5-9&per_class=5&seed=2")
+    from sklearn.datasets import load_digits
+
+    scaled = np.clip(np.round(load_digits().images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    assert {i.tobytes() for i in sample.items} == {scaled[int(k)].tobytes() for k in in_target}
+
+    target = load_data("builtin:digits?classes=5-9&per_class=20&seed=3")
+    rest = load_data("builtin:digits?classes=0-9&per_class=20&seed=3&split=rest")
+    seen = {item.tobytes() for item in rest.items}
+    assert len(rest) == 1797 - 200
+    # (scikit-learn's digits hold a few exact duplicates; none of them is in this sample)
+    assert not any(item.tobytes() in seen for item in target.items)
+
+
 # --------------------------------------------------------------------------- acceptance
 
 
-def _photo_patches(root: Path, *, per_class: int, seed: int = 0) -> Path:
-    """An unrelated source task: which of scikit-learn's two sample photographs an 8x8
-    grayscale patch comes from (texture and tone; nothing about pen strokes)."""
-    from sklearn.datasets import load_sample_images
+def _bench() -> Any:
+    """bench/rank_validate.py, whose candidates and target this test shares."""
+    import importlib.util
 
-    rng = np.random.default_rng(seed)
-    for name, photo in zip(("china", "flower"), load_sample_images().images, strict=True):
-        gray = np.asarray(Image.fromarray(photo).convert("L"))
-        (root / name).mkdir(parents=True)
-        for i in range(per_class):
-            y = int(rng.integers(0, gray.shape[0] - 32))
-            x = int(rng.integers(0, gray.shape[1] - 32))
-            patch = Image.fromarray(gray[y : y + 32, x : x + 32]).resize((8, 8), Image.BILINEAR)
-            patch.save(root / name / f"{i:03d}.png")
-    return root
+    path = Path(__file__).parents[1] / "bench" / "rank_validate.py"
+    spec = importlib.util.spec_from_file_location("rank_validate_bench", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.slow
 def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> None:
-    """Well-matched (digits 0-4) > random init > unrelated (photo patches) after
-    fine-tuning on digits 5-9, LogME says the same, and scoring costs < 5% of training."""
-    patches = _photo_patches(tmp_path / "patches", per_class=300)
+    """bench/rank_validate.py's candidates on its digits-M target (10 per class, seed 1),
+    pre-trained more briefly than the bench does: a source pre-trained on other blended
+    digits (well matched) > the same network at random > one pre-trained on photo
+    patches (unrelated) after fine-tuning, by 5+ images each; every score puts the
+    matched source first; tau is printed per method; scoring costs < 5% of the
+    fine-tuning's CPU time.  (That LogME also orders random above unrelated is not
+    asserted: in the bench it does so in 2 of 5 samples.)"""
+    bench = _bench()
+    target, matched = bench.write_digits_m(tmp_path / "digits-m", per_class=10, seed=1)
+    patches = bench.write_photo_patches(tmp_path / "patches", per_class=100)
+    for name, data in (("matched", matched), ("unrelated", patches)):
+        res = run_cli(
+            "pretrain", data, "--source", "builtin:digits-cnn", "--epochs", "6",
+            "--label-smoothing", "0.1", "--out", tmp_path / name, "-q",
+        )  # fmt: skip
+        assert res.code == 0, res.stderr
+    sources = [f"file:{tmp_path / 'matched'}", "builtin:digits-cnn@none"]
+    sources.append(f"file:{tmp_path / 'unrelated'}")
     res = run_cli(
-        "pretrain", patches, "--source", "builtin:digits-cnn", "--epochs", "10",
-        "--out", tmp_path / "unrelated", "-q",
-    )  # fmt: skip
-    assert res.code == 0, res.stderr
-    res = run_cli(
-        "rank", TARGET,
-        "--sources", f"builtin:digits-cnn,builtin:digits-cnn@none,file:{tmp_path / 'unrelated'}",
-        "--method", "logme,knn", "--validate", "--epochs", "30", "--lr", "3e-3",
-        "--folds", "3", "--json",
+        "rank", target, "--sources", ",".join(sources), "--method", "logme,knn,probe",
+        "--validate", "--seed", "1", "--json",
     )  # fmt: skip
     assert res.code == 0, res.stderr
     out = res.json()
     by_acc = sorted(out["candidates"], key=lambda c: -c["accuracy"])
-    assert [c["weights"] for c in by_acc][:2] == ["default", "none"]
-    assert by_acc[2]["source"].startswith("file:")
-    assert [c["candidate"] for c in out["candidates"]] == [c["candidate"] for c in by_acc]
+    assert [c["candidate"] for c in by_acc] == sources
+    assert by_acc[0]["accuracy"] - by_acc[1]["accuracy"] >= 0.1  # not fold noise: 5+ images
+    assert by_acc[1]["accuracy"] - by_acc[2]["accuracy"] >= 0.1
+    for method in ("logme", "knn", "linear-probe"):
+        best = max(out["candidates"], key=lambda c: c["scores"][method]["value"])
+        assert best["candidate"] == sources[0], method
     v = out["validation"]
-    assert v["kendall_tau"]["logme"]["tau"] == pytest.approx(1.0)
-    assert v["ratio"] <= 0.05, (v["scoring_s"], v["finetune_s"])
-    assert "Kendall's tau, logme vs accuracy: +1.00" in res.stderr
-    assert "scoring costs" in res.stderr
+    assert (v["folds"], v["epochs"]) == (5, 25)  # 40 images a fold: 2 batches, 50 steps
+    assert v["kendall_tau"]["logme"]["tau"] > 0
+    assert v["cpu_ratio"] <= 0.05, (v["scoring_cpu_s"], v["finetune_cpu_s"])
+    for method in ("logme", "knn", "linear-probe"):
+        assert f"Kendall's tau, {method} vs accuracy: +" in res.stderr
+    assert "scoring costs" in res.stderr and "CPU time" in res.stderr

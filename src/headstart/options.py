@@ -325,9 +325,13 @@ class RankOptions(FitOptions):
         "each score and the held-out accuracy, and the seconds of both",
         default=False,
     )
-    folds: int = _opt("stratified folds for --validate", default=3)
+    folds: int = _opt("stratified folds for --validate", default=5)
     strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
-    epochs: int = _opt("training epochs of each --validate fine-tuning", default=10)
+    epochs: int = _opt(
+        "training epochs of each --validate fine-tuning (more on small folds: at least 50 "
+        "optimizer steps)",
+        default=10,
+    )
     # Each fold's held-out part is the validation set, and the last epoch is scored.
     val_fraction: float = _opt("", default=0.0, cli=False)
     select: str = _opt("", default="last", cli=False)

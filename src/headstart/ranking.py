@@ -14,7 +14,11 @@ seconds each took, best first by the first method asked for.
 (``train_on``, the same machinery as ``fit`` and ``compare``) on stratified k folds of the
 same data and scored on the held-out fold; Kendall's tau between each score and that
 accuracy says whether the score orders the candidates as fine-tuning does, and the
-seconds spent scoring and fine-tuning say what the shortcut saves.
+seconds (wall and CPU) spent scoring and fine-tuning say what the shortcut saves.  Each
+candidate is fine-tuned as a user would fit it: a pretrained backbone at
+``--backbone-lr-mult`` x the rate, a random (``@none``) one at the full rate, as
+``--strategy scratch`` trains it; and for at least ``MIN_STEPS`` optimizer steps per
+fold (:func:`validation_epochs`), so that a tiny fold is not judged after a few steps.
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ __all__ = [
     "CandidateResult",
     "RankResult",
     "format_rank",
+    "kendall_taus",
     "parse_candidates",
     "parse_methods",
     "rank_sources",
+    "validation_epochs",
 ]
 
 log = logging.getLogger(__name__)
@@ -139,6 +145,10 @@ class CandidateResult:
     # with --validate: held-out accuracy after fine-tuning, per fold, and the seconds
     fold_accuracies: list[float] = field(default_factory=list)
     finetune_s: float | None = None
+    # CPU seconds of this process (all threads) over the scoring and the fine-tuning: on
+    # a shared machine the wall clock of a sub-second step moves with what else runs
+    scoring_cpu_s: float = 0.0
+    finetune_cpu_s: float | None = None
 
     @property
     def scoring_s(self) -> float:
@@ -161,6 +171,8 @@ class CandidateResult:
             "accuracy": self.accuracy,
             "fold_accuracies": self.fold_accuracies,
             "finetune_s": self.finetune_s,
+            "scoring_cpu_s": self.scoring_cpu_s,
+            "finetune_cpu_s": self.finetune_cpu_s,
         }
 
 
@@ -217,6 +229,7 @@ def _score_candidate(
         replace(options, source=candidate.source, weights=candidate.weights), scratch=False
     )
     need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     features = extract_features(
         source,
@@ -249,6 +262,7 @@ def _score_candidate(
         scores=scores,
         features_s=features_s,
         feature_dim=features.dim,
+        scoring_cpu_s=time.process_time() - cpu0,
     )
 
 
@@ -268,6 +282,21 @@ def _folds(data: LabeledData, folds: int, seed: int) -> list[tuple[np.ndarray, n
     return list(splitter.split(data.targets, data.targets))
 
 
+def validation_epochs(options: RankOptions, splits: list[tuple[np.ndarray, np.ndarray]]) -> int:
+    """``--epochs``, raised where needed so that every fold's fine-tuning takes at least
+    ``MIN_STEPS`` optimizer steps (the count below which ``fit`` warns that a new head
+    may not converge): with 5 images per class a fold's training part is one batch, and
+    ten epochs would be ten steps, a measure of how far each candidate got in ten steps
+    rather than of what fine-tuning it gives."""
+    from headstart.api import MIN_STEPS
+
+    smallest = min(len(train) for train, _ in splits)
+    rest = smallest % options.batch_size
+    # as the training loader counts them: a last batch of one example is dropped
+    batches = smallest // options.batch_size + (1 if rest >= 2 or smallest < 2 else 0)
+    return max(options.epochs, math.ceil(MIN_STEPS / max(batches, 1)))
+
+
 def _finetune(
     result: CandidateResult,
     data: LabeledData,
@@ -283,6 +312,12 @@ def _finetune(
         select="last",  # picking the best epoch on the held-out fold would flatter it
         patience=None,
     )
+    if result.weights == "none":
+        # A random backbone has nothing to preserve: it trains at the head's rate, as
+        # `fit --strategy scratch` would train it, not at the slower rate that protects
+        # pretrained weights (which would handicap the random baseline).
+        fold_options = replace(fold_options, backbone_lr_mult=1.0)
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     for fold, (train_idx, test_idx) in enumerate(splits):
         trained = train_on(
@@ -292,6 +327,7 @@ def _finetune(
         )
         result.fold_accuracies.append(float(trained.metrics["val_acc"]))
     result.finetune_s = time.perf_counter() - t0
+    result.finetune_cpu_s = time.process_time() - cpu0
     log.info(
         "%s: fine-tuned (%s, %d epochs) accuracy %.3f over %d folds (%.1fs)",
         result.candidate,
@@ -338,7 +374,7 @@ def kendall_taus(candidates: list[CandidateResult], methods: list[str]) -> dict[
 def rank_sources(options: RankOptions) -> RankResult:
     """Score every candidate of ``options.sources`` on ``options.data``; with
     ``options.validate`` also fine-tune each and compare the orders."""
-    from headstart.api import load_training_data
+    from headstart.api import MIN_STEPS, load_training_data
 
     t_start = time.perf_counter()
     if not options.data:
@@ -378,18 +414,32 @@ def rank_sources(options: RankOptions) -> RankResult:
 
     validation = None
     if options.validate:
+        epochs = validation_epochs(options, splits)
+        if epochs > options.epochs:
+            notes.append(
+                f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
+                f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
+                "optimizer steps"
+            )
         for r in results:
-            _finetune(r, data, options, splits)
+            _finetune(r, data, replace(options, epochs=epochs), splits)
         scoring_s = sum(r.scoring_s for r in results)
         finetune_s = sum(r.finetune_s or 0.0 for r in results)
+        scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
+        finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
         validation = {
             "strategy": options.strategy,
-            "epochs": options.epochs,
+            "epochs": epochs,
+            "min_steps": MIN_STEPS,
+            "random_backbone_lr_mult": 1.0,
             "folds": len(splits),
             "kendall_tau": kendall_taus(results, methods),
             "scoring_s": scoring_s,
             "finetune_s": finetune_s,
             "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
+            "scoring_cpu_s": scoring_cpu_s,
+            "finetune_cpu_s": finetune_cpu_s,
+            "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
         }
     results.sort(key=_sort_key(methods[0]))
     timings = {
@@ -441,7 +491,8 @@ def format_rank(result: RankResult) -> str:
     if v is not None:
         lines.append(
             f"validation: {v['strategy']} fine-tuning, {v['epochs']} epochs, accuracy on the "
-            f"held-out fold of {v['folds']}-fold cross-validation"
+            f"held-out folds of {v['folds']}-fold cross-validation (a random candidate's "
+            "backbone trains at the head's rate)"
         )
         for m, t in v["kendall_tau"].items():
             if t["tau"] is None:
@@ -452,8 +503,10 @@ def format_rank(result: RankResult) -> str:
                     f"{len(result.candidates)} candidates)"
                 )
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.1%}"
+        cpu_ratio = "-" if v.get("cpu_ratio") is None else f"{v['cpu_ratio']:.1%}"
         lines.append(
             f"  time: scoring all {v['scoring_s']:.1f}s, fine-tuning all {v['finetune_s']:.1f}s "
-            f"(scoring costs {ratio} of fine-tuning)"
+            f"(scoring costs {ratio} of fine-tuning); CPU time {v['scoring_cpu_s']:.1f}s vs "
+            f"{v['finetune_cpu_s']:.1f}s ({cpu_ratio})"
         )
     return "\n".join(lines)
