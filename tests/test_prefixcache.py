@@ -130,6 +130,18 @@ def test_too_large_for_the_cap_runs_every_epoch_and_says_why(
         assert torch.equal(value, run.model.state_dict()[key]), key
 
 
+def test_too_large_for_memory_runs_every_epoch_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import headstart.headtrain as headtrain
+
+    monkeypatch.setattr(headtrain, "memory_limit", lambda: 100 * 1024)
+    run = fit(_options(tmp_path, "big", epochs=1))
+    info = _info(run.run_dir)
+    assert info["used"] is False and "memory" in str(info["reason"])
+    assert list_features(tmp_path / "cache") == []
+
+
 class _Skip(nn.Module):
     """stem (two convolutions) -> drop -> block, plus optionally a skip from inside the
     frozen stem to the end (across any cut after the stem)."""

@@ -25,8 +25,8 @@ first K stages, cut where :func:`headstart.prefix.find_split` finds they end) is
 and each epoch runs only the trainable stages and the head on it
 (:class:`headstart.prefix.PrefixModel`, whose state dict is the whole target model's).
 Prefix feature maps are large: their size is estimated before anything is computed, and
-when it would pass the cache's cap (``$HEADSTART_FEATURE_CACHE_GB``) or half the
-machine's memory the fit runs the frozen stages every epoch instead, saying why.
+when it would pass the cache's cap (``$HEADSTART_FEATURE_CACHE_GB``) or a quarter of
+the machine's memory the fit runs the frozen stages every epoch instead, saying why.
 """
 
 from __future__ import annotations
@@ -294,9 +294,10 @@ def _fallback(reason: str) -> FeatureLoaders:
 
 
 def memory_limit() -> int:
-    """Half the machine's physical memory (the cached features are read into it)."""
+    """A quarter of the machine's physical memory: the features are held in memory while
+    training, and filling the cache briefly holds a second copy."""
     try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
     except (ValueError, OSError, AttributeError):
         return 4 * 2**30
 
@@ -323,7 +324,8 @@ def _too_big(
     if need > memory:
         return (
             f"the frozen stages' outputs ({shape} floats per image) would take {gb(need)}, "
-            f"over half this machine's memory ({gb(memory)})"
+            f"over a quarter of this machine's memory ({gb(memory)}), which holds them while "
+            "training"
         )
     return ""
 
