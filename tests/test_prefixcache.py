@@ -229,3 +229,24 @@ def test_interrupted_cached_partial_fit_resumes_bit_identical(
     assert [r["val_loss"] for r in resumed.history.rows()] == [
         r["val_loss"] for r in whole.history.rows()
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("spec", "cuts"),
+    [
+        ("timm:resnet18", {1: ("maxpool", [64, 8, 8]), 3: ("layer2", [128, 4, 4])}),
+        ("timm:vit_tiny_patch16_224", {1: ("norm_pre", [5, 192]), 3: ("blocks.1", [5, 192])}),
+    ],
+)
+def test_zoo_backbones_are_cut_after_their_frozen_stages(
+    spec: str, cuts: dict[int, tuple[str, list[int]]]
+) -> None:
+    from headstart.sources.base import BuildOptions, build_source
+
+    source = build_source(spec, weights="none", options=BuildOptions(image_size=32))
+    for k, (boundary, shape) in cuts.items():
+        plan = make_plan(f"partial:{k}", source.stage_names)
+        split = find_split(TargetModel(source.backbone, 3), plan, source.preprocessing.input_size)
+        assert isinstance(split, Split), split
+        assert (split.boundary, list(split.item_shape)) == (boundary, shape)
