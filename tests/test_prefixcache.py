@@ -16,6 +16,7 @@ from torch import nn
 import headstart.train as train_module
 from headstart.api import FitOptions, evaluate, fit
 from headstart.checkpoint import checkpoint_dir
+from headstart.export import export
 from headstart.featcache import ENV_MAX_GB, list_features
 from headstart.model import TargetModel
 from headstart.plan import Plan, make_plan
@@ -84,6 +85,8 @@ def test_cached_prefix_trains_as_the_per_epoch_loop(tmp_path: Path, strategy: st
     scored = evaluate(cached.run_dir, "builtin:digits?classes=0-2&per_class=20")
     again = evaluate(plain.run_dir, "builtin:digits?classes=0-2&per_class=20")
     assert scored.accuracy == again.accuracy
+    exported = export(cached.run_dir, format="torchscript")
+    assert exported.max_abs_diff < 1e-5
 
 
 def test_each_prefix_is_kept_apart_and_reused(tmp_path: Path) -> None:
@@ -250,3 +253,12 @@ def test_zoo_backbones_are_cut_after_their_frozen_stages(
         split = find_split(TargetModel(source.backbone, 3), plan, source.preprocessing.input_size)
         assert isinstance(split, Split), split
         assert (split.boundary, list(split.item_shape)) == (boundary, shape)
+
+
+def test_lora_on_images_is_not_trained_on_cached_features(tmp_path: Path) -> None:
+    # its adapters sit inside the frozen backbone: cached features would leave them untrained
+    run = fit(_options(tmp_path, "lora", strategy="lora", lora_targets="block3.0", epochs=1))
+    assert _info(run.run_dir) == {
+        "used": False,
+        "reason": "strategy lora trains adapters inside the backbone",
+    }

@@ -147,7 +147,7 @@ def applies(options: Any, plan: Plan) -> tuple[bool, str]:
     if not getattr(options, "feature_cache", True):
         return False, "turned off (--no-feature-cache)"
     if plan.lora is not None:
-        return False, "strategy lora trains adapters inside every stage"
+        return False, "strategy lora trains adapters inside the backbone"
     if plan.reinitialise or not plan.frozen_stages:
         return False, f"strategy {plan.strategy} trains the whole backbone"
     if options.feature_cache_views < 0:
