@@ -262,3 +262,16 @@ def test_lora_on_images_is_not_trained_on_cached_features(tmp_path: Path) -> Non
         "used": False,
         "reason": "strategy lora trains adapters inside the backbone",
     }
+
+
+def test_augmentation_as_for_linear(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    run = fit(_options(tmp_path, "views", augment="light", feature_cache_views=2, epochs=2))
+    info = _info(run.run_dir)
+    assert info["views"] == 2 and info["augmentation_applied"] is True
+    entries = list_features(tmp_path / "cache")
+    assert len(entries) == 3 and all(e.meta["part"]["cut_after"] == "block1" for e in entries)
+    assert sorted(e.meta["view"].get("index", -1) for e in entries) == [-1, 0, 1]
+    with caplog.at_level("INFO", logger="headstart"):
+        plain = fit(_options(tmp_path, "views0", augment="light", epochs=1))
+    assert _info(plain.run_dir)["augmentation_applied"] is False
+    assert "--augment light is not applied" in caplog.text
