@@ -343,6 +343,15 @@ def _train_on(
     speedups = accel.resolve(options, device)
     fit_model: torch.nn.Module = model
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
+    cached = (
+        headtrain.prepare(
+            options, source, plan, model, train_data, val_data, generator=generator, device=device
+        )
+        if use_cache
+        else None
+    )
+    if cached is not None and cached.model is None:  # partial:K: its prefix cannot be cached
+        use_cache, feature_cache = False, cached.info
     max_length: int | None = None
     if source.text is not None:
         assert isinstance(train_data, TextData)
@@ -372,9 +381,8 @@ def _train_on(
             else None
         )
     elif use_cache:
-        cached = headtrain.prepare(
-            options, source, plan, model, train_data, val_data, generator=generator, device=device
-        )
+        assert cached is not None and cached.model is not None
+        assert cached.train_loader is not None
         train_loader, val_loader = cached.train_loader, cached.val_loader
         fit_model, feature_cache = cached.model, cached.info
     else:
@@ -413,7 +421,7 @@ def _train_on(
             config.epochs,
         )
     t_loaded = time.perf_counter()
-    with headtrain.one_thread() if use_cache else contextlib.nullcontext():
+    with headtrain.threads_for(fit_model) if use_cache else contextlib.nullcontext():
         history = train(
             fit_model,  # type: ignore[arg-type]
             plan,

@@ -12,7 +12,12 @@ kept in ``CACHE/features/`` (``CACHE`` is :func:`headstart.weights.cache_dir`):
 An entry without a sidecar, or whose files disagree with it, is never used (and is
 removed when found).  Entries are matched by model key and then by image digest, so one
 entry made for a whole data set serves every cross-validation fold, later runs and
-other strategies on the same backbone.  The folder is kept under a size cap
+other strategies on the same backbone.
+
+``partial:K`` caches the output of the frozen prefix (the first K stages,
+:mod:`headstart.prefix`) the same way: the key then also names the prefix (K, its
+stages and the module whose output is kept), and each row is a flattened feature map
+(``item_shape`` in the sidecar).  The folder is kept under a size cap
 (``$HEADSTART_FEATURE_CACHE_GB``, default 5 GB) by removing the least recently used
 entries.
 """
@@ -151,11 +156,19 @@ def state_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def model_key(source: Source, view: View = EVAL_VIEW, *, weights: str | None = None) -> str:
+def model_key(
+    source: Source,
+    view: View = EVAL_VIEW,
+    *,
+    weights: str | None = None,
+    part: dict[str, Any] | None = None,
+) -> str:
     """What makes two feature matrices interchangeable, hashed.
 
     ``weights`` is :func:`state_digest` of the backbone (computed when not given): the
-    weights themselves, so ``--weights none`` at two seeds are two keys.
+    weights themselves, so ``--weights none`` at two seeds are two keys.  ``part``
+    describes a part of the backbone whose output is cached instead of the whole
+    backbone's (a ``partial:K`` prefix); None for the whole backbone.
     """
     key = {
         "format": FORMAT,
@@ -164,6 +177,7 @@ def model_key(source: Source, view: View = EVAL_VIEW, *, weights: str | None = N
         "weights": weights or state_digest(source.backbone),
         "preprocessing": source.preprocessing.to_dict(),
         "view": view.to_dict(),
+        **({"part": part} if part is not None else {}),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -201,6 +215,7 @@ class FeatureEntry:
             "source": self.meta.get("source"),
             "weights": self.meta.get("weights"),
             "view": self.meta.get("view"),
+            "part": self.meta.get("part"),
             "created": self.meta.get("created"),
             "last_used": self.last_used,
         }
@@ -386,8 +401,13 @@ def extract(
     workers: int = 0,
     progress: bool = False,
     digests: np.ndarray | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    width: int | None = None,
 ) -> np.ndarray:
     """``[N, D]`` float32 outputs of ``source.backbone`` (eval mode, no gradients).
+
+    ``forward`` (with ``width``, its output's size per image) runs instead of the
+    backbone, which is still put in eval mode; each output row is flattened.
 
     The global random state is left as it was, so training afterwards draws the same
     dropout masks and shuffles as it would have without this call.
@@ -411,13 +431,14 @@ def extract(
     )
     backbone = source.backbone
     was_training = backbone.training
-    out = np.empty((len(data), source.feature_dim), dtype=np.float32)
+    run = forward if forward is not None else backbone
+    out = np.empty((len(data), width or source.feature_dim), dtype=np.float32)
     row = 0
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         backbone.to(device).eval()
         try:
             for x, _ in tqdm(loader, desc="features", leave=False, disable=not progress):
-                f = backbone(x.to(device, non_blocking=True)).float().cpu().numpy()
+                f = run(x.to(device, non_blocking=True)).float().flatten(1).cpu().numpy()
                 out[row : row + len(f)] = f
                 row += len(f)
         finally:
@@ -437,14 +458,20 @@ def cached_features(
     progress: bool = False,
     weights_digest: str | None = None,
     on_extract: Callable[[int], None] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    item_shape: tuple[int, ...] | None = None,
+    part: dict[str, Any] | None = None,
 ) -> tuple[np.ndarray, bool]:
     """``(features [N, D], hit)``: from the cache when an entry holds every image.
 
     Otherwise the backbone runs over the distinct images of ``data`` and the result is
     stored for next time.  ``on_extract(n)`` is called before ``n`` images are run.
+    ``forward``, ``item_shape`` and ``part``: cache that part of the backbone instead
+    (each row is its output for one image, ``item_shape`` flattened; ``part`` goes into
+    the key and the sidecar).
     """
     digests = item_digests(data)
-    key = model_key(source, view, weights=weights_digest)
+    key = model_key(source, view, weights=weights_digest, part=part)
     folder = features_dir(cache)
     if len(data):
         found = _lookup(folder, key, digests)
@@ -462,6 +489,8 @@ def cached_features(
         workers=workers,
         progress=progress,
         digests=unique,
+        forward=forward,
+        width=int(np.prod(item_shape)) if item_shape is not None else None,
     )
     if len(unique):
         _store(
@@ -476,6 +505,8 @@ def cached_features(
                 "preprocessing": source.preprocessing.to_dict(),
                 "view": view.to_dict(),
                 "data": data.spec,
+                **({"part": part} if part is not None else {}),
+                **({"item_shape": list(item_shape)} if item_shape is not None else {}),
             },
         )
     return feats[inverse.reshape(-1)], False

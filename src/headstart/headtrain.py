@@ -19,12 +19,21 @@ With augmentation on, ``--feature-cache-views K`` chooses what the head sees:
   ``(e - 1) mod K``; the cost is K forward passes instead of one per epoch.
 
 ``--no-feature-cache`` runs the backbone every epoch, as before.
+
+``partial:K`` works the same way one step earlier: the output of the frozen prefix (the
+first K stages, cut where :func:`headstart.prefix.find_split` finds they end) is cached,
+and each epoch runs only the trainable stages and the head on it
+(:class:`headstart.prefix.PrefixModel`, whose state dict is the whole target model's).
+Prefix feature maps are large: their size is estimated before anything is computed, and
+when it would pass the cache's cap (``$HEADSTART_FEATURE_CACHE_GB``) or a quarter of
+the machine's memory the fit runs the frozen stages every epoch instead, saying why.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -38,12 +47,21 @@ from torch.utils.data import DataLoader, TensorDataset
 from headstart.data import LabeledData
 from headstart.determinism import EpochBatchSampler
 from headstart.errors import ConfigError
-from headstart.featcache import EVAL_VIEW, View, cached_features, state_digest
+from headstart.featcache import (
+    ENV_MAX_GB,
+    EVAL_VIEW,
+    View,
+    cached_features,
+    item_digests,
+    max_bytes,
+    state_digest,
+)
 from headstart.model import TargetModel
 from headstart.plan import Plan
+from headstart.prefix import PrefixModel, Split, find_split
 from headstart.sources.base import Source
 
-__all__ = ["CachedHead", "FeatureLoaders", "applies", "one_thread", "prepare"]
+__all__ = ["CachedHead", "FeatureLoaders", "applies", "one_thread", "prepare", "threads_for"]
 
 log = logging.getLogger(__name__)
 
@@ -114,18 +132,24 @@ class _CachedViews(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
 @dataclass
 class FeatureLoaders:
-    train_loader: DataLoader[Any]
+    """Loaders of cached features and the model that trains on them; ``model`` is None
+    when the cache cannot be used after all (``info`` says why)."""
+
+    train_loader: DataLoader[Any] | None
     val_loader: DataLoader[Any] | None
-    model: CachedHead
+    model: CachedHead | PrefixModel | None
     info: dict[str, Any] = field(default_factory=dict)
 
 
 def applies(options: Any, plan: Plan) -> tuple[bool, str]:
-    """Whether the head can train on cached features, and why not when it cannot."""
+    """Whether the head (``linear``) or the trainable stages and the head (``partial:K``)
+    can train on cached features, and why not when they cannot."""
     if not getattr(options, "feature_cache", True):
         return False, "turned off (--no-feature-cache)"
-    if plan.trainable_stages or plan.reinitialise:
-        return False, f"strategy {plan.strategy} trains the backbone"
+    if plan.lora is not None:
+        return False, "strategy lora trains adapters inside the backbone"
+    if plan.reinitialise or not plan.frozen_stages:
+        return False, f"strategy {plan.strategy} trains the whole backbone"
     if options.feature_cache_views < 0:
         raise ConfigError(f"--feature-cache-views must be >= 0 (got {options.feature_cache_views})")
     return True, ""
@@ -142,10 +166,32 @@ def prepare(
     generator: torch.Generator,
     device: torch.device,
 ) -> FeatureLoaders:
-    """Features for the training and validation data, and loaders over them."""
+    """Features for the training and validation data, and loaders over them.
+
+    For ``partial:K`` the backbone is first cut after its frozen prefix; when it cannot
+    be, or the prefix's outputs would be too large, the result has no model and its
+    ``info`` records why (the caller then runs the per-epoch loop).
+    """
     t0 = time.perf_counter()
     augment = options.augment != "none"
     views = options.feature_cache_views if augment else 0
+    split: Split | None = None
+    if plan.trainable_stages:
+        if augment and not views:
+            # linear keeps its documented un-augmented cache; partial:K trains on
+            # augmented images unless asked otherwise, and the cache may not change that
+            return _fallback(
+                f"--augment {options.augment}: the stages after the frozen prefix train on "
+                "augmented images; --feature-cache-views K caches K augmented views of the "
+                "prefix's output, --augment none caches it once"
+            )
+        found = find_split(model, plan, tuple(source.preprocessing.input_size))
+        if isinstance(found, str):
+            return _fallback(found)
+        split = found
+        too_big = _too_big(split, train_data, val_data, views)
+        if too_big:
+            return _fallback(too_big)
     weights = state_digest(source.backbone)
     extracted = 0
     hits: list[bool] = []
@@ -166,6 +212,9 @@ def prepare(
             progress=options.progress,
             weights_digest=weights,
             on_extract=counted,
+            forward=split.prefix if split is not None else None,
+            item_shape=split.item_shape if split is not None else None,
+            part=split.describe() if split is not None else None,
         )
         hits.append(hit)
         return feats
@@ -195,11 +244,17 @@ def prepare(
         val_feats = features(val_data, EVAL_VIEW) if has_val and val_data is not None else None
     if augment and views == 0:
         log.info(
-            "feature cache: the head trains on features of un-augmented images (--augment "
-            "%s is not applied); --feature-cache-views K caches K augmented views, "
-            "--no-feature-cache runs the backbone every epoch",
+            "feature cache: training sees the cached outputs of un-augmented images "
+            "(--augment %s is not applied); --feature-cache-views K caches K augmented "
+            "views, --no-feature-cache runs the backbone every epoch",
             options.augment,
         )
+
+    shape = split.item_shape if split is not None else None
+
+    def tensor(feats: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(feats)
+        return t.view(len(feats), *shape) if shape is not None else t
 
     targets = torch.as_tensor(train_data.targets, dtype=torch.int64)
     # As headstart.api._loader: the same batches in the same order (a function of the
@@ -207,7 +262,7 @@ def prepare(
     n, bs = n_train, options.batch_size
     sampler = EpochBatchSampler(n, bs, seed=options.seed, drop_last=n > bs and 0 < n % bs < 2)
     train_loader: DataLoader[Any] = DataLoader(
-        _CachedViews([torch.from_numpy(v) for v in train_views], targets, sampler),
+        _CachedViews([tensor(v) for v in train_views], targets, sampler),
         batch_sampler=sampler,
         # As the image loader: each pass draws its base seed from this generator, not from
         # torch's global one, whose stream the dropout masks come from.
@@ -216,9 +271,7 @@ def prepare(
     val_loader = None
     if val_feats is not None and val_data is not None:
         val_loader = DataLoader(
-            TensorDataset(
-                torch.from_numpy(val_feats), torch.as_tensor(val_data.targets, dtype=torch.int64)
-            ),
+            TensorDataset(tensor(val_feats), torch.as_tensor(val_data.targets, dtype=torch.int64)),
             batch_size=max(options.batch_size, EVAL_BATCH),
             generator=torch.Generator(),  # not torch's global one (dropout's stream)
         )
@@ -230,13 +283,70 @@ def prepare(
         "augmentation_applied": views > 0,
         "seconds": time.perf_counter() - t0,
     }
+    if split is not None:
+        info["prefix"] = split.describe()
     log.info(
-        "feature cache: %s (%d images run through the backbone, %.1fs)",
+        "feature cache: %s (%d images run through the %s, %.1fs)",
         "hit" if info["hit"] else "filled",
         extracted,
+        f"frozen stages up to {split.boundary}" if split is not None else "backbone",
         info["seconds"],
     )
-    return FeatureLoaders(train_loader, val_loader, CachedHead(model), info)
+    fit_model = PrefixModel(model, split) if split is not None else CachedHead(model)
+    return FeatureLoaders(train_loader, val_loader, fit_model, info)
+
+
+def _fallback(reason: str) -> FeatureLoaders:
+    log.info("feature cache not used: %s; the frozen stages run every epoch", reason)
+    return FeatureLoaders(None, None, None, {"used": False, "reason": reason})
+
+
+def memory_limit() -> int:
+    """A quarter of the machine's physical memory: the features are held in memory while
+    training, and filling the cache briefly holds a second copy."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4)
+    except (ValueError, OSError, AttributeError):
+        return 4 * 2**30
+
+
+def _too_big(
+    split: Split, train_data: LabeledData, val_data: LabeledData | None, views: int
+) -> str:
+    """Why the prefix's outputs would be too large to cache ('' when they fit)."""
+    per_image = 4 * int(np.prod(split.item_shape))
+    n_train = len(np.unique(item_digests(train_data)))
+    n_val = len(np.unique(item_digests(val_data))) if val_data is not None else 0
+    need = per_image * (n_train * max(1, views) + n_val)
+    cap, memory = max_bytes(), memory_limit()
+
+    def gb(n: int) -> str:
+        return f"{n / 2**30:.2f} GB"
+
+    shape = "x".join(map(str, split.item_shape))
+    if need > cap:
+        return (
+            f"the frozen stages' outputs ({shape} floats per image) would take {gb(need)}, "
+            f"over the feature cache's cap of {gb(cap)} (${ENV_MAX_GB})"
+        )
+    if need > memory:
+        return (
+            f"the frozen stages' outputs ({shape} floats per image) would take {gb(need)}, "
+            f"over a quarter of this machine's memory ({gb(memory)}), which holds them while "
+            "training"
+        )
+    return ""
+
+
+@contextlib.contextmanager
+def threads_for(model: Any) -> Iterator[None]:
+    """One thread for a linear head on features (:func:`one_thread`); the trainable
+    stages of ``partial:K`` are convolutions and attention that do use threads."""
+    if isinstance(model, CachedHead):
+        with one_thread():
+            yield
+    else:
+        yield
 
 
 def _concat(a: LabeledData, b: LabeledData) -> LabeledData:

@@ -85,7 +85,8 @@ class FitOptions:
     workers: int = _opt("data loader worker processes", default=0)
     feature_cache: bool = _opt(
         "linear: run the frozen backbone once and train the head on its cached features "
-        "(kept in the cache folder's features/, reused across runs and folds); "
+        "(kept in the cache folder's features/, reused across runs and folds); partial:K: "
+        "the same for the first K (frozen) stages' output; "
         "--no-feature-cache runs the backbone every epoch",
         default=True,
     )
