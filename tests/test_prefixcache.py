@@ -277,3 +277,19 @@ def test_augmentation_as_for_linear(tmp_path: Path, caplog: pytest.LogCaptureFix
     info = _info(plain.run_dir)
     assert info["used"] is False and "--feature-cache-views K" in info["reason"]
     assert len(list_features(tmp_path / "cache")) == 3  # nothing more cached
+
+
+def test_head_epochs_on_a_cached_prefix_train_as_the_per_epoch_loop(tmp_path: Path) -> None:
+    """--head-epochs with a cached prefix: the head-only epoch leaves the trainable stages
+    (and their BatchNorm statistics) alone there too, then both train the same way."""
+    kw = dict(strategy="partial:1", head_epochs=1, seed=1)
+    plain = fit(_options(tmp_path, "plain", feature_cache=False, **kw))
+    cached = fit(_options(tmp_path, "cached", **kw))
+    assert _info(cached.run_dir)["used"] is True
+    a = load_file(str(plain.run_dir / "model.safetensors"))
+    b = load_file(str(cached.run_dir / "model.safetensors"))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    rows = [(r["lr_backbone"], r["val_acc"]) for r in cached.history.rows()]
+    assert rows == [(r["lr_backbone"], r["val_acc"]) for r in plain.history.rows()]
+    assert rows[0][0] == 0.0 and rows[1][0] > 0
