@@ -179,7 +179,9 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
             nprocs=n,
             start_method="spawn",
         )
-    except mp.ProcessExitedException as exc:
+    except (mp.ProcessExitedException, mp.ProcessRaisedException) as exc:
+        # A headstart error on one process (a full disk on the main one) may reach us as
+        # another process's crash when the group falls apart: the reported error wins.
         if not queue.empty():
             name, message = queue.get()
             cls: type[HeadstartError] = getattr(
