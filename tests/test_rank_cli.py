@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -305,21 +306,25 @@ def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> 
     sources.append(f"file:{tmp_path / 'unrelated'}")
     res = run_cli(
         "rank", target, "--sources", ",".join(sources), "--method", "logme,knn,probe",
-        "--validate", "--seed", "1", "--json",
+        "--validate", "--epochs", "50", "--seed", "1", "--json",
     )  # fmt: skip
     assert res.code == 0, res.stderr
     out = res.json()
     by_acc = sorted(out["candidates"], key=lambda c: -c["accuracy"])
     assert [c["candidate"] for c in by_acc] == sources
-    assert by_acc[0]["accuracy"] - by_acc[1]["accuracy"] >= 0.1  # not fold noise: 5+ images
-    assert by_acc[1]["accuracy"] - by_acc[2]["accuracy"] >= 0.1
+    n = 50  # the target: 5 classes x 10 images, each held out once (accuracy is pooled)
+    gaps = [round((a["accuracy"] - b["accuracy"]) * n) for a, b in itertools.pairwise(by_acc)]
+    assert min(gaps) >= 5, gaps  # not fold noise: 5+ images each
     for method in ("logme", "knn", "linear-probe"):
         best = max(out["candidates"], key=lambda c: c["scores"][method]["value"])
         assert best["candidate"] == sources[0], method
     v = out["validation"]
-    assert (v["folds"], v["epochs"]) == (5, 25)  # 40 images a fold: 2 batches, 50 steps
+    # 50 epochs of 40 images (100 steps a fold): ~20 s of fine-tuning, against which the
+    # scoring's fixed costs (~0.3-0.6 s) are 1.5-3%; at the 25 epochs the 50-step floor
+    # would give, they swing around 5% with the machine's load
+    assert (v["folds"], v["epochs"]) == (5, 50)
     assert v["kendall_tau"]["logme"]["tau"] > 0
-    assert v["cpu_ratio"] <= 0.05, (v["scoring_cpu_s"], v["finetune_cpu_s"])
+    assert v["cpu_ratio"] <= 0.05, (v["scoring_cpu_s"], v["finetune_cpu_s"], v["ratio"])
     for method in ("logme", "knn", "linear-probe"):
         assert f"Kendall's tau, {method} vs accuracy: +" in res.stderr
     assert "scoring costs" in res.stderr and "CPU time" in res.stderr
