@@ -89,3 +89,23 @@ def headstart_json(argv: list[str]) -> dict[str, Any]:
     if code != 0:
         raise SystemExit(f"headstart failed ({code}): {' '.join(argv)}")
     return dict(json.loads(buf.getvalue()))
+
+
+def fit_cached(
+    data: Path, out: Path, cache: Path, args: Any, strategy: str, *extra: str
+) -> tuple[float, dict[str, Any]]:
+    """``headstart fit`` of ``args.source`` (random weights) with the bench's epochs,
+    batch size, augmentation and image size, its feature cache in ``cache``: the
+    validation accuracy and ``headstart.json``'s ``feature_cache`` record."""
+    size = getattr(args, "image_size", None)
+    argv = [
+        "fit", str(data), "--source", args.source, "--weights", "none",
+        "--strategy", strategy, "--epochs", str(args.epochs),
+        "--batch-size", str(args.batch_size), "--augment", args.augment,
+        "--cache-dir", str(cache), "--out", str(out), "--json", "-q",
+        *([] if size is None else ["--image-size", str(size)]),
+        *extra,
+    ]  # fmt: skip
+    summary = headstart_json(argv)
+    meta = json.loads((out / "headstart.json").read_text())
+    return summary["metrics"]["val_acc"], meta["feature_cache"]

@@ -31,37 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import digits_folder, headstart_json, measured, split_indices
+from _common import digits_folder, fit_cached, measured, split_indices
 
 
 def _fit(data: Path, out: Path, cache: Path, args: argparse.Namespace, *extra: str) -> Any:
-
-    argv = [
-        "fit",
-        str(data),
-        "--source",
-        args.source,
-        "--weights",
-        "none",
-        "--strategy",
-        "linear",
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        str(args.batch_size),
-        "--augment",
-        args.augment,
-        "--cache-dir",
-        str(cache),
-        "--out",
-        str(out),
-        "--json",
-        "-q",
-        *extra,
-    ]
-    summary = headstart_json(argv)
-    meta = json.loads((out / "headstart.json").read_text())
-    return summary["metrics"]["val_acc"], meta["feature_cache"]
+    return fit_cached(data, out, cache, args, "linear", *extra)
 
 
 def _plain(data: Path, args: argparse.Namespace) -> float:

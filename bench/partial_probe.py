@@ -28,37 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import digits_folder, headstart_json, measured
+from _common import digits_folder, fit_cached, measured
 
 
 def _fit(data: Path, out: Path, cache: Path, args: argparse.Namespace, *extra: str) -> Any:
-    argv = [
-        "fit",
-        str(data),
-        "--source",
-        args.source,
-        "--weights",
-        "none",
-        "--strategy",
-        args.strategy,
-        "--epochs",
-        str(args.epochs),
-        "--batch-size",
-        str(args.batch_size),
-        "--augment",
-        args.augment,
-        "--cache-dir",
-        str(cache),
-        "--out",
-        str(out),
-        "--json",
-        "-q",
-        *([] if args.image_size is None else ["--image-size", str(args.image_size)]),
-        *extra,
-    ]
-    summary = headstart_json(argv)
-    meta = json.loads((out / "headstart.json").read_text())
-    return summary["metrics"]["val_acc"], meta["feature_cache"]
+    return fit_cached(data, out, cache, args, args.strategy, *extra)
 
 
 def _max_diff(a: Path, b: Path) -> float:
