@@ -228,3 +228,17 @@ def test_compare_from_the_command_line(tmp_path: Path) -> None:
     assert "vs " in result.stderr  # the table goes to stderr when stdout carries JSON
     for name in ("compare.csv", "compare.md", "compare.html", "compare.png", "curves.png"):
         assert (tmp_path / "cmp" / name).is_file()
+
+
+def test_head_epochs_errors_come_before_any_work(tmp_path: Path) -> None:
+    data = "builtin:digits?classes=0-2&per_class=10"
+    r = run_cli("fit", data, "--strategy", "linear", "--head-epochs", "1", "--out", tmp_path / "a")
+    assert r.code == 1 and "linear strategy trains only the head" in r.stderr
+    assert "optimizer steps" not in r.stderr
+    r = run_cli(
+        "fit", data, "--strategy", "full", "--head-epochs", "3", "--epochs", "3",
+        "--out", tmp_path / "b",
+    )  # fmt: skip
+    assert r.code == 1 and "--head-epochs 3 must be fewer than --epochs 3" in r.stderr
+    assert "optimizer steps" not in r.stderr  # refused before loading data or building
+    assert not list(tmp_path.iterdir())  # no run dir, no checkpoint folder

@@ -140,14 +140,18 @@ def test_auto_recommends_per_fold_from_the_training_part_only(
     # auto trains exactly what it chose: same folds, same seed, same scores as that plan
     twin_out = tmp_path / "twin"
     twin = run_cli(
-        "compare", spec, "--source", "builtin:digits-cnn", "--strategies", "full",
+        "compare", spec, "--source", "builtin:digits-cnn", "--strategies", "linear,full",
         "--head-epochs", "1", "--folds", "3", "--epochs", "2", "--batch-size", "16",
         "--out", twin_out,
     )  # fmt: skip
     assert twin.code == 0, twin.stderr
-    twins = {r["fold"]: r for r in csv.DictReader((twin_out / "compare.csv").open())}
+    twin_rows = list(csv.DictReader((twin_out / "compare.csv").open()))
+    twins = {r["fold"]: r for r in twin_rows if r["strategy"] == "full"}
     for row in auto_rows:
         assert row["accuracy"] == twins[row["fold"]]["accuracy"]
+    # --head-epochs leaves linear alone (it trains only the head anyway): same scores
+    linear = {r["fold"]: r["accuracy"] for r in rows if r["strategy"] == "linear"}
+    assert linear == {r["fold"]: r["accuracy"] for r in twin_rows if r["strategy"] == "linear"}
     assert "auto chose per fold: " + "; ".join(chosen) in result.stdout
     assert "auto chose per fold" in (out / "compare.md").read_text()
     stored = json.loads((out / "compare.json").read_text())

@@ -42,7 +42,7 @@ from headstart.distributed import Parallel, in_launched_group, launch
 from headstart.errors import ConfigError, DataError
 from headstart.model import TargetModel
 from headstart.options import FitOptions, PretrainOptions
-from headstart.plan import Plan, format_plan, make_plan, parse_strategy
+from headstart.plan import Plan, check_head_epochs, format_plan, make_plan, parse_strategy
 from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
@@ -248,7 +248,8 @@ def check_options(options: FitOptions) -> None:
     if not options.data:
         raise ConfigError("no training data given (DATA)")
     if options.strategy != AUTO:
-        parse_strategy(options.strategy)
+        name, _ = parse_strategy(options.strategy)
+        check_head_epochs(name, options.head_epochs, options.epochs)
     parse_source_spec(options.source)
 
 

@@ -214,7 +214,8 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
         options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
         overwrite=options.overwrite,
     )
-    check_options(replace(options, strategy=strategies[0]))
+    for strategy in strategies:
+        check_options(_as_strategy(options, strategy))
     data = load_training_data(options)
     checks = data_checks(data, data, None)
     smallest = int(np.bincount(data.targets).min())
@@ -242,7 +243,7 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
                 per_class = len(idx) / len(data.classes)
                 for strategy in strategies:
                     fold_options = replace(
-                        options, strategy=strategy, seed=seed, select="last", patience=None
+                        _as_strategy(options, strategy), seed=seed, select="last", patience=None
                     )
                     chosen = case = ""
                     t_measure = time.perf_counter()
@@ -308,6 +309,13 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
         )
     tracker.log_artifacts(out)
     return result
+
+
+def _as_strategy(options: CompareOptions, strategy: str) -> CompareOptions:
+    """``options`` for one of the compared strategies: ``--head-epochs`` applies to those
+    that train the backbone (``linear`` trains only the head anyway)."""
+    linear = strategy != AUTO and parse_strategy(strategy)[0] == "linear"
+    return replace(options, strategy=strategy, head_epochs=0 if linear else options.head_epochs)
 
 
 def _config(options: CompareOptions) -> dict[str, Any]:

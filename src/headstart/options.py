@@ -91,9 +91,9 @@ class FitOptions:
         default=True,
     )
     feature_cache_views: int = _opt(
-        "with linear, --augment light and the feature cache: cache K augmented views of each "
-        "training image (epoch e uses view e mod K); 0: the head trains on un-augmented "
-        "features",
+        "with --augment light and the feature cache: cache K augmented views of each "
+        "training image (epoch e uses view e mod K); 0: linear trains its head on "
+        "un-augmented features, partial:K runs its frozen stages every epoch",
         default=0,
     )
     device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")

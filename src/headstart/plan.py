@@ -44,6 +44,7 @@ __all__ = [
     "STRATEGIES",
     "Plan",
     "apply_plan",
+    "check_head_epochs",
     "format_plan",
     "head_phase",
     "make_plan",
@@ -168,13 +169,7 @@ def make_plan(
     if not 0 < layer_decay <= 1:
         raise ConfigError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
     name, k = parse_strategy(strategy)
-    if head_epochs < 0:
-        raise ConfigError(f"--head-epochs must be >= 0 (got {head_epochs})")
-    if head_epochs and name == "linear":
-        raise ConfigError(
-            "--head-epochs: the linear strategy trains only the head in every epoch already; "
-            "use it with full, partial:K or lora (or drop --head-epochs)"
-        )
+    check_head_epochs(name, head_epochs)
     n = len(stage_names)
     lead = leading_stages if name == "partial" else 0
     if k is not None and not 1 <= k < n - lead:
@@ -218,6 +213,23 @@ def make_plan(
         lora=dict(lora) if name == "lora" and lora else None,
         head_epochs=head_epochs,
     )
+
+
+def check_head_epochs(strategy: str, head_epochs: int, epochs: int | None = None) -> None:
+    """``--head-epochs`` must be >= 0, fewer than ``epochs`` and for a plan that trains
+    some of the backbone (``strategy``: a name as :func:`parse_strategy` returns it)."""
+    if head_epochs < 0:
+        raise ConfigError(f"--head-epochs must be >= 0 (got {head_epochs})")
+    if head_epochs and strategy == "linear":
+        raise ConfigError(
+            "--head-epochs: the linear strategy trains only the head in every epoch already; "
+            "use it with full, partial:K or lora (or drop --head-epochs)"
+        )
+    if head_epochs and epochs is not None and head_epochs >= epochs:
+        raise ConfigError(
+            f"--head-epochs {head_epochs} must be fewer than --epochs {epochs}: the plan "
+            "itself needs at least one epoch after the head-only ones"
+        )
 
 
 def head_phase(plan: Plan) -> Plan:

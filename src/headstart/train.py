@@ -35,7 +35,14 @@ from headstart.checkpoint import (
 from headstart.determinism import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.model import TargetModel
-from headstart.plan import Plan, apply_plan, head_phase, set_train_mode
+from headstart.plan import (
+    Plan,
+    apply_plan,
+    check_head_epochs,
+    head_phase,
+    parse_strategy,
+    set_train_mode,
+)
 
 if TYPE_CHECKING:
     from headstart.distributed import Parallel
@@ -230,11 +237,7 @@ def train(
     called with each epoch's metrics as soon as they are measured (experiment tracking
     logs them live).
     """
-    if plan.head_epochs and plan.head_epochs >= config.epochs:
-        raise ConfigError(
-            f"--head-epochs {plan.head_epochs} must be fewer than --epochs {config.epochs}: "
-            "the plan itself needs at least one epoch after the head-only ones"
-        )
+    check_head_epochs(parse_strategy(plan.strategy)[0], plan.head_epochs, config.epochs)
     if plan.head_epochs and parallel is not None:
         raise ConfigError("--head-epochs with --processes > 1 is not supported; use one process")
     model.to(device)
