@@ -242,3 +242,36 @@ def test_head_epochs_errors_come_before_any_work(tmp_path: Path) -> None:
     assert r.code == 1 and "--head-epochs 3 must be fewer than --epochs 3" in r.stderr
     assert "optimizer steps" not in r.stderr  # refused before loading data or building
     assert not list(tmp_path.iterdir())  # no run dir, no checkpoint folder
+
+
+def test_predict_checks_every_image_first_and_skip_bad_labels_the_rest(
+    tmp_path: Path, digits_folder: Path
+) -> None:
+    run = tmp_path / "run"
+    r = run_cli(
+        "fit", digits_folder, "--source", "builtin:digits-cnn", "--strategy", "linear",
+        "--epochs", "1", "--out", run, "-q",
+    )  # fmt: skip
+    assert r.code == 0, r.stderr
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    good = sorted(digits_folder.rglob("*.png"))[:3]
+    for i, src in enumerate(good):
+        shutil.copy(src, inputs / f"{i}.png")
+    (inputs / "1a-truncated.png").write_bytes(good[0].read_bytes()[:60])
+    (inputs / "z-not-an-image.png").write_text("hello")
+    r = run_cli("predict", run, inputs)
+    assert r.code == 1
+    # both named, with why, before any image is labelled
+    assert "2 unreadable image(s)" in r.stderr and "--skip-bad" in r.stderr
+    assert "1a-truncated.png" in r.stderr and "z-not-an-image.png" in r.stderr
+    r = run_cli("predict", run, inputs, "--skip-bad", "--json")
+    assert r.code == 0, r.stderr
+    rows = r.json()["predictions"]
+    assert [Path(row["path"]).name for row in rows] == [
+        "0.png", "1.png", "1a-truncated.png", "2.png", "z-not-an-image.png",
+    ]  # fmt: skip
+    assert [row["label"] is None for row in rows] == [False, False, True, False, True]
+    assert all(row["error"] for row in rows if row["label"] is None)
+    r = run_cli("predict", run, inputs, "--skip-bad")
+    assert r.code == 0 and "z-not-an-image.png\t(not labelled:" in r.stdout

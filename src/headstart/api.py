@@ -45,6 +45,7 @@ from headstart.options import FitOptions, PretrainOptions
 from headstart.plan import Plan, check_head_epochs, format_plan, make_plan, parse_strategy
 from headstart.report import plot_confusion, plot_curves, write_report_md
 from headstart.run import LoadedRun, load_run, prepare_out, write_run
+from headstart.scan import scan_images
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.textdata import TextData, load_labelled, loader_order, read_texts, text_loader
 from headstart.train import (
@@ -970,16 +971,21 @@ def predict(
     device: str = "auto",
     texts: Sequence[str] = (),
     text_col: str | None = None,
+    skip_bad: bool = False,
 ) -> list[dict[str, Any]]:
     """Label and probability for each input.
 
     Image runs: image files (folders are searched for images).  Text runs: ``texts``,
     plus files of texts in ``inputs`` (a ``.txt`` file holds one text per line; a CSV,
     TSV or JSONL file its text column, ``text_col`` or the run's).  Each row has the
-    input's ``path`` (for a text: its file and line, or ``--text N``).
+    input's ``path`` (for a text: its file and line, or ``--text N``).  Image files are
+    checked first, all of them (:mod:`headstart.scan`): unreadable ones are one error
+    listing them, or with ``skip_bad`` rows with an ``error`` and no label.
     """
     loaded = _as_run(run)
     data: LabeledData
+    every: list[Path] = []  # image inputs, readable or not, in order
+    unreadable: dict[Path, str] = {}
     if loaded.text is not None:
         pairs = read_texts(inputs, text_col=_text_columns(loaded, text_col, None)["text_col"])
         pairs += [(f"--text {i}", t) for i, t in enumerate(texts, start=1)]
@@ -1000,6 +1006,18 @@ def predict(
         if texts:
             raise ConfigError(f"--text: {loaded.path} is an image model; pass image files")
         paths = list_inputs(inputs)
+        unreadable = {Path(c.path): str(c.problem) for c in scan_images(paths) if not c.ok}
+        if unreadable and not skip_bad:
+            listed = [f"{p} ({why})" for p, why in unreadable.items()]
+            raise DataError(
+                f"{len(unreadable)} unreadable image(s): {', '.join(listed[:10])}"
+                + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")
+                + "; fix or remove them, or pass --skip-bad to label the others"
+            )
+        every = paths
+        paths = [p for p in paths if p not in unreadable]
+        if not paths:
+            raise DataError("none of the inputs is a readable image")
         names = [str(p) for p in paths]
         data = LabeledData(
             spec="predict",
@@ -1009,7 +1027,7 @@ def predict(
         )
     preds = _predict_data(loaded, data, batch_size=batch_size, device=device)
     k = max(1, min(top_k, len(loaded.classes)))
-    out = []
+    out: list[dict[str, Any]] = []
     for i, (path, p) in enumerate(zip(names, preds.probs, strict=True)):
         order = np.argsort(-p)[:k]
         out.append(
@@ -1023,6 +1041,14 @@ def predict(
                 ],
             }
         )
+    if unreadable:  # --skip-bad: every input in order, the unreadable ones with why
+        labelled = {row["path"]: row for row in out}
+        out = [
+            labelled.get(str(p))
+            or {"path": str(p), "label": None, "probability": None, "top": [], "error": why}
+            for p in every
+            for why in [unreadable.get(p, "")]
+        ]
     return out
 
 

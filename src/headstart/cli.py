@@ -228,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=1, metavar="K", help="also list the K best")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="label the readable images and list the unreadable ones (with why) instead of "
+        "stopping",
+    )
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser(
@@ -400,9 +406,13 @@ def _cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
         texts=args.text,
         text_col=args.text_col,
+        skip_bad=args.skip_bad,
     )
     lines = []
     for r in rows:
+        if r.get("error"):
+            lines.append(f"{r['path']}\t(not labelled: {r['error']})")
+            continue
         extra = ""
         if args.top_k > 1:
             extra = (
