@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from headstart.api import pretrain
-from headstart.compare import CompareResult, compare
+from headstart.compare import CompareResult, compare, tally
 from headstart.options import CompareOptions, PretrainOptions
 from headstart.sources.builtin import DIGITS_PRETRAIN
 
@@ -144,11 +144,6 @@ def measure_case(folder: Path, source_run: Path) -> dict[str, object]:
     }
 
 
-def _tally(chosen: list[str]) -> str:
-    counts = {c: chosen.count(c) for c in dict.fromkeys(chosen)}
-    return ", ".join(f"{c} in {n} of {len(chosen)}" for c, n in counts.items())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/bench-auto-vs-best")
@@ -208,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[case.name] = row
         (out / case.name.replace(" + ", "-") / "verdict.json").write_text(json.dumps(row, indent=2))
         print(
-            f"{case.name:<20} auto chose {_tally(row['auto_chose'])}: "  # type: ignore[arg-type]
+            f"{case.name:<20} auto chose {tally(row['auto_chose'])}: "  # type: ignore[arg-type]
             f"{row['auto_acc']:.3f}; best {row['best']} {row['best_acc']:.3f}; "
             f"gap {row['gap']:+.3f} -> {'within 1 point' if row['within'] else 'MISSED'}",
             flush=True,

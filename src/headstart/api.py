@@ -201,12 +201,7 @@ def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, Labeled
 
 
 def _build_source(options: FitOptions, *, scratch: bool) -> Source:
-    build = BuildOptions(
-        image_size=options.image_size,
-        cache_dir=options.cache_dir,
-        strict=options.strict,
-        extra={"arch": options.arch} if options.arch else {},
-    )
+    build = BuildOptions.of(options)
     if scratch:
         # Same architecture, random initialisation: build the architecture itself.
         probe = (
@@ -1044,10 +1039,10 @@ def predict(
     if unreadable:  # --skip-bad: every input in order, the unreadable ones with why
         labelled = {row["path"]: row for row in out}
         out = [
-            labelled.get(str(p))
-            or {"path": str(p), "label": None, "probability": None, "top": [], "error": why}
+            {"path": str(p), "label": None, "probability": None, "top": [], "error": unreadable[p]}
+            if p in unreadable
+            else labelled[str(p)]
             for p in every
-            for why in [unreadable.get(p, "")]
         ]
     return out
 

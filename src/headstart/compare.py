@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from headstart.run import prepare_out
 if TYPE_CHECKING:
     from headstart.tracking import Tracker
 
-__all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise"]
+__all__ = ["CompareResult", "FoldScore", "StrategySummary", "compare", "summarise", "tally"]
 
 log = logging.getLogger(__name__)
 
@@ -332,15 +333,20 @@ def _recommended(
     return replace(options, **rec.options()), rec.label(), rec.case
 
 
+def tally(chosen: Sequence[str]) -> str:
+    """``"full (x0.1) in 2 of 3, partial:2 (x0.1) in 1 of 3"``, in order of first choice."""
+    counts = {c: list(chosen).count(c) for c in dict.fromkeys(chosen)}
+    return ", ".join(f"{c} in {n} of {len(chosen)}" for c, n in counts.items())
+
+
 def auto_choices(summary: list[StrategySummary]) -> list[str]:
     """One line per strategy that chose per fold (auto): what it picked, fold by fold."""
     lines = []
     for s in summary:
         if s.chosen:
-            counts = {c: s.chosen.count(c) for c in dict.fromkeys(s.chosen)}
-            tally = ", ".join(f"{c} in {n} of {len(s.chosen)}" for c, n in counts.items())
+            tallied = tally(s.chosen)
             # fold by fold while that reads at a glance; the tally alone beyond
-            listed = f"{'; '.join(s.chosen)} ({tally})" if len(s.chosen) <= 6 else tally
+            listed = f"{'; '.join(s.chosen)} ({tallied})" if len(s.chosen) <= 6 else tallied
             lines.append(
                 f"{s.strategy} chose per fold: {listed}; measured on each fold's training part only"
             )

@@ -96,12 +96,7 @@ def embed(options: EmbedOptions) -> EmbedResult:
     if options.batch_size < 1:
         raise ConfigError(f"--batch-size must be at least 1 (got {options.batch_size})")
     data = load_data(options.data)
-    build = BuildOptions(
-        image_size=options.image_size,
-        cache_dir=options.cache_dir,
-        strict=options.strict,
-        extra={"arch": options.arch} if options.arch else {},
-    )
+    build = BuildOptions.of(options)
     source = build_source(options.source, weights=options.weights, options=build)
     device = resolve_device(options.device)
     common: dict[str, Any] = dict(

@@ -152,6 +152,14 @@ def applies(options: Any, plan: Plan) -> tuple[bool, str]:
         return False, f"strategy {plan.strategy} trains the whole backbone"
     if options.feature_cache_views < 0:
         raise ConfigError(f"--feature-cache-views must be >= 0 (got {options.feature_cache_views})")
+    if plan.trainable_stages and options.augment != "none" and not options.feature_cache_views:
+        # linear keeps its documented un-augmented cache; partial:K trains on augmented
+        # images unless asked otherwise, and the cache may not change that
+        return False, (
+            f"--augment {options.augment}: the stages after the frozen prefix train on "
+            "augmented images; --feature-cache-views K caches K augmented views of the "
+            "prefix's output, --augment none caches it once"
+        )
     return True, ""
 
 
@@ -177,14 +185,6 @@ def prepare(
     views = options.feature_cache_views if augment else 0
     split: Split | None = None
     if plan.trainable_stages:
-        if augment and not views:
-            # linear keeps its documented un-augmented cache; partial:K trains on
-            # augmented images unless asked otherwise, and the cache may not change that
-            return _fallback(
-                f"--augment {options.augment}: the stages after the frozen prefix train on "
-                "augmented images; --feature-cache-views K caches K augmented views of the "
-                "prefix's output, --augment none caches it once"
-            )
         found = find_split(model, plan, tuple(source.preprocessing.input_size))
         if isinstance(found, str):
             return _fallback(found)

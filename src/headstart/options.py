@@ -205,6 +205,14 @@ class PretrainOptions(FitOptions):
     epochs: int = _opt("training epochs", default=20)
 
 
+# Fit flags that only a fit's own run uses (resumable checkpoints, several processes,
+# experiment tracking), and LoRA's; commands that take neither list them in NOT_FLAGS.
+_RUN_CONTROL = frozenset(
+    {"resume", "checkpoint_every", "deterministic", "processes", "mlflow_uri", "tensorboard"}
+)
+_LORA = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targets"})
+
+
 @dataclass
 class CompareOptions(FitOptions):
     """``headstart compare``: the same folds for every strategy, mean +- std each."""
@@ -241,41 +249,35 @@ class RecommendOptions(FitOptions):
     """``headstart recommend``: the fit options that matter for measuring, no training."""
 
     # Fit's flags that mean nothing here (they keep fit's defaults).
-    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "epochs",
-            "backbone_lr_mult",
-            "weight_decay",
-            "batch_size",
-            "val",
-            "val_fraction",
-            "patience",
-            "select",
-            "augment",
-            "dropout",
-            "label_smoothing",
-            "warmup_epochs",
-            "workers",
-            "feature_cache",
-            "feature_cache_views",
-            "precision",
-            "channels_last",
-            "compile",
-            "out",
-            "overwrite",
-            "resume",
-            "checkpoint_every",
-            "deterministic",
-            "processes",
-            "mlflow_uri",
-            "tensorboard",
-            "layer_decay",
-            "head_epochs",
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "lora_targets",
-        }
+    NOT_FLAGS: ClassVar[frozenset[str]] = (
+        frozenset(
+            {
+                "epochs",
+                "backbone_lr_mult",
+                "weight_decay",
+                "batch_size",
+                "val",
+                "val_fraction",
+                "patience",
+                "select",
+                "augment",
+                "dropout",
+                "label_smoothing",
+                "warmup_epochs",
+                "workers",
+                "feature_cache",
+                "feature_cache_views",
+                "precision",
+                "channels_last",
+                "compile",
+                "out",
+                "overwrite",
+                "layer_decay",
+                "head_epochs",
+            }
+        )
+        | _RUN_CONTROL
+        | _LORA
     )
 
     lr: float = _opt("base learning rate the proposed plan starts from", default=1e-3)
@@ -289,21 +291,18 @@ class RankOptions(FitOptions):
 
     # Fit's flags that mean nothing here (they keep fit's defaults).
     # --sources names the candidates (SPEC@WEIGHTS), so no --source / --weights.
-    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "source",
-            "weights",
-            "val",
-            "patience",
-            "out",
-            "overwrite",
-            "resume",
-            "checkpoint_every",
-            "deterministic",
-            "processes",
-            "mlflow_uri",
-            "tensorboard",
-        }
+    NOT_FLAGS: ClassVar[frozenset[str]] = (
+        frozenset(
+            {
+                "source",
+                "weights",
+                "val",
+                "patience",
+                "out",
+                "overwrite",
+            }
+        )
+        | _RUN_CONTROL
     )
 
     data: str = _opt(
@@ -343,27 +342,21 @@ class AdaptOptions(FitOptions):
     """``headstart adapt``: labelled source-domain DATA, unlabelled --target images."""
 
     # Fit's flags that mean nothing here (they keep fit's defaults).
-    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "patience",
-            "feature_cache_views",
-            "compile",
-            "resume",
-            "checkpoint_every",
-            "deterministic",
-            "processes",
-            "mlflow_uri",
-            "tensorboard",
-            "layer_decay",
-            "head_epochs",
-            "lora_r",
-            "lora_alpha",
-            "lora_dropout",
-            "lora_targets",
-            "text_col",
-            "label_col",
-            "max_length",
-        }
+    NOT_FLAGS: ClassVar[frozenset[str]] = (
+        frozenset(
+            {
+                "patience",
+                "feature_cache_views",
+                "compile",
+                "layer_decay",
+                "head_epochs",
+                "text_col",
+                "label_col",
+                "max_length",
+            }
+        )
+        | _RUN_CONTROL
+        | _LORA
     )
 
     data: str = _opt(

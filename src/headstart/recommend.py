@@ -423,12 +423,7 @@ def recommend(options: FitOptions) -> Recommendation:
 
 def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
     """Measure ``data`` against ``options.source`` and decide the plan."""
-    build = BuildOptions(
-        image_size=options.image_size,
-        cache_dir=options.cache_dir,
-        strict=options.strict,
-        extra={"arch": options.arch} if options.arch else {},
-    )
+    build = BuildOptions.of(options)
     source = build_source(options.source, weights=options.weights, options=build)
     torch.manual_seed(options.seed)
     random_source = build_source(

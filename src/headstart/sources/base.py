@@ -252,6 +252,16 @@ class BuildOptions:
     strict: bool = False  # any key mismatch beyond the old output layer is an error
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, options: Any) -> BuildOptions:
+        """From a command's options (``image_size``, ``cache_dir``, ``strict``, ``arch``)."""
+        return cls(
+            image_size=options.image_size,
+            cache_dir=options.cache_dir,
+            strict=options.strict,
+            extra={"arch": options.arch} if options.arch else {},
+        )
+
 
 @dataclass
 class Source:
