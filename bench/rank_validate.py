@@ -16,8 +16,11 @@ digits-cnn's own default weights (`headstart pretrain`, 15 epochs, label smoothi
 
 Each sample runs `headstart rank DATA --sources MATCHED,RANDOM,UNRELATED --method all
 --validate` with rank's own --validate defaults unless flags say otherwise, and records
-each candidate's fine-tuned accuracy, each score, Kendall's tau per method, and the
-seconds spent scoring (forward pass + every score) against fine-tuning.  Prints one JSON
+each candidate's fine-tuned accuracy, each score, Kendall's tau per method (of the
+order rank gives, the random-initialisation line included, and of the raw scores
+alone), how many standard errors each pretrained source scores above RANDOM, and the
+seconds spent scoring (forward pass + every score + the comparisons) against fine-tuning.
+Prints one JSON
 line on stdout (progress on stderr).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 .venv/bin/python bench/rank_validate.py \\
@@ -189,6 +192,15 @@ def main() -> None:
                     for n in NAMES
                 },
                 "kendall_tau": {m: t["tau"] for m, t in v["kendall_tau"].items()},
+                "score_tau": {m: t["score_tau"] for m, t in v["kendall_tau"].items()},
+                # each pretrained candidate's score minus RANDOM's, in standard errors
+                "z_vs_random": {
+                    n: {
+                        m: None if c is None or c.z is None else round(c.z, 2)
+                        for m, c in by[n].vs_random.items()
+                    }
+                    for n in ("MATCHED", "UNRELATED")
+                },
                 "scoring_s": round(v["scoring_s"], 2),
                 "finetune_s": round(v["finetune_s"], 1),
                 "ratio": round(v["ratio"], 4),
@@ -201,6 +213,7 @@ def main() -> None:
             print(f"# {json.dumps(run)}", file=sys.stderr, flush=True)
             runs.append(run)
     taus = {m: [r["kendall_tau"][m] for r in runs] for m in runs[0]["kendall_tau"]}
+    score_taus = {m: [r["score_tau"][m] for r in runs] for m in runs[0]["score_tau"]}
     scoring = sum(r["scoring_s"] for r in runs)
     finetune = sum(r["finetune_s"] for r in runs)
     scoring_cpu = sum(r["scoring_cpu_s"] for r in runs)
@@ -222,6 +235,8 @@ def main() -> None:
                     m: None if None in t else round(float(np.mean(t)), 3) for m, t in taus.items()
                 },
                 "tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in taus.items()},
+                "score_tau": score_taus,
+                "score_tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in score_taus.items()},
                 "accuracy_order_as_named": sum(
                     r["accuracy"]["MATCHED"] > r["accuracy"]["RANDOM"] > r["accuracy"]["UNRELATED"]
                     for r in runs

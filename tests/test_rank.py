@@ -13,10 +13,14 @@ from headstart.data import LabeledData, load_data
 from headstart.errors import ConfigError, DataError
 from headstart.features import Features, extract_features
 from headstart.rank import (
+    CLEARLY_ABOVE_Z,
+    HALF_SAMPLES,
     NO_SOURCE_HEAD,
     RANKERS,
     _logme_fit,
+    compare_features,
     knn_accuracy,
+    knn_correct,
     leep,
     linear_probe_accuracy,
     logme,
@@ -365,3 +369,82 @@ def test_score_features_skips_leep_without_probabilities() -> None:
     f, y = _features(20, 4, 2, signal=1.0, seed=0)
     results = score_features(Features(f.astype(np.float32), y), methods=["leep"])
     assert results["leep"].value is None and results["leep"].note
+
+
+# --------------------------------------------------------------------------- against a baseline
+
+
+def test_paired_comparison_of_mean_scores_is_the_mean_and_se_of_per_item_differences() -> None:
+    f, y = _features(60, 6, 3, signal=1.5, seed=11)
+    noise = np.random.default_rng(12).normal(size=f.shape)
+    a, b = Features(f, y), Features(noise, y)
+    got = compare_features(a, b, "knn", seed=4)
+    assert got is not None and got.how == "per item"
+    ours, theirs = knn_correct(f, y, seed=4), knn_correct(noise, y, seed=4)
+    assert got.difference == pytest.approx(
+        knn_accuracy(f, y, seed=4) - knn_accuracy(noise, y, seed=4)
+    )
+    d = ours - theirs
+    assert got.se == pytest.approx(np.sqrt(np.sum((d - d.mean()) ** 2) / (len(d) - 1) / len(d)))
+    assert got.above and got.z is not None and got.z > CLEARLY_ABOVE_Z
+    # the terms score_features kept give the same comparison without recomputing
+    scores_a = score_features(a, methods=["knn"], seed=4)["knn"]
+    scores_b = score_features(b, methods=["knn"], seed=4)["knn"]
+    again = compare_features(a, b, "knn", seed=4, terms=(scores_a.terms, scores_b.terms))
+    assert again == got
+    # LEEP needs both sides' class probabilities
+    assert compare_features(a, b, "leep") is None
+
+
+def test_logme_comparison_uses_the_delete_half_jackknife_over_random_halves() -> None:
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    f, y = _features(45, 5, 3, signal=1.0, seed=21)
+    g = np.random.default_rng(22).normal(size=f.shape)
+    got = compare_features(Features(f, y), Features(g, y), "logme", seed=3)
+    assert got is not None and got.how == "half samples"
+    assert got.difference == pytest.approx(logme(f, y) - logme(g, y))
+    splitter = StratifiedShuffleSplit(n_splits=HALF_SAMPLES, train_size=0.5, random_state=3)
+    diffs, kept = [], 0
+    for half, _ in splitter.split(y, y):
+        kept = len(half)
+        diffs.append(logme(f[half], y[half]) - logme(g[half], y[half]))
+    d = len(y) - kept  # deleted from each half sample
+    jackknife = (len(y) - d) / (d * len(diffs)) * sum((x - np.mean(diffs)) ** 2 for x in diffs)
+    assert got.se == pytest.approx(math.sqrt(jackknife))
+
+
+def test_logme_difference_standard_error_matches_its_spread_over_fresh_data_sets() -> None:
+    """The jackknife's standard error is calibrated: over many data sets drawn from one
+    model, the mean estimate is within 35% of the actual spread of the difference."""
+    ses, diffs = [], []
+    for seed in range(40):
+        f, y = _features(60, 6, 3, signal=0.6, seed=100 + seed)
+        g, _ = _features(60, 6, 3, signal=0.3, seed=200 + seed)
+        got = compare_features(Features(f, y), Features(g[np.argsort(np.argsort(y))], y), "logme")
+        assert got is not None
+        ses.append(got.se)
+        diffs.append(got.difference)
+    assert np.mean(ses) == pytest.approx(np.std(diffs, ddof=1), rel=0.35)
+
+
+def test_the_same_features_are_not_above_themselves_and_noise_is_not_above_noise() -> None:
+    f, y = _features(50, 6, 5, signal=0.0, seed=31)
+    same = compare_features(Features(f, y), Features(f.copy(), y), "logme")
+    assert same is not None and same.difference == 0 and same.se == 0
+    assert not same.above and same.z is None
+    for method in ("logme", "knn", "linear-probe"):
+        above = 0
+        for seed in range(10):
+            a, _ = _features(50, 6, 5, signal=0.0, seed=40 + seed)
+            b, _ = _features(50, 6, 5, signal=0.0, seed=60 + seed)
+            got = compare_features(Features(a, y), Features(b, y), method, seed=seed)
+            assert got is not None
+            above += got.above
+        assert above <= 3, method  # one-sided 5% each: 0.5 expected of 10
+
+
+def test_comparisons_refuse_features_of_other_examples() -> None:
+    f, y = _features(20, 4, 2, signal=1.0, seed=1)
+    with pytest.raises(ConfigError, match="not of the same examples"):
+        compare_features(Features(f, y), Features(f, y[::-1].copy()), "logme")

@@ -325,6 +325,12 @@ class RankOptions(FitOptions):
         "each score and the held-out accuracy, and the seconds of both",
         default=False,
     )
+    random_init: bool = _opt(
+        "also score each candidate network randomly initialised (SPEC@none) when it is not "
+        "listed: a pretrained source must score clearly above it (by more than the score's "
+        "noise) to rank above it",
+        default=True,
+    )
     folds: int = _opt("stratified folds for --validate", default=5)
     strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
     epochs: int = _opt(

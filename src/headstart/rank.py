@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -45,14 +45,20 @@ from headstart.registry import Registry
 from headstart.sources.base import Source
 
 __all__ = [
+    "CLEARLY_ABOVE_Z",
     "KNN_METRICS",
     "NO_SOURCE_HEAD",
     "RANKERS",
+    "Comparison",
     "Ranker",
     "ScoreResult",
+    "compare_features",
     "knn_accuracy",
+    "knn_correct",
     "leep",
+    "leep_per_item",
     "linear_probe_accuracy",
+    "linear_probe_correct",
     "logme",
     "score_features",
     "score_source",
@@ -229,6 +235,13 @@ def leep(source_probs: np.ndarray | None, targets: np.ndarray) -> float:
     Raises :class:`ConfigError` when ``source_probs`` is None (the source has no
     classifier head) or is not a matrix of probabilities.
     """
+    return float(leep_per_item(source_probs, targets).mean())
+
+
+def leep_per_item(source_probs: np.ndarray | None, targets: np.ndarray) -> np.ndarray:
+    """Each example's term of :func:`leep` [N]: the log of the expected empirical
+    predictor's probability of its label (LEEP is their mean).  Errors as for
+    :func:`leep`."""
     if source_probs is None:
         raise ConfigError(NO_SOURCE_HEAD)
     theta = np.asarray(source_probs, dtype=np.float64)
@@ -244,7 +257,7 @@ def leep(source_probs: np.ndarray | None, targets: np.ndarray) -> float:
     # P(y | z); a source class no example ever gets probability for contributes nothing
     cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)
     eep = np.einsum("nz,nz->n", theta, cond[y])  # sum_z P(y_i | z) theta(x_i)_z
-    return float(np.log(eep).mean())
+    return np.log(eep)
 
 
 # --------------------------------------------------------------------------- accuracy
@@ -259,14 +272,29 @@ def knn_accuracy(
     folds: int = 5,
     seed: int = 0,
 ) -> float:
-    """Mean accuracy of a ``k``-nearest-neighbour classifier over stratified folds.
+    """Held-out accuracy of a ``k``-nearest-neighbour classifier under stratified folds,
+    pooled over the folds (every example predicted once, by the model that did not see
+    it; equal to the mean of the folds' accuracies when the folds are of one size).
 
     Features are standardised on each training fold.  ``folds`` drops to the size of the
     smallest class when that is smaller, and ``k`` to the smallest training fold.
     Raises :class:`DataError` when a class has fewer than 2 examples (or there is only
     one class) and :class:`ConfigError` for a bad ``k``, ``metric`` or ``folds``.
     """
-    from sklearn.model_selection import cross_val_score
+    return float(knn_correct(features, targets, k=k, metric=metric, folds=folds, seed=seed).mean())
+
+
+def knn_correct(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    k: int = 5,
+    metric: str = "cosine",
+    folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per example [N]: 1.0 where the classifier of :func:`knn_accuracy` fitted on the
+    other folds predicts its class, else 0.0 (the accuracy is their mean)."""
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -279,7 +307,7 @@ def knn_accuracy(
     splits = _cv_splits(f, y, folds, seed)
     k = min(k, min(len(train) for train, _ in splits))
     model = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k, metric=metric))
-    return float(cross_val_score(model, f, y, cv=splits).mean())
+    return _held_out_correct(model, f, y, splits)
 
 
 def linear_probe_accuracy(
@@ -290,13 +318,25 @@ def linear_probe_accuracy(
     seed: int = 0,
     c: float = 1.0,
 ) -> float:
-    """Mean accuracy of a logistic regression (inverse regularisation ``c``) over
-    stratified folds, on features standardised on each training fold.
+    """Held-out accuracy of a logistic regression (inverse regularisation ``c``) under
+    stratified folds, pooled as in :func:`knn_accuracy`, on features standardised on
+    each training fold.
 
     Folds and errors as for :func:`knn_accuracy`.
     """
+    return float(linear_probe_correct(features, targets, folds=folds, seed=seed, c=c).mean())
+
+
+def linear_probe_correct(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    c: float = 1.0,
+) -> np.ndarray:
+    """Per example [N], as :func:`knn_correct` for :func:`linear_probe_accuracy`."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -305,7 +345,16 @@ def linear_probe_accuracy(
     f, y = _check_features(features, targets)
     splits = _cv_splits(f, y, folds, seed)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    return float(cross_val_score(model, f, y, cv=splits).mean())
+    return _held_out_correct(model, f, y, splits)
+
+
+def _held_out_correct(
+    model: Any, f: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """1.0 where the model fitted on the other folds predicts an example's class, else 0.0."""
+    from sklearn.model_selection import cross_val_predict
+
+    return (cross_val_predict(model, f, y, cv=splits) == y).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- registry
@@ -313,11 +362,15 @@ def linear_probe_accuracy(
 
 @dataclass(frozen=True)
 class Ranker:
-    """A named transferability score: ``score(features, seed)``, higher is better."""
+    """A named transferability score: ``score(features, seed)``, higher is better.
+
+    ``per_item(features, seed)``, where the score is a mean over the examples, gives the
+    examples' terms [N] (for :func:`compare_features`' paired standard error)."""
 
     score: Callable[[Features, int], float]
     summary: str
     needs_source_probs: bool = False
+    per_item: Callable[[Features, int], np.ndarray] | None = None
 
 
 RANKERS: Registry[Ranker] = Registry("ranking method", ConfigError)
@@ -334,6 +387,7 @@ RANKERS.register(
         score=lambda f, seed: leep(f.source_probs, f.targets),
         summary="LEEP: target likelihood from the source classifier's outputs (Nguyen et al. 2020)",
         needs_source_probs=True,
+        per_item=lambda f, seed: leep_per_item(f.source_probs, f.targets),
     ),
 )
 RANKERS.register(
@@ -341,6 +395,7 @@ RANKERS.register(
     Ranker(
         score=lambda f, seed: knn_accuracy(f.features, f.targets, seed=seed),
         summary="cross-validated accuracy of a 5-nearest-neighbour classifier (cosine)",
+        per_item=lambda f, seed: knn_correct(f.features, f.targets, seed=seed),
     ),
 )
 RANKERS.register(
@@ -348,6 +403,7 @@ RANKERS.register(
     Ranker(
         score=lambda f, seed: linear_probe_accuracy(f.features, f.targets, seed=seed),
         summary="cross-validated accuracy of a logistic regression on the features",
+        per_item=lambda f, seed: linear_probe_correct(f.features, f.targets, seed=seed),
     ),
 )
 
@@ -360,9 +416,12 @@ class ScoreResult:
     value: float | None
     seconds: float
     note: str = ""
+    # the examples' terms [N] of a score that is their mean (Ranker.per_item), kept for
+    # compare_features; not part of the record
+    terms: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"value": self.value, "seconds": self.seconds, "note": self.note}
 
 
 def _method_names(methods: Sequence[str] | None) -> list[str]:
@@ -389,8 +448,14 @@ def score_features(
             results[name] = ScoreResult(value=None, seconds=0.0, note=f"skipped: {NO_SOURCE_HEAD}")
             continue
         t0 = time.perf_counter()
-        value = ranker.score(features, seed)
-        results[name] = ScoreResult(value=value, seconds=time.perf_counter() - t0)
+        if ranker.per_item is not None:
+            terms = ranker.per_item(features, seed)
+            results[name] = ScoreResult(
+                value=float(terms.mean()), seconds=time.perf_counter() - t0, terms=terms
+            )
+        else:
+            value = ranker.score(features, seed)
+            results[name] = ScoreResult(value=value, seconds=time.perf_counter() - t0)
     return results
 
 
@@ -430,3 +495,111 @@ def score_source(
                     note="the source's classifier head is randomly initialised",
                 )
     return results
+
+
+# --------------------------------------------------------------------------- against a baseline
+
+# How many standard errors above a baseline a score must be to count as better than it:
+# the one-sided 95% point of the normal distribution.
+CLEARLY_ABOVE_Z = 1.645
+# Random halves for the standard error of a score that is not a mean over examples.
+HALF_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One method's score of a candidate minus a baseline's, on the same examples.
+
+    ``se`` is the standard error of that difference, from the examples' paired terms
+    (``how="per item"``) or from random halves of the data (``how="half samples"``);
+    the candidate is ``above`` the baseline when the difference is positive by more
+    than :data:`CLEARLY_ABOVE_Z` standard errors.
+    """
+
+    difference: float
+    se: float
+    how: str
+
+    @property
+    def above(self) -> bool:
+        return self.difference > 0 and self.difference > CLEARLY_ABOVE_Z * self.se
+
+    @property
+    def z(self) -> float | None:
+        return None if self.se <= 0 else self.difference / self.se
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "z": self.z, "above": self.above}
+
+
+def compare_features(
+    candidate: Features,
+    baseline: Features,
+    method: str,
+    *,
+    seed: int = 0,
+    terms: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+) -> Comparison | None:
+    """``method``'s score on ``candidate`` minus its score on ``baseline`` (features of
+    the same examples, in the same order), with the standard error of the difference.
+
+    A score that is a mean over examples (LEEP, k-NN and linear-probe accuracy) pairs
+    the examples' terms: the mean of the differences, and their standard deviation over
+    sqrt(N).  LogME is not such a mean; its standard error is the delete-d jackknife's
+    with d = N/2 (Shao & Wu, Ann. Statist. 1989), over :data:`HALF_SAMPLES` random
+    stratified halves: the spread of the halves' differences around their mean, times
+    ``(N - d) / d``.  ``terms``: the two sides' per-example terms where
+    :func:`score_features` already computed them (:attr:`ScoreResult.terms`).  None
+    when ``method`` needs class probabilities one side lacks.
+    Raises :class:`ConfigError` when the two do not describe the same examples.
+    """
+    ranker = RANKERS.get(method)
+    if ranker.needs_source_probs and (
+        candidate.source_probs is None or baseline.source_probs is None
+    ):
+        return None
+    if not np.array_equal(candidate.targets, baseline.targets):
+        raise ConfigError("compare_features: the two feature sets are not of the same examples")
+    n = len(candidate.targets)
+    if ranker.per_item is not None:
+        ours, theirs = terms
+        ours = ranker.per_item(candidate, seed) if ours is None else ours
+        theirs = ranker.per_item(baseline, seed) if theirs is None else theirs
+        diff = ours - theirs
+        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        return Comparison(difference=float(diff.mean()), se=se, how="per item")
+    full = ranker.score(candidate, seed) - ranker.score(baseline, seed)
+    diffs = []
+    kept = 0
+    for half in _halves(candidate.targets, seed):
+        kept = len(half)
+        diffs.append(
+            ranker.score(_subset(candidate, half), seed)
+            - ranker.score(_subset(baseline, half), seed)
+        )
+    if len(diffs) < 2:
+        return Comparison(difference=float(full), se=math.inf, how="half samples")
+    spread = np.asarray(diffs)
+    se = math.sqrt(kept / (n - kept) * float(((spread - spread.mean()) ** 2).mean()))
+    return Comparison(difference=float(full), se=se, how="half samples")
+
+
+def _halves(targets: np.ndarray, seed: int) -> list[np.ndarray]:
+    """:data:`HALF_SAMPLES` random halves of the examples, each keeping every class;
+    none where a class has fewer than 2 examples (no half could keep it and leave it)."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    counts = np.unique(targets, return_counts=True)[1]
+    if len(targets) < 4 or counts.min() < 2:
+        return []
+    splitter = StratifiedShuffleSplit(n_splits=HALF_SAMPLES, train_size=0.5, random_state=seed)
+    return [kept for kept, _ in splitter.split(targets, targets)]
+
+
+def _subset(features: Features, rows: np.ndarray) -> Features:
+    probs = features.source_probs
+    return Features(
+        features=features.features[rows],
+        targets=features.targets[rows],
+        source_probs=None if probs is None else probs[rows],
+    )

@@ -34,8 +34,17 @@ import numpy as np
 
 from headstart.data import LabeledData
 from headstart.errors import ConfigError, DataError
+from headstart.features import Features
 from headstart.options import RankOptions
-from headstart.rank import NO_SOURCE_HEAD, RANKERS, ScoreResult, score_features
+from headstart.rank import (
+    CLEARLY_ABOVE_Z,
+    NO_SOURCE_HEAD,
+    RANKERS,
+    Comparison,
+    ScoreResult,
+    compare_features,
+    score_features,
+)
 
 __all__ = [
     "METHOD_ALIASES",
@@ -47,6 +56,7 @@ __all__ = [
     "parse_candidates",
     "parse_methods",
     "rank_sources",
+    "ranked",
     "validation_epochs",
 ]
 
@@ -54,8 +64,10 @@ log = logging.getLogger(__name__)
 
 # Short names the command accepts for the registered methods.
 METHOD_ALIASES = {"probe": "linear-probe"}
-# Where --method all puts each method: LogME (the cheapest that needs no source head) first.
-_ALL_ORDER = ("logme", "leep", "knn", "linear-probe")
+# Where --method all puts each method, and so which one ranks the table: k-NN accuracy,
+# the score whose order (with the random-initialisation line) matched fine-tuning most
+# often in bench/rank_validate.py (bench/RESULTS.md), then LogME.
+_ALL_ORDER = ("knn", "logme", "leep", "linear-probe")
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,15 @@ class CandidateResult:
     scores: dict[str, ScoreResult]
     features_s: float  # the one forward pass over the data that every method shares
     feature_dim: int
+    # the architecture, as the names and shapes of the backbone's parameters: candidates
+    # with the same one are the same network with other weights
+    architecture: str = ""
+    random_init: bool = False  # weights `none`: the architecture randomly initialised
+    reference: bool = False  # not listed in --sources: added as its architecture's line
+    # per method: the score minus that of the same architecture randomly initialised
+    vs_random: dict[str, Comparison | None] = field(default_factory=dict)
+    vs_random_of: str | None = None  # the random-initialisation candidate compared with
+    compare_s: float = 0.0  # the seconds the comparisons took
     # with --validate: held-out accuracy after fine-tuning, per fold, and the seconds
     fold_accuracies: list[float] = field(default_factory=list)
     finetune_s: float | None = None
@@ -152,7 +173,7 @@ class CandidateResult:
 
     @property
     def scoring_s(self) -> float:
-        return self.features_s + sum(s.seconds for s in self.scores.values())
+        return self.features_s + sum(s.seconds for s in self.scores.values()) + self.compare_s
 
     @property
     def accuracy(self) -> float | None:
@@ -165,7 +186,12 @@ class CandidateResult:
             "weights": self.weights,
             "weights_description": self.weights_description,
             "feature_dim": self.feature_dim,
+            "architecture": self.architecture,
+            "random_init": self.random_init,
+            "reference": self.reference,
             "scores": {k: v.to_dict() for k, v in self.scores.items()},
+            "vs_random": {k: None if v is None else v.to_dict() for k, v in self.vs_random.items()},
+            "vs_random_of": self.vs_random_of,
             "features_s": self.features_s,
             "scoring_s": self.scoring_s,
             "accuracy": self.accuracy,
@@ -207,17 +233,44 @@ class RankResult:
         }
 
 
-def _sort_key(method: str) -> Any:
-    def key(c: CandidateResult) -> tuple[int, float]:
-        value = c.scores[method].value
-        return (1, 0.0) if value is None else (0, -value)
+def ranked(candidates: list[CandidateResult], method: str) -> list[CandidateResult]:
+    """``candidates`` best first by ``method``'s score, except that a pretrained source
+    not clearly above its own network at random (``vs_random[method].above`` false) goes
+    just below that random initialisation when it scored higher; unscored ones last."""
+    by_name = {c.candidate: c for c in candidates}
 
-    return key
+    def key(c: CandidateResult) -> tuple[int, float, int, float]:
+        value = c.scores[method].value
+        if value is None:
+            return (1, 0.0, 0, 0.0)
+        line = c.vs_random.get(method)
+        baseline = by_name.get(c.vs_random_of or "")
+        floor = None if baseline is None else baseline.scores[method].value
+        if line is not None and not line.above and floor is not None and value >= floor:
+            return (0, -floor, 1, -value)  # right after the random initialisation
+        return (0, -value, 0, 0.0)
+
+    return sorted(candidates, key=key)
+
+
+def _architecture(source: Any) -> str:
+    """A short digest of the backbone's parameter names and shapes."""
+    import hashlib
+
+    shapes = [(k, tuple(v.shape)) for k, v in source.backbone.state_dict().items()]
+    return f"{source.arch} {hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]}"
 
 
 def _score_candidate(
-    candidate: Candidate, data: LabeledData, options: RankOptions, methods: list[str]
-) -> CandidateResult:
+    candidate: Candidate,
+    data: LabeledData,
+    options: RankOptions,
+    methods: list[str],
+    *,
+    reference: bool = False,
+) -> tuple[CandidateResult, Features, Any]:
+    """Score one candidate; also returns its features (for the comparisons) and the
+    built source (whose ``arch`` rebuilds the architecture at random)."""
     from headstart.api import _build_source
     from headstart.features import extract_features
     from headstart.train import seed_everything
@@ -254,7 +307,7 @@ def _score_candidate(
         ", ".join(f"{m} {'-' if s.value is None else f'{s.value:.4f}'}" for m, s in scores.items()),
         features_s + sum(s.seconds for s in scores.values()),
     )
-    return CandidateResult(
+    result = CandidateResult(
         candidate=candidate.text,
         source=candidate.source,
         weights=candidate.weights,
@@ -262,8 +315,78 @@ def _score_candidate(
         scores=scores,
         features_s=features_s,
         feature_dim=features.dim,
+        architecture=_architecture(source),
+        random_init=not source.weights.pretrained,
+        reference=reference,
         scoring_cpu_s=time.process_time() - cpu0,
     )
+    return result, features, source
+
+
+def _add_random_references(
+    scored: list[tuple[CandidateResult, Features, Any]],
+    data: LabeledData,
+    options: RankOptions,
+    methods: list[str],
+    notes: list[str],
+) -> None:
+    """For each architecture with no random initialisation among the candidates, score
+    it randomly initialised (``ARCH@none``) and append it as a reference row."""
+    from headstart.errors import HeadstartError
+
+    have = {r.architecture for r, _, _ in scored if r.random_init}
+    for result, _, source in list(scored):
+        if result.architecture in have:
+            continue
+        have.add(result.architecture)
+        arch_options = dict(getattr(source, "arch_options", {}) or {})
+        size = arch_options.get("image_size") or options.image_size
+        candidate = Candidate(text=f"{source.arch}@none", source=source.arch, weights="none")
+        try:
+            extra = _score_candidate(
+                candidate, data, replace(options, image_size=size), methods, reference=True
+            )
+        except HeadstartError as exc:
+            notes.append(
+                f"no random-initialisation line for {result.candidate}: building "
+                f"{candidate.text} failed ({exc})"
+            )
+            continue
+        if extra[0].architecture != result.architecture:
+            notes.append(
+                f"no random-initialisation line for {result.candidate}: {candidate.text} "
+                "builds a network of another shape"
+            )
+            continue
+        scored.append(extra)
+
+
+def _compare_with_random(
+    scored: list[tuple[CandidateResult, Features, Any]], methods: list[str], seed: int
+) -> None:
+    """Each pretrained candidate's scores against its architecture at random."""
+    randoms = {r.architecture: (r, f) for r, f, _ in scored if r.random_init}
+    for result, features, _ in scored:
+        if result.random_init or result.architecture not in randoms:
+            continue
+        baseline, baseline_features = randoms[result.architecture]
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        result.vs_random = {
+            m: None
+            if result.scores[m].value is None or baseline.scores[m].value is None
+            else compare_features(
+                features,
+                baseline_features,
+                m,
+                seed=seed,
+                terms=(result.scores[m].terms, baseline.scores[m].terms),
+            )
+            for m in methods
+        }
+        result.vs_random_of = baseline.candidate
+        result.compare_s = time.perf_counter() - t0
+        result.scoring_cpu_s += time.process_time() - cpu0
 
 
 def _folds(data: LabeledData, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -340,7 +463,9 @@ def _finetune(
 
 
 def kendall_taus(candidates: list[CandidateResult], methods: list[str]) -> dict[str, Any]:
-    """Per method: Kendall's tau-b between its scores and the fine-tuned accuracies.
+    """Per method: Kendall's tau-b between the order the method ranks the candidates in
+    (:func:`ranked`, with the random-initialisation line) and their fine-tuned
+    accuracies; ``score_tau`` is the same for the raw scores alone.
 
     ``tau`` is None (with a note) when a score is missing for some candidate or either
     side is constant, where tau is undefined.
@@ -352,20 +477,30 @@ def kendall_taus(candidates: list[CandidateResult], methods: list[str]) -> dict[
     for m in methods:
         values = [c.scores[m].value for c in candidates]
         if any(v is None for v in values) or any(a is None for a in accs):
-            out[m] = {"tau": None, "p_value": None, "note": "not scored for every candidate"}
+            out[m] = {
+                "tau": None,
+                "p_value": None,
+                "score_tau": None,
+                "note": "not scored for every candidate",
+            }
             continue
         if len(set(values)) < 2 or len(set(accs)) < 2:
             out[m] = {
                 "tau": None,
                 "p_value": None,
+                "score_tau": None,
                 "note": "undefined: the scores or the accuracies are all equal",
             }
             continue
-        res = kendalltau(values, accs)
+        order = ranked(candidates, m)
+        place = [-order.index(c) for c in candidates]  # higher is better, as a score
+        res = kendalltau(place, accs)
         tau, p = float(res.statistic), float(res.pvalue)
+        score_tau = float(kendalltau(values, accs).statistic)
         out[m] = {
             "tau": None if math.isnan(tau) else tau,
             "p_value": None if math.isnan(p) else p,
+            "score_tau": None if math.isnan(score_tau) else score_tau,
             "note": "",
         }
     return out
@@ -398,9 +533,14 @@ def rank_sources(options: RankOptions) -> RankResult:
         raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
     splits = _folds(data, options.folds, options.seed) if options.validate else []
 
-    results = [_score_candidate(c, data, options, methods) for c in candidates]
-    t_scored = time.perf_counter()
     notes: list[str] = []
+    scored = [_score_candidate(c, data, options, methods) for c in candidates]
+    if options.random_init:
+        _add_random_references(scored, data, options, methods, notes)
+    _compare_with_random(scored, methods, options.seed)
+    results = [r for r, _, _ in scored]
+    del scored  # the features and the built sources are not needed past this point
+    t_scored = time.perf_counter()
     for m in methods:
         if RANKERS.get(m).needs_source_probs:
             skipped = [r.candidate for r in results if r.scores[m].value is None]
@@ -411,6 +551,8 @@ def rank_sources(options: RankOptions) -> RankResult:
                 notes.append(
                     f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
                 )
+
+    notes += _line_notes(results, methods[0])
 
     validation = None
     if options.validate:
@@ -441,7 +583,7 @@ def rank_sources(options: RankOptions) -> RankResult:
             "finetune_cpu_s": finetune_cpu_s,
             "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
         }
-    results.sort(key=_sort_key(methods[0]))
+    results = ranked(results, methods[0])
     timings = {
         "scoring_total_s": t_scored - t_start,
         "total_s": time.perf_counter() - t_start,
@@ -458,30 +600,63 @@ def rank_sources(options: RankOptions) -> RankResult:
     )
 
 
+def _line_notes(results: list[CandidateResult], method: str) -> list[str]:
+    """What the random-initialisation line says, by ``method``: which pretrained sources
+    are no better than random weights of their own network."""
+    notes = []
+    for r in results:
+        c = r.vs_random.get(method)
+        if c is None or c.above:
+            continue
+        notes.append(
+            f"{r.candidate}: {method} is not clearly above {r.vs_random_of} "
+            f"({c.difference:+.4f} +- {c.se:.4f}, needs > {CLEARLY_ABOVE_Z} standard errors): "
+            "its features are no better than random ones of the same network, so fine-tuning "
+            "it gently is unlikely to beat training from scratch (negative transfer); ranked "
+            "below the random initialisation -- try `fit --strategy scratch` or another source"
+        )
+    return notes
+
+
 def format_rank(result: RankResult) -> str:
-    """The ranked table (each score with its seconds), the notes, and the validation."""
-    names = [c.candidate for c in result.candidates]
+    """The ranked table (each score with its seconds, and the first method's difference
+    from the random initialisation), the notes, and the validation."""
+    first = result.ranked_by
+    names = [c.candidate + (" (reference)" if c.reference else "") for c in result.candidates]
     width = max(len("candidate"), *(len(n) for n in names))
     cell = 17
     header = f"{'#':>2}  {'candidate':<{width}}  " + "  ".join(
         f"{m:>{cell}}" for m in result.methods
     )
+    compared = any(c.vs_random.get(first) is not None for c in result.candidates)
+    if compared:
+        header += f"  {'vs random init':>18}"
     header += f"  {'features s':>10}"
     validated = result.validation is not None
     if validated:
         header += f"  {'fine-tuned acc':>14}  {'fine-tune s':>11}"
     lines = [
-        f"{result.n_items} items, {result.n_classes} classes; best first by "
-        f"{result.ranked_by} (higher is better); each score with the seconds it took",
+        f"{result.n_items} items, {result.n_classes} classes; best first by {first} "
+        "(higher is better), a pretrained source not clearly above its network at random "
+        "below that; each score with the seconds it took",
         header,
     ]
-    for i, c in enumerate(result.candidates, 1):
+    for i, (c, name) in enumerate(zip(result.candidates, names, strict=True), 1):
         cells = []
         for m in result.methods:
             s = c.scores[m]
             text = "skipped" if s.value is None else f"{s.value:.4f} ({s.seconds:.2f}s)"
             cells.append(f"{text:>{cell}}")
-        row = f"{i:>2}  {c.candidate:<{width}}  " + "  ".join(cells) + f"  {c.features_s:>10.2f}"
+        row = f"{i:>2}  {name:<{width}}  " + "  ".join(cells)
+        if compared:
+            line = c.vs_random.get(first)
+            text = (
+                "-"
+                if line is None
+                else f"{line.difference:+.4f} +- {line.se:.4f}" + ("" if line.above else "!")
+            )
+            row += f"  {text:>18}"
+        row += f"  {c.features_s:>10.2f}"
         if validated:
             acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
             row += f"  {acc:>14}  {c.finetune_s or 0.0:>11.1f}"
@@ -500,7 +675,8 @@ def format_rank(result: RankResult) -> str:
             else:
                 lines.append(
                     f"  Kendall's tau, {m} vs accuracy: {t['tau']:+.2f} (p = {t['p_value']:.2f}, "
-                    f"{len(result.candidates)} candidates)"
+                    f"{len(result.candidates)} candidates; {m}'s scores alone, without the "
+                    f"random-initialisation line: {t['score_tau']:+.2f})"
                 )
         ratio = "-" if v["ratio"] is None else f"{v['ratio']:.1%}"
         cpu_ratio = "-" if v.get("cpu_ratio") is None else f"{v['cpu_ratio']:.1%}"
