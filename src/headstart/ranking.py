@@ -193,6 +193,7 @@ class CandidateResult:
             "vs_random": {k: None if v is None else v.to_dict() for k, v in self.vs_random.items()},
             "vs_random_of": self.vs_random_of,
             "features_s": self.features_s,
+            "compare_s": self.compare_s,
             "scoring_s": self.scoring_s,
             "accuracy": self.accuracy,
             "fold_accuracies": self.fold_accuracies,
