@@ -283,7 +283,7 @@ def _score_candidate(
     source = _build_source(
         replace(options, source=candidate.source, weights=candidate.weights), scratch=False
     )
-    _check_kind(candidate, source, data)
+    _check_kind(candidate, source.text is not None, data)
     need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -358,19 +358,19 @@ def _check_not_mixed(candidates: list[Candidate]) -> None:
         )
 
 
-def _check_kind(candidate: Candidate, source: Any, data: LabeledData) -> None:
+def _check_kind(candidate: Candidate, text_source: bool, data: LabeledData) -> None:
     """A text encoder needs texts, an image source images: name the candidate."""
     from headstart.textdata import TextData
 
     texts = isinstance(data, TextData)
-    if source.text is not None and not texts:
+    if text_source and not texts:
         raise ConfigError(
             f"--sources candidate {candidate.text!r} is a text encoder, but {data.spec} holds "
             "images; rank text encoders on texts (a CSV, TSV or JSONL with text and label "
             "columns, or a folder of .txt files per class), and every candidate of one call "
             "on the same kind of data"
         )
-    if source.text is None and texts:
+    if not text_source and texts:
         raise ConfigError(
             f"--sources candidate {candidate.text!r} is an image source, but {data.spec} holds "
             "texts; rank text encoders (hf:FOLDER) on texts, and every candidate of one call "
@@ -584,6 +584,10 @@ def rank_sources(options: RankOptions) -> RankResult:
                 "a random initialisation as SPEC@none)"
             )
     data = load_training_data(options)
+    for c in candidates:  # where known without building it, before any slow work
+        kind = _kind_hint(c.source)
+        if kind is not None:
+            _check_kind(c, kind == "text", data)
     unlabelled = int((data.targets < 0).sum())
     if unlabelled:
         raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
