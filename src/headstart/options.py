@@ -307,7 +307,8 @@ class RankOptions(FitOptions):
 
     data: str = _opt(
         "labelled target data to score the candidates on: a folder (one sub-folder per "
-        "class), a CSV (path,label) or builtin:digits[?classes=5-9&per_class=20]",
+        "class), a CSV (path,label) or builtin:digits[?classes=5-9&per_class=20]; for hf: "
+        "text encoders, labelled texts as fit takes them",
         default="",
     )
     sources: str = _opt(

@@ -6,7 +6,9 @@ a URL), so one architecture can be ranked with several sets of weights, e.g.
 ``builtin:digits-cnn,builtin:digits-cnn@none,builtin:digits-cnn@runs/other/model.safetensors``.
 
 For every candidate the backbone runs once over the target data
-(:func:`~headstart.features.extract_features`) and each transferability score of
+(:func:`~headstart.features.extract_features`: images, or texts for ``hf:`` text
+encoders, cut to ``--max-length`` tokens; one call ranks one kind of source, on data of
+that kind) and each transferability score of
 :mod:`headstart.rank` is computed on those features; the table lists the scores and the
 seconds each took, best first by the first method asked for.
 
@@ -272,7 +274,7 @@ def _score_candidate(
 ) -> tuple[CandidateResult, Features, Any]:
     """Score one candidate; also returns its features (for the comparisons) and the
     built source (whose ``arch`` rebuilds the architecture at random)."""
-    from headstart.api import _build_source
+    from headstart.api import _build_source, _max_length
     from headstart.features import extract_features
     from headstart.train import seed_everything
 
@@ -282,6 +284,7 @@ def _score_candidate(
     source = _build_source(
         replace(options, source=candidate.source, weights=candidate.weights), scratch=False
     )
+    _check_kind(candidate, source.text is not None, data)
     need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -293,6 +296,7 @@ def _score_candidate(
         with_source_logits=need_probs,
         workers=options.workers,
         progress=options.progress,
+        max_length=None if source.text is None else _max_length(options, source),
     )
     features_s = time.perf_counter() - t0
     scores = score_features(features, methods=methods, seed=options.seed)
@@ -322,6 +326,57 @@ def _score_candidate(
         scoring_cpu_s=time.process_time() - cpu0,
     )
     return result, features, source
+
+
+def _kind_hint(spec: str) -> str | None:
+    """``"text"`` or ``"image"``: what kind of source ``spec`` builds, where that is known
+    without building it (an image family, or an ``hf:`` folder on disk); else None."""
+    from headstart.sources import parse_source_spec
+
+    family, name = parse_source_spec(spec)
+    if family in ("builtin", "timm", "torchvision"):
+        return "image"
+    if family == "hf":
+        from headstart.sources.hf import _is_vision
+
+        folder = Path(name).expanduser()
+        if (folder / "config.json").is_file():
+            return "image" if _is_vision(folder) else "text"
+    return None
+
+
+def _check_not_mixed(candidates: list[Candidate]) -> None:
+    """One call ranks image sources on images or text encoders on texts, not both."""
+    kinds: dict[str, list[str]] = {}
+    for c in candidates:
+        kind = _kind_hint(c.source)
+        if kind is not None:
+            kinds.setdefault(kind, []).append(c.text)
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"--sources mixes text encoders ({', '.join(kinds['text'])}) and image sources "
+            f"({', '.join(kinds['image'])}); rank one kind at a time, on data of that kind"
+        )
+
+
+def _check_kind(candidate: Candidate, text_source: bool, data: LabeledData) -> None:
+    """A text encoder needs texts, an image source images: name the candidate."""
+    from headstart.textdata import TextData
+
+    texts = isinstance(data, TextData)
+    if text_source and not texts:
+        raise ConfigError(
+            f"--sources candidate {candidate.text!r} is a text encoder, but {data.spec} holds "
+            "images; rank text encoders on texts (a CSV, TSV or JSONL with text and label "
+            "columns, or a folder of .txt files per class), and every candidate of one call "
+            "on the same kind of data"
+        )
+    if not text_source and texts:
+        raise ConfigError(
+            f"--sources candidate {candidate.text!r} is an image source, but {data.spec} holds "
+            "texts; rank text encoders (hf:FOLDER) on texts, and every candidate of one call "
+            "on the same kind of data"
+        )
 
 
 def _add_random_references(
@@ -516,6 +571,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     if not options.data:
         raise ConfigError("no target data given (DATA)")
     candidates = parse_candidates(options.sources)
+    _check_not_mixed(candidates)
     methods = parse_methods(options.method)
     if options.validate:
         from headstart.plan import parse_strategy
@@ -529,6 +585,10 @@ def rank_sources(options: RankOptions) -> RankResult:
                 "a random initialisation as SPEC@none)"
             )
     data = load_training_data(options)
+    for c in candidates:  # where known without building it, before any slow work
+        kind = _kind_hint(c.source)
+        if kind is not None:
+            _check_kind(c, kind == "text", data)
     unlabelled = int((data.targets < 0).sum())
     if unlabelled:
         raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")

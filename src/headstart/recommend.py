@@ -229,18 +229,10 @@ def _input_batches(
     """The backbone's inputs for ``data`` in batches, and for texts the item index of each
     row (texts are batched by length; images stay in order: None)."""
     if source.text is not None:
-        from headstart.textdata import TextData, loader_order, text_loader
+        from headstart.features import text_eval_loader
 
-        assert isinstance(data, TextData)
-        loader = text_loader(
-            data.texts(),
-            data.targets,
-            source.text.tokenizer,
-            max_length=max_length,
-            batch_size=batch_size,
-            train=False,
-        )
-        return [x for x, _ in loader], loader_order(loader)
+        loader, order = text_eval_loader(source, data, max_length=max_length, batch_size=batch_size)
+        return [x for x, _ in loader], order
     from headstart.data import ImageDataset, make_transform
 
     transform = make_transform(source.preprocessing, train=False)
@@ -250,11 +242,9 @@ def _input_batches(
 
 
 def _in_item_order(feats: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-    if order is None:
-        return feats
-    out = np.empty_like(feats)
-    out[order] = feats
-    return out
+    from headstart.features import in_item_order
+
+    return in_item_order(feats, order)
 
 
 def measure(
