@@ -20,8 +20,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 
+# One torch thread unless the caller says otherwise: the tests train tiny models, which
+# gain little from a second thread on idle cores (the suite: 207 s with one, 199 s with
+# two, on 2 cores) and lose much when another process holds a core (tests/test_demo.py +
+# test_plan.py beside one busy loop: 18.5 s with one thread, 33.4 s with two; the whole
+# suite took 18 min instead of 3 beside a helper's test run).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(BIN)/python -m pytest -q
 
 test: lint unit
 
