@@ -392,7 +392,7 @@ def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> 
     k-NN, the default's first method, with the random-initialisation line) is that order
     (tau +1), every score puts the matched source first, tau is printed per method, and
     scoring costs < 5% of the fine-tuning's CPU time.  (LogME's order with the line is not
-    asserted: in the bench it is right in 16 of 19 samples.)"""
+    asserted: in the bench it is right in 45 of 55 samples.)"""
     bench = _bench()
     target, matched = bench.write_digits_m(tmp_path / "digits-m", per_class=10, seed=1)
     patches = bench.write_photo_patches(tmp_path / "patches", per_class=100)
