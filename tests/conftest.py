@@ -9,11 +9,14 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
 from PIL import Image
+
+if TYPE_CHECKING:
+    from headstart.options import FitOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,6 +37,26 @@ def write_digit_pngs(root: Path, *, digits: Sequence[int], per_class: int, size:
             rgb = Image.merge("RGB", (img, img.point(lambda v: 255 - v), img))
             rgb.save(folder / f"{d}_{i:03d}.png")
     return root
+
+
+def tiny_fit_options(tmp_path: Path, name: str, **kw: Any) -> FitOptions:
+    """FitOptions for a few seconds' fit of digits-cnn at random on 60 digits 0-2, out
+    to tmp_path/name with a cache of its own; ``kw`` overrides any field."""
+    from headstart.options import FitOptions
+
+    base: dict[str, Any] = dict(
+        data="builtin:digits?classes=0-2&per_class=20",
+        source="builtin:digits-cnn",
+        weights="none",
+        epochs=3,
+        batch_size=8,
+        augment="none",
+        cache_dir=str(tmp_path / "cache"),
+        out=str(tmp_path / name),
+        progress=False,
+    )
+    base.update(kw)
+    return FitOptions(**base)
 
 
 @pytest.fixture(scope="session", autouse=True)

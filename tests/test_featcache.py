@@ -21,23 +21,7 @@ from headstart.featcache import (
     list_features,
 )
 from headstart.sources import build_source
-from tests.conftest import run_cli
-
-
-def _options(tmp_path: Path, name: str, **kw: object) -> FitOptions:
-    base: dict[str, object] = dict(
-        data="builtin:digits?classes=0-2&per_class=20",
-        source="builtin:digits-cnn",
-        weights="none",
-        epochs=3,
-        batch_size=8,
-        augment="none",
-        cache_dir=str(tmp_path / "cache"),
-        out=str(tmp_path / name),
-        progress=False,
-    )
-    base.update(kw)
-    return FitOptions(**base)  # type: ignore[arg-type]
+from tests.conftest import run_cli, tiny_fit_options
 
 
 def _head(run: Path) -> dict[str, torch.Tensor]:
@@ -56,8 +40,8 @@ def test_cached_head_matches_the_per_epoch_loop(tmp_path: Path, augment: str) ->
     # "default": fit's own default (--augment auto), which is "none" for linear: the
     # command with and without --no-feature-cache trains the same head
     kw["augment"] = FitOptions.augment if augment == "default" else augment
-    plain = fit(_options(tmp_path, "plain", feature_cache=False, **kw))
-    cached = fit(_options(tmp_path, "cached", **kw))
+    plain = fit(tiny_fit_options(tmp_path, "plain", feature_cache=False, **kw))
+    cached = fit(tiny_fit_options(tmp_path, "cached", **kw))
     for run in (plain, cached):
         assert _meta(run.run_dir)["augmentation"]["applied"] == "none"  # type: ignore[index]
     a, b = _head(plain.run_dir), _head(cached.run_dir)
@@ -87,25 +71,27 @@ def test_cached_head_matches_the_per_epoch_loop(tmp_path: Path, augment: str) ->
 
 
 def test_reused_across_runs_and_other_splits(tmp_path: Path) -> None:
-    first = fit(_options(tmp_path, "a"))
+    first = fit(tiny_fit_options(tmp_path, "a"))
     assert _meta(first.run_dir)["feature_cache"]["hit"] is False  # type: ignore[index]
-    again = fit(_options(tmp_path, "b", lr=3e-3))
+    again = fit(tiny_fit_options(tmp_path, "b", lr=3e-3))
     info = _meta(again.run_dir)["feature_cache"]
     assert info["hit"] is True and info["images_extracted"] == 0  # type: ignore[index]
     # another split of the same images (as a cross-validation fold makes) is served too
-    other = fit(_options(tmp_path, "c", val_fraction=0.5))
+    other = fit(tiny_fit_options(tmp_path, "c", val_fraction=0.5))
     assert _meta(other.run_dir)["feature_cache"]["hit"] is True  # type: ignore[index]
     # other random weights are another key
-    seeded = fit(_options(tmp_path, "d", seed=1))
+    seeded = fit(tiny_fit_options(tmp_path, "d", seed=1))
     assert _meta(seeded.run_dir)["feature_cache"]["hit"] is False  # type: ignore[index]
     # full fine-tuning does not use it
-    full = fit(_options(tmp_path, "e", strategy="full", epochs=1))
+    full = fit(tiny_fit_options(tmp_path, "e", strategy="full", epochs=1))
     assert _meta(full.run_dir)["feature_cache"]["used"] is False  # type: ignore[index]
     assert len(list_features(tmp_path / "cache")) == 2
 
 
 def test_augmented_views_are_cached_per_view(tmp_path: Path) -> None:
-    result = fit(_options(tmp_path, "aug", augment="light", feature_cache_views=2, epochs=3))
+    result = fit(
+        tiny_fit_options(tmp_path, "aug", augment="light", feature_cache_views=2, epochs=3)
+    )
     info = _meta(result.run_dir)["feature_cache"]
     assert info["views"] == 2 and info["augmentation_applied"] is True  # type: ignore[index]
     entries = list_features(tmp_path / "cache")
@@ -114,7 +100,7 @@ def test_augmented_views_are_cached_per_view(tmp_path: Path) -> None:
     assert sum('"augment": "none"' in v for v in views) == 1
     assert _meta(result.run_dir)["augmentation"]["applied"] == "light, 2 cached view(s)"  # type: ignore[index]
     # with views 0 and augmentation on, the head sees un-augmented features: said so
-    plain = fit(_options(tmp_path, "aug0", augment="light"))
+    plain = fit(tiny_fit_options(tmp_path, "aug0", augment="light"))
     info0 = _meta(plain.run_dir)["feature_cache"]
     assert info0["augmentation_applied"] is False  # type: ignore[index]
     aug0 = _meta(plain.run_dir)["augmentation"]
@@ -125,7 +111,7 @@ def test_augmented_views_are_cached_per_view(tmp_path: Path) -> None:
         in (plain.run_dir / "report.md").read_text()
     )
     # without the cache, an explicit --augment light with linear augments, as before
-    per_epoch = fit(_options(tmp_path, "aug-nc", augment="light", feature_cache=False))
+    per_epoch = fit(tiny_fit_options(tmp_path, "aug-nc", augment="light", feature_cache=False))
     assert _meta(per_epoch.run_dir)["augmentation"]["applied"] == "light"  # type: ignore[index]
 
 

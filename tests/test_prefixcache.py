@@ -22,24 +22,11 @@ from headstart.model import TargetModel
 from headstart.plan import Plan, make_plan
 from headstart.prefix import Split, find_split
 from headstart.sources.base import Backbone, assign_by_prefix
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_fit_options
 
 
 def _options(tmp_path: Path, name: str, **kw: object) -> FitOptions:
-    base: dict[str, object] = dict(
-        data="builtin:digits?classes=0-2&per_class=20",
-        source="builtin:digits-cnn",
-        weights="none",
-        strategy="partial:2",
-        epochs=3,
-        batch_size=8,
-        augment="none",
-        cache_dir=str(tmp_path / "cache"),
-        out=str(tmp_path / name),
-        progress=False,
-    )
-    base.update(kw)
-    return FitOptions(**base)  # type: ignore[arg-type]
+    return tiny_fit_options(tmp_path, name, **{"strategy": "partial:2", **kw})
 
 
 def _meta(run: Path) -> dict[str, object]:

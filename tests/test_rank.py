@@ -390,7 +390,7 @@ def test_paired_comparison_of_mean_scores_is_the_mean_and_se_of_per_item_differe
     # the terms score_features kept give the same comparison without recomputing
     scores_a = score_features(a, methods=["knn"], seed=4)["knn"]
     scores_b = score_features(b, methods=["knn"], seed=4)["knn"]
-    again = compare_features(a, b, "knn", seed=4, terms=(scores_a.terms, scores_b.terms))
+    again = compare_features(a, b, "knn", seed=4, scored=(scores_a, scores_b))
     assert again == got
     # LEEP needs both sides' class probabilities
     assert compare_features(a, b, "leep") is None

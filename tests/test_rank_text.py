@@ -139,14 +139,10 @@ def test_a_text_encoder_on_images_names_the_candidate(tiny_bert: Path, digits_fo
 def one_thread() -> Iterator[None]:
     """200 steps of a 32-wide BERT gain nothing from a second thread, and on a busy
     2-core machine two spinning threads made them 60x slower (2.5s -> 160s)."""
-    import torch
+    from headstart.headtrain import one_thread
 
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @pytest.mark.usefixtures("one_thread")

@@ -550,7 +550,8 @@ def test_text_fit_interrupted_mid_epoch_resumes_bit_identical(
 def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
     tmp_path: Path, tiny_bert: Path, sentiment_csv: Path
 ) -> None:
-    from headstart.recommend import _in_item_order, _input_batches, bn_shift
+    from headstart.features import in_item_order
+    from headstart.recommend import _input_batches, bn_shift
     from headstart.textdata import load_text_data
 
     data = load_text_data(sentiment_csv)
@@ -558,7 +559,7 @@ def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
     # batched by length, then put back in item order: the same as one text at a time
     batches, order = _input_batches(source, data, max_length=32, batch_size=8)
     assert order is not None and sorted(order.tolist()) == list(range(len(data)))
-    feats = _in_item_order(bn_shift(source.backbone, batches)[0], order)
+    feats = in_item_order(bn_shift(source.backbone, batches)[0], order)
     for i in (0, 7, 23):
         one, _ = _input_batches(source, data.subset([i]), max_length=32)
         alone = bn_shift(source.backbone, one)[0][0]

@@ -538,7 +538,7 @@ def compare_features(
     method: str,
     *,
     seed: int = 0,
-    terms: tuple[np.ndarray | None, np.ndarray | None] = (None, None),
+    scored: tuple[ScoreResult | None, ScoreResult | None] = (None, None),
 ) -> Comparison | None:
     """``method``'s score on ``candidate`` minus its score on ``baseline`` (features of
     the same examples, in the same order), with the standard error of the difference.
@@ -548,9 +548,10 @@ def compare_features(
     sqrt(N).  LogME is not such a mean; its standard error is the delete-d jackknife's
     with d = N/2 (Shao & Wu, Ann. Statist. 1989), over :data:`HALF_SAMPLES` random
     stratified halves: the spread of the halves' differences around their mean, times
-    ``(N - d) / d``.  ``terms``: the two sides' per-example terms where
-    :func:`score_features` already computed them (:attr:`ScoreResult.terms`).  None
-    when ``method`` needs class probabilities one side lacks.
+    ``(N - d) / d``.  ``scored``: the two sides' results of :func:`score_features`
+    for ``method``, where already computed, so that their value and per-example terms
+    are not computed again.  None when ``method`` needs class probabilities one side
+    lacks.
     Raises :class:`ConfigError` when the two do not describe the same examples.
     """
     ranker = RANKERS.get(method)
@@ -561,14 +562,21 @@ def compare_features(
     if not np.array_equal(candidate.targets, baseline.targets):
         raise ConfigError("compare_features: the two feature sets are not of the same examples")
     n = len(candidate.targets)
+    sides = list(zip((candidate, baseline), scored, strict=True))
     if ranker.per_item is not None:
-        ours, theirs = terms
-        ours = ranker.per_item(candidate, seed) if ours is None else ours
-        theirs = ranker.per_item(baseline, seed) if theirs is None else theirs
+        per_item = ranker.per_item
+        ours, theirs = (
+            per_item(f, seed) if done is None or done.terms is None else done.terms
+            for f, done in sides
+        )
         diff = ours - theirs
         se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
         return Comparison(difference=float(diff.mean()), se=se, how="per item")
-    full = ranker.score(candidate, seed) - ranker.score(baseline, seed)
+    ours_value, theirs_value = (
+        ranker.score(f, seed) if done is None or done.value is None else done.value
+        for f, done in sides
+    )
+    full = ours_value - theirs_value
     diffs = []
     kept = 0
     for half in _halves(candidate.targets, seed):

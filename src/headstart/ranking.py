@@ -47,6 +47,7 @@ from headstart.rank import (
     compare_features,
     score_features,
 )
+from headstart.sources.base import Source
 
 __all__ = [
     "METHOD_ALIASES",
@@ -256,7 +257,7 @@ def ranked(candidates: list[CandidateResult], method: str) -> list[CandidateResu
     return sorted(candidates, key=key)
 
 
-def _architecture(source: Any) -> str:
+def _architecture(source: Source) -> str:
     """A short digest of the backbone's parameter names and shapes."""
     import hashlib
 
@@ -271,7 +272,7 @@ def _score_candidate(
     methods: list[str],
     *,
     reference: bool = False,
-) -> tuple[CandidateResult, Features, Any]:
+) -> tuple[CandidateResult, Features, Source]:
     """Score one candidate; also returns its features (for the comparisons) and the
     built source (whose ``arch`` rebuilds the architecture at random)."""
     from headstart.api import _build_source, _max_length
@@ -380,7 +381,7 @@ def _check_kind(candidate: Candidate, text_source: bool, data: LabeledData) -> N
 
 
 def _add_random_references(
-    scored: list[tuple[CandidateResult, Features, Any]],
+    scored: list[tuple[CandidateResult, Features, Source]],
     data: LabeledData,
     options: RankOptions,
     methods: list[str],
@@ -395,8 +396,7 @@ def _add_random_references(
         if result.architecture in have:
             continue
         have.add(result.architecture)
-        arch_options = dict(getattr(source, "arch_options", {}) or {})
-        size = arch_options.get("image_size") or options.image_size
+        size = source.arch_options.get("image_size") or options.image_size
         candidate = Candidate(text=f"{source.arch}@none", source=source.arch, weights="none")
         try:
             extra = _score_candidate(
@@ -418,7 +418,7 @@ def _add_random_references(
 
 
 def _compare_with_random(
-    scored: list[tuple[CandidateResult, Features, Any]], methods: list[str], seed: int
+    scored: list[tuple[CandidateResult, Features, Source]], methods: list[str], seed: int
 ) -> None:
     """Each pretrained candidate's scores against its architecture at random."""
     randoms = {r.architecture: (r, f) for r, f, _ in scored if r.random_init}
@@ -436,7 +436,7 @@ def _compare_with_random(
                 baseline_features,
                 m,
                 seed=seed,
-                terms=(result.scores[m].terms, baseline.scores[m].terms),
+                scored=(result.scores[m], baseline.scores[m]),
             )
             for m in methods
         }
@@ -491,7 +491,7 @@ def _finetune(
         select="last",  # picking the best epoch on the held-out fold would flatter it
         patience=None,
     )
-    if result.weights == "none":
+    if result.random_init:
         # A random backbone has nothing to preserve: it trains at the head's rate, as
         # `fit --strategy scratch` would train it, not at the slower rate that protects
         # pretrained weights (which would handicap the random baseline).

@@ -47,6 +47,7 @@ import torch
 from torch import nn
 
 from headstart.data import AUTO_AUGMENT, LabeledData, resolve_augment
+from headstart.features import in_item_order
 from headstart.options import FitOptions
 from headstart.rank import leep, linear_probe_accuracy
 from headstart.sources import BuildOptions, Source, build_source
@@ -241,12 +242,6 @@ def _input_batches(
     return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)], None
 
 
-def _in_item_order(feats: np.ndarray, order: np.ndarray | None) -> np.ndarray:
-    from headstart.features import in_item_order
-
-    return in_item_order(feats, order)
-
-
 def measure(
     source: Source,
     random_source: Source,
@@ -266,7 +261,7 @@ def measure(
     batches, order = _input_batches(source, data, max_length=max_length)
     feats, shift = bn_shift(source.backbone, batches)
     random_feats, shift_random = bn_shift(random_source.backbone, batches)
-    feats, random_feats = _in_item_order(feats, order), _in_item_order(random_feats, order)
+    feats, random_feats = in_item_order(feats, order), in_item_order(random_feats, order)
     probe = linear_probe_accuracy(feats, data.targets, seed=seed)
     probe_random = linear_probe_accuracy(random_feats, data.targets, seed=seed)
     trainable = sum(p.numel() for p in source.backbone.parameters()) + (
