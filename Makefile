@@ -13,12 +13,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m headstart.demo
+	$(BIN)/python -m headstart.cli.demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # One torch thread unless the caller says otherwise: the tests train tiny models, which
 # gain little from a second thread on idle cores (the suite: 207 s with one, 199 s with

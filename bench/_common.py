@@ -72,7 +72,7 @@ def measured(result: dict[str, Any]) -> Iterator[None]:
 
 def split_indices(targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """headstart's own stratified 80/20 split, so every competitor has the same halves."""
-    from headstart.data import stratified_split
+    from headstart.data.labelled import stratified_split
 
     classes = [str(c) for c in range(int(targets.max()) + 1)]
     train_idx, val_idx = stratified_split(targets, val_fraction=0.2, seed=seed, classes=classes)
@@ -81,7 +81,7 @@ def split_indices(targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.nd
 
 def headstart_json(argv: list[str]) -> dict[str, Any]:
     """Run ``headstart ARGV --json`` in this process and return its JSON object."""
-    from headstart.cli import main
+    from headstart.cli.main import main
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):

@@ -82,8 +82,8 @@ def build_pair(root: Path, *, seed: int) -> dict[str, Path]:
 
 
 def main() -> None:
-    from headstart.adapt import adapt
-    from headstart.options import AdaptOptions
+    from headstart.api.adapt import adapt
+    from headstart.config.options import AdaptOptions
 
     logging.basicConfig(level=logging.WARNING)
     epochs = int(sys.argv[1]) if len(sys.argv) > 1 else 20

@@ -36,8 +36,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     args = parser.parse_args()
 
-    from headstart.api import fit
-    from headstart.options import FitOptions
+    from headstart.api.fit import fit
+    from headstart.config.options import FitOptions
 
     results: dict[str, Any] = {
         "bench": "augment_cost",

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from headstart.api import pretrain
-from headstart.compare import CompareResult, compare, tally
-from headstart.options import CompareOptions, PretrainOptions
+from headstart.api.fit import pretrain
+from headstart.choose.compare import CompareResult, compare
+from headstart.choose.comparison import tally
+from headstart.config.options import CompareOptions, PretrainOptions
 from headstart.sources.builtin import DIGITS_PRETRAIN
 
 # Images of digits 0-4 the source is pre-trained on; the rest of 0-4 stays unseen by it.
@@ -128,9 +129,9 @@ def verdict(result: CompareResult, *, tolerance: float = 0.01) -> dict[str, obje
 def measure_case(folder: Path, source_run: Path) -> dict[str, object]:
     """recommend's measurements on the whole target (for the record; compare's auto
     measures each fold's training part only)."""
-    from headstart.data import load_data
-    from headstart.options import FitOptions
-    from headstart.recommend import recommend_for
+    from headstart.choose.recommend import recommend_for
+    from headstart.config.options import FitOptions
+    from headstart.data.images import load_data
 
     rec = recommend_for(FitOptions(source=f"file:{source_run}"), load_data(str(folder)))
     m = rec.measurements

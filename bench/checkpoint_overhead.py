@@ -17,9 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from headstart.api import _split, load_training_data, train_on
-from headstart.checkpoint import Checkpointer
-from headstart.options import FitOptions
+from headstart.config.options import FitOptions
+from headstart.train.assemble import _split, load_training_data, train_on
+from headstart.train.checkpoint import Checkpointer
 
 
 def main() -> None:

@@ -211,9 +211,6 @@ def main() -> None:
     import timm
     import torchvision  # noqa: F401
 
-    import headstart.api
-    import headstart.cli  # noqa: F401
-
     try:
         import fastai.vision.all  # type: ignore[import-not-found]  # noqa: F401
     except ImportError as exc:

@@ -1,5 +1,5 @@
 """What torch's fused AdamW saves a full fit: the same ``headstart fit`` with and without
-it, alternated in one process (``headstart.train._adamw_kernel`` patched to ``{}`` for the
+it, alternated in one process (``headstart.train.loop._adamw_kernel`` patched to ``{}`` for the
 per-parameter loop that torch uses on the CPU by default).  Besides each whole fit's time
 it reports the CPU time spent in ``optimizer.step`` (the part that changes; the whole
 fit's CPU time varies by more than that on a shared machine).  Prints one JSON line::
@@ -32,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    import headstart.train as train_module
+    import headstart.train.loop as train_module
 
     in_step = {"cpu": 0.0}
     step = torch.optim.AdamW.step

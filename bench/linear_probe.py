@@ -91,7 +91,8 @@ def _floor(data: Path, args: argparse.Namespace, result: dict[str, Any]) -> None
     import torch
     from torch.utils.data import DataLoader
 
-    from headstart.data import ImageDataset, load_data, make_transform
+    from headstart.data.images import load_data
+    from headstart.data.transforms import ImageDataset, make_transform
     from headstart.sources import build_source
 
     source = build_source(args.source, weights="none")

@@ -79,7 +79,7 @@ def write_digits_m(root: Path, *, per_class: int, seed: int) -> tuple[Path, Path
     chosen: set[int] = set()
     for digit in range(10):
         members = np.flatnonzero(bunch.target == digit)
-        # as builtin:digits picks a class's sample (headstart.data._load_digits)
+        # as builtin:digits picks a class's sample (headstart.data.images._load_digits)
         pick = np.random.default_rng([seed, digit]).choice(members, size=per_class, replace=False)
         if digit >= 5:
             chosen.update(int(i) for i in pick)
@@ -107,7 +107,8 @@ def write_digits_m(root: Path, *, per_class: int, seed: int) -> tuple[Path, Path
 
 def pretrain_source(data: str, out: Path) -> Path:
     """`headstart pretrain DATA --source builtin:digits-cnn` with digits-cnn's own recipe."""
-    from headstart.api import PretrainOptions, pretrain
+    from headstart.api.fit import pretrain
+    from headstart.config.options import PretrainOptions
     from headstart.sources.builtin import DIGITS_PRETRAIN
 
     pretrain(
@@ -119,8 +120,8 @@ def pretrain_source(data: str, out: Path) -> Path:
 
 
 def main() -> None:
-    from headstart.options import RankOptions
-    from headstart.ranking import rank_sources
+    from headstart.choose.rank import rank_sources
+    from headstart.config.options import RankOptions
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--per-class", type=int, default=20)

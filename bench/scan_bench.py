@@ -1,7 +1,7 @@
 """Pre-scan speed: decoding every image serially, with a thread pool, with a process pool.
 
 Writes ``--n`` photo-like images (JPEG and PNG, ``--size`` pixels on the long side) to a
-temporary folder, then times :func:`headstart.scan.scan_images` each way, side by side in
+temporary folder, then times :func:`headstart.data.scan.scan_images` each way, side by side in
 one process, ``--repeats`` rounds in rotating order, cache off.  Prints one JSON object:
 the median seconds of each way, the ratios against serial, and how many cores each way
 kept busy (CPU seconds per wall second; a thread pool above 1 shows Pillow's decoders
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from headstart.scan import scan_images
+from headstart.data.scan import scan_images
 
 
 def _write_images(folder: Path, n: int, size: int) -> list[Path]:

@@ -54,8 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from headstart.api import evaluate, fit
-    from headstart.options import FitOptions
+    from headstart.api.fit import fit
+    from headstart.api.predict import evaluate
+    from headstart.config.options import FitOptions
 
     model = args.model
     if model is None:

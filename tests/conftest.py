@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
-    from headstart.options import FitOptions
+    from headstart.config.options import FitOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +42,7 @@ def write_digit_pngs(root: Path, *, digits: Sequence[int], per_class: int, size:
 def tiny_fit_options(tmp_path: Path, name: str, **kw: Any) -> FitOptions:
     """FitOptions for a few seconds' fit of digits-cnn at random on 60 digits 0-2, out
     to tmp_path/name with a cache of its own; ``kw`` overrides any field."""
-    from headstart.options import FitOptions
+    from headstart.config.options import FitOptions
 
     base: dict[str, Any] = dict(
         data="builtin:digits?classes=0-2&per_class=20",
@@ -89,7 +89,7 @@ def run_cli(*args: str | os.PathLike[str]) -> CliResult:
     import contextlib
     import io
 
-    from headstart.cli import main
+    from headstart.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

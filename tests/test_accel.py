@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart import accel
-from headstart.api import FitOptions, fit
+from headstart.api.fit import fit
+from headstart.config.options import FitOptions
 from headstart.errors import ConfigError
-from headstart.model import TargetModel
 from headstart.sources import build_source
+from headstart.sources.target import TargetModel
+from headstart.train import accel
 
 
 def test_cpu_defaults_leave_the_model_alone() -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from headstart.adapt import (
+from headstart.api.adapt import (
     DomainClassifier,
     annealed_lr,
     coral_loss,

@@ -9,9 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from headstart.api import FitOptions, HeadstartClassifier, evaluate, fit, predict, pretrain
+from headstart.api.classifier import HeadstartClassifier
+from headstart.api.fit import fit, pretrain
+from headstart.api.predict import evaluate, predict
+from headstart.config.options import FitOptions, PretrainOptions
 from headstart.errors import ConfigError
-from headstart.options import PretrainOptions
 from headstart.sources import build_source
 
 DIGITS = "builtin:digits?classes=0-2&per_class=30"
@@ -119,10 +121,36 @@ def test_classifier_fit_predict_score_load(tmp_path: Path) -> None:
 
 
 def test_classifier_refuses_unknown_options_and_unfitted_use() -> None:
-    with pytest.raises(ConfigError, match="unknown option"):
-        HeadstartClassifier(strategy_name="linear")
+    with pytest.raises(TypeError, match="strategy_name"):
+        HeadstartClassifier(strategy_name="linear")  # type: ignore[call-arg]
+    with pytest.raises(ValueError, match="strategy_name"):
+        HeadstartClassifier().set_params(strategy_name="linear")
     with pytest.raises(ConfigError, match="not fitted"):
         HeadstartClassifier().predict(["x.png"])
+
+
+def test_classifier_follows_scikit_learns_estimator_rules(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from sklearn.base import clone
+
+    from headstart.api.classifier import _NOT_PARAMS
+
+    # The parameters are FitOptions' fields with FitOptions' defaults.
+    params = HeadstartClassifier().get_params()
+    options = {f.name: f.default for f in fields(FitOptions) if f.name not in _NOT_PARAMS}
+    assert params == options
+    # __init__ stores and checks nothing: a bad value fails in fit, by name.
+    bad = HeadstartClassifier(strategy="sideways", out=str(tmp_path / "bad"))
+    assert bad.strategy == "sideways"
+    with pytest.raises(ConfigError, match="sideways"):
+        bad.fit("builtin:digits?classes=0-1&per_class=5")
+    # clone gives an unfitted copy with equal parameters; set_params changes one.
+    clf = HeadstartClassifier(strategy="full", epochs=3)
+    copy = clone(clf)
+    assert copy is not clf and copy.get_params() == clf.get_params()
+    assert copy.set_params(epochs=5).epochs == 5 and clf.epochs == 3
+    assert "strategy='full'" in repr(clf)
 
 
 def test_evaluate_and_predict_reject_foreign_labels(tmp_path: Path) -> None:
@@ -146,3 +174,19 @@ def test_source_build_is_repeatable_for_scratch() -> None:
     torch.manual_seed(0)
     b = build_source("builtin:digits-cnn", weights="none").backbone.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_public_api_is_importable_from_the_package_without_loading_torch_first() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, headstart\n"
+        "assert 'torch' not in sys.modules, 'import headstart loaded torch'\n"
+        "from headstart import HeadstartClassifier, fit, evaluate, predict, pretrain, FitOptions\n"
+        "assert set(headstart.__all__) - {'__version__'} == set(headstart._EXPORTS)\n"
+        "for name in headstart.__all__: getattr(headstart, name)\n"
+        "import headstart.api.fit as module; assert module.fit is fit\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from headstart.data import resolve_augment
+from headstart.choose.recommend import Measurements, decide
+from headstart.config.options import FitOptions
+from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError
-from headstart.options import FitOptions
-from headstart.recommend import Measurements, decide
 from tests.conftest import run_cli
 
 

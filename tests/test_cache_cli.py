@@ -15,7 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from headstart.errors import WeightsError
 from headstart.sources import BuildOptions, build_source
-from headstart.weights import download, load_state_dict, read_stamp
+from headstart.weights.download import download, read_stamp
+from headstart.weights.files import load_state_dict
 from tests.conftest import headstart, run_cli
 
 if TYPE_CHECKING:

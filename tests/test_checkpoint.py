@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import headstart.checkpoint as checkpoint_module
-import headstart.train as train_module
+import headstart.train.checkpoint as checkpoint_module
+import headstart.train.loop as train_module
 from conftest import run_cli
-from headstart.api import fit
-from headstart.checkpoint import Checkpointer, CheckpointError, Progress, checkpoint_dir
-from headstart.determinism import EpochBatchSampler, SeededDataset
+from headstart.api.fit import fit
+from headstart.config.options import FitOptions
+from headstart.data.sampling import EpochBatchSampler, SeededDataset
 from headstart.errors import ConfigError, DataError
-from headstart.options import FitOptions
+from headstart.train.checkpoint import Checkpointer, CheckpointError, Progress, checkpoint_dir
 
 OPTIONS = FitOptions(
     data="builtin:digits?classes=5-9&per_class=8",

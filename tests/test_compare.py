@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from headstart.compare import FoldScore, compare, format_table, summarise
+from headstart.choose.compare import FoldScore, compare, summarise
+from headstart.choose.comparison import format_table
+from headstart.config.options import CompareOptions
 from headstart.errors import ConfigError, DataError
-from headstart.options import CompareOptions
 
 
 def _score(strategy: str, fold: int, acc: float) -> FoldScore:
@@ -105,21 +106,21 @@ def test_compare_refuses_bad_requests(tmp_path: Path) -> None:
 def test_auto_recommends_per_fold_from_the_training_part_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.recommend as recommend_module
-    from headstart.data import load_data
+    import headstart.choose.compare as compare_module
+    from headstart.data.images import load_data
     from tests.conftest import run_cli
 
     spec = "builtin:digits?classes=0-2&per_class=12"
     every = load_data(spec)
     fingerprints = {np.asarray(x).tobytes(): i for i, x in enumerate(every.items)}
     seen: list[set[int]] = []
-    real = recommend_module.recommend_for
+    real = compare_module.recommend_for
 
     def spy(options: Any, data: Any) -> Any:
         seen.append({fingerprints[np.asarray(x).tobytes()] for x in data.items})
         return real(options, data)
 
-    monkeypatch.setattr(recommend_module, "recommend_for", spy)
+    monkeypatch.setattr(compare_module, "recommend_for", spy)
     out = tmp_path / "cmp"
     result = run_cli(
         "compare", spec, "--source", "builtin:digits-cnn", "--strategies", "linear,partial:2,auto",

@@ -10,19 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.data import (
-    DATASETS,
-    UNLABELLED,
-    ImageDataset,
-    LabeledData,
-    list_inputs,
-    load_data,
-    make_transform,
-    stratified_split,
-    to_model_mode,
-)
+from headstart.data.images import DATASETS, load_data
+from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs, stratified_split
+from headstart.data.transforms import ImageDataset, Preprocessing, make_transform, to_model_mode
 from headstart.errors import ConfigError, DataError
-from headstart.sources.base import Preprocessing
 
 CLASSES = ("cat", "dog", "emu")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from headstart.demo import STRATEGIES, format_table, rank_verdict, run_demo
+from headstart.cli.demo import STRATEGIES, format_table, rank_verdict, run_demo
 
 
 def test_demo_runs_and_prints_a_table(tmp_path: Path) -> None:

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from headstart import scan
-from headstart.data import ImageDataset, data_checks, load_data, make_transform, to_model_mode
+from headstart.data import scan
+from headstart.data.checks import data_checks
+from headstart.data.images import load_data
+from headstart.data.scan import MAX_IMAGE_PIXELS_ENV, open_image, scan_images
+from headstart.data.transforms import ImageDataset, Preprocessing, make_transform, to_model_mode
 from headstart.errors import ConfigError, DataError
-from headstart.scan import MAX_IMAGE_PIXELS_ENV, open_image, scan_images
-from headstart.sources.base import Preprocessing
 from tests.conftest import headstart, run_cli
 
 TINY_LIMIT = "1000"  # pixels: the 40x40 "bomb" is over it, every other image (<= 24x16) under
@@ -515,7 +516,7 @@ def test_cli_fit_skip_bad_records_skipped_and_leakage(
 
 @pytest.mark.parametrize("command", ["fit", "pretrain", "compare", "recommend"])
 def test_skip_bad_is_a_flag_of_every_command_that_loads_data(command: str) -> None:
-    from headstart.cli import build_parser
+    from headstart.cli.main import build_parser
 
     args = build_parser().parse_args([command, "DATA", "--skip-bad"])
     assert args.skip_bad is True
@@ -539,7 +540,7 @@ def test_cli_compare_skip_bad_records_the_checks(
 
 
 def test_in_memory_arrays_are_not_checked_and_say_so() -> None:
-    from headstart.report import check_lines
+    from headstart.choose.report import check_lines
 
     data = load_data("builtin:digits?classes=0-1&per_class=4")
     checks = data_checks(data, data.subset(range(6)), data.subset([6, 7]))

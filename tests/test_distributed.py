@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from headstart.api import fit
-from headstart.checkpoint import checkpoint_dir
+from headstart.api.fit import fit
+from headstart.config.options import FitOptions
 from headstart.errors import ConfigError
-from headstart.options import FitOptions
+from headstart.train.checkpoint import checkpoint_dir
 
 # linear: the backbone is frozen (BatchNorm in eval mode), so nothing depends on how a
 # global batch is split; "full" would differ by per-process BatchNorm statistics.
@@ -64,7 +64,7 @@ def test_a_checkpoint_the_main_process_cannot_write_stops_every_process(
     not left waiting in a collective until it times out), and no run dir is written."""
     import time
 
-    from headstart.checkpoint import KILL_ENV, CheckpointError
+    from headstart.train.checkpoint import KILL_ENV, CheckpointError
 
     # the step-3 checkpoint is the first (--checkpoint-every 3); its first part fails
     monkeypatch.setenv(KILL_ENV, "enospc:checkpoint:3:model.safetensors")

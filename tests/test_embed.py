@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
-from headstart.data import load_data
-from headstart.features import extract_features
+from headstart.data.images import load_data
+from headstart.features.extract import extract_features
 from headstart.sources import build_source
 from tests.conftest import run_cli
 

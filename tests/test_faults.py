@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from headstart.checkpoint import KILL_ENV, checkpoint_dir
+from headstart.train.checkpoint import KILL_ENV, checkpoint_dir
 
 # 5 classes x 12 digits, 20% held out: 48 training images, batches of 8 -> 6 steps an
 # epoch, 18 in all; a checkpoint every 4 steps lands mid-epoch (4, 8, 16) and at epoch

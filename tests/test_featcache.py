@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from headstart.api import FitOptions, fit
-from headstart.data import load_data
-from headstart.featcache import (
+from headstart.api.fit import fit
+from headstart.config.options import FitOptions
+from headstart.data.images import load_data
+from headstart.features.cache import (
     ENV_MAX_GB,
     View,
     cached_features,

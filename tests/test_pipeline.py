@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from headstart import pipeline
-from headstart.data import ImageDataset, load_data, make_transform
-from headstart.sources import Preprocessing
+from headstart.data import pipeline
+from headstart.data.images import load_data
+from headstart.data.transforms import ImageDataset, Preprocessing, make_transform
 
 PRE = Preprocessing(input_size=(3, 24, 20), mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from headstart.config.train import TrainConfig
 from headstart.errors import ConfigError
-from headstart.model import TargetModel
-from headstart.plan import Plan, apply_plan, format_plan, make_plan, parse_strategy, set_train_mode
+from headstart.plan.apply import apply_plan, set_train_mode
+from headstart.plan.make import Plan, format_plan, make_plan, parse_strategy
 from headstart.sources import build_source
-from headstart.train import TrainConfig, train
+from headstart.sources.target import TargetModel
+from headstart.train.loop import train
 
 STAGES = ("stem", "block1", "block2", "block3")
 
@@ -180,7 +182,7 @@ def test_head_epochs_train_only_the_head_first_then_the_plan() -> None:
 
 
 def test_head_epochs_restart_the_schedule_for_the_plan() -> None:
-    from headstart.train import _schedule
+    from headstart.train.loop import _schedule
 
     cfg = TrainConfig(epochs=4, warmup_epochs=1.0)
     f = _schedule(cfg, 10, 1)

@@ -13,15 +13,17 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-import headstart.train as train_module
-from headstart.api import FitOptions, evaluate, fit
-from headstart.checkpoint import checkpoint_dir
+import headstart.train.loop as train_module
+from headstart.api.fit import fit
+from headstart.api.predict import evaluate
+from headstart.config.options import FitOptions
 from headstart.export import export
-from headstart.featcache import ENV_MAX_GB, list_features
-from headstart.model import TargetModel
-from headstart.plan import Plan, make_plan
-from headstart.prefix import Split, find_split
+from headstart.features.cache import ENV_MAX_GB, list_features
+from headstart.plan.make import Plan, make_plan
 from headstart.sources.base import Backbone, assign_by_prefix
+from headstart.sources.target import TargetModel
+from headstart.train.checkpoint import checkpoint_dir
+from headstart.train.prefix import Split, find_split
 from tests.conftest import run_cli, tiny_fit_options
 
 
@@ -123,7 +125,7 @@ def test_too_large_for_the_cap_runs_every_epoch_and_says_why(
 def test_too_large_for_memory_runs_every_epoch_and_says_why(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.headtrain as headtrain
+    import headstart.train.cached_head as headtrain
 
     monkeypatch.setattr(headtrain, "memory_limit", lambda: 100 * 1024)
     run = fit(_options(tmp_path, "big", epochs=1))
@@ -184,7 +186,7 @@ def test_a_cut_that_would_change_training_is_not_used() -> None:
 def test_unsplittable_backbone_falls_back_in_a_fit(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.headtrain as headtrain
+    import headstart.train.cached_head as headtrain
 
     monkeypatch.setattr(headtrain, "find_split", lambda *a: "no cut for this test")
     run = fit(_options(tmp_path, "x", epochs=1))

@@ -9,10 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from headstart.data import LabeledData, load_data
-from headstart.errors import ConfigError, DataError
-from headstart.features import Features, extract_features
-from headstart.rank import (
+from headstart.choose.scores import (
     CLEARLY_ABOVE_Z,
     HALF_SAMPLES,
     NO_SOURCE_HEAD,
@@ -27,6 +24,10 @@ from headstart.rank import (
     score_features,
     score_source,
 )
+from headstart.data.images import load_data
+from headstart.data.labelled import LabeledData
+from headstart.errors import ConfigError, DataError
+from headstart.features.extract import Features, extract_features
 from headstart.sources import Source, build_source
 
 EPS = 1e-5  # the guard in the fixed-point updates, as in rank.py and the authors' code

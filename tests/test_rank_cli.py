@@ -10,19 +10,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from headstart.errors import ConfigError, SourceError, WeightsError
-from headstart.options import RankOptions
-from headstart.rank import NO_SOURCE_HEAD
-from headstart.ranking import (
+from headstart.choose.candidates import (
     Candidate,
     CandidateResult,
     format_rank,
-    kendall_taus,
     parse_candidates,
     parse_methods,
-    rank_sources,
     ranked,
 )
+from headstart.choose.rank import rank_sources
+from headstart.choose.rank_validate import kendall_taus
+from headstart.choose.scores import NO_SOURCE_HEAD
+from headstart.config.options import RankOptions
+from headstart.errors import ConfigError, SourceError, WeightsError
 from tests.conftest import run_cli
 
 # digits 0-4, the classes digits-cnn's own weights were pre-trained on: those weights score
@@ -76,7 +76,7 @@ def test_methods_all_alias_and_unknown() -> None:
 
 
 def _result(name: str, score: float | None, accs: list[float]) -> CandidateResult:
-    from headstart.rank import ScoreResult
+    from headstart.choose.scores import ScoreResult
 
     return CandidateResult(
         candidate=name,
@@ -105,7 +105,7 @@ def test_kendall_tau_against_scipy_and_undefined_cases() -> None:
 
 
 def test_a_source_not_clearly_above_random_init_ranks_below_it() -> None:
-    from headstart.rank import Comparison
+    from headstart.choose.scores import Comparison
 
     matched = _result("matched", -0.2, [0.8])
     random = replace(_result("random", -0.55, [0.5]), random_init=True)
@@ -142,8 +142,8 @@ def random_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     saved as a weights file: a 'pretrained' source that is exactly random init."""
     from safetensors.torch import save_file
 
+    from headstart.runtime import seed_everything
     from headstart.sources import build_source
-    from headstart.train import seed_everything
 
     seed_everything(0)
     source = build_source("builtin:digits-cnn", weights="none")
@@ -234,14 +234,14 @@ def test_rank_cli_table_and_json() -> None:
 def test_rank_skips_leep_without_a_source_head(
     digits_folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import headstart.api
+    import headstart.choose.rank
 
-    real = headstart.api._build_source
+    real = headstart.choose.rank._build_source
 
     def headless(options: Any, *, scratch: bool) -> Any:
         return replace(real(options, scratch=scratch), old_head=None)
 
-    monkeypatch.setattr(headstart.api, "_build_source", headless)
+    monkeypatch.setattr(headstart.choose.rank, "_build_source", headless)
     result = rank_sources(
         RankOptions(
             data=str(digits_folder),
@@ -282,10 +282,10 @@ def test_validate_trains_a_random_candidate_at_the_heads_rate(
     folds, and each fold's held-out accuracy is what the candidate gets."""
     from types import SimpleNamespace
 
-    import headstart.api
+    import headstart.choose.rank_validate
 
     calls: list[tuple[str, float, int, int, int]] = []
-    real = headstart.api.train_on
+    real = headstart.choose.rank_validate.train_on
 
     def fake_train_on(options: Any, train: Any, held_out: Any, **kw: Any) -> Any:
         if options.strategy == "scratch":  # digits-cnn's default weights, made on first use
@@ -295,7 +295,7 @@ def test_validate_trains_a_random_candidate_at_the_heads_rate(
         )
         return SimpleNamespace(metrics={"val_acc": 0.5 if options.weights == "none" else 0.75})
 
-    monkeypatch.setattr(headstart.api, "train_on", fake_train_on)
+    monkeypatch.setattr(headstart.choose.rank_validate, "train_on", fake_train_on)
     result = rank_sources(
         RankOptions(
             data=str(digits_folder),
@@ -331,8 +331,8 @@ def test_validate_trains_a_random_candidate_at_the_heads_rate(
 def test_validation_epochs_give_every_fold_at_least_min_steps(
     n_train: int, batch_size: int, epochs: int, want: int
 ) -> None:
-    from headstart.api import MIN_STEPS
-    from headstart.ranking import validation_epochs
+    from headstart.choose.rank_validate import validation_epochs
+    from headstart.train.assemble import MIN_STEPS
 
     assert MIN_STEPS == 50
     splits = [(np.arange(n_train), np.arange(5)), (np.arange(n_train + 3), np.arange(5))]
@@ -347,7 +347,7 @@ def test_the_matched_sources_pretraining_set_is_disjoint_from_the_target_sample(
     source on never holds an image of the target sample: on digits, split=rest of all
     ten digits; on digits-M, files written from the complementary indices, the target's
     being the very images builtin:digits picks for that sample."""
-    from headstart.data import load_data
+    from headstart.data.images import load_data
 
     target_m, matched_m = _bench().write_digits_m(tmp_path, per_class=5, seed=2)
     in_target = {p.stem for p in target_m.rglob("*.png")}

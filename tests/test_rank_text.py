@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from headstart.features import extract_features
-from headstart.options import RankOptions
-from headstart.rank import NO_SOURCE_HEAD
-from headstart.ranking import format_rank, rank_sources
+from headstart.choose.candidates import format_rank
+from headstart.choose.rank import rank_sources
+from headstart.choose.scores import NO_SOURCE_HEAD
+from headstart.config.options import RankOptions
+from headstart.data.texts import TextData, load_text_data
+from headstart.features.extract import extract_features
 from headstart.sources import build_source
-from headstart.textdata import TextData, load_text_data
 from tests.conftest import run_cli
 from tests.hf_tiny import make_tiny_bert, sentiment_rows
 
@@ -139,7 +140,7 @@ def test_a_text_encoder_on_images_names_the_candidate(tiny_bert: Path, digits_fo
 def one_thread() -> Iterator[None]:
     """200 steps of a 32-wide BERT gain nothing from a second thread, and on a busy
     2-core machine two spinning threads made them 60x slower (2.5s -> 160s)."""
-    from headstart.headtrain import one_thread
+    from headstart.train.cached_head import one_thread
 
     with one_thread():
         yield
@@ -151,11 +152,11 @@ def test_validate_fine_tunes_text_candidates_on_folds_of_texts(
 ) -> None:
     """--validate fine-tunes each text candidate with train_on on the folds' TextData
     subsets (the random one at the head's rate) and reports real held-out accuracies."""
-    import headstart.api
+    import headstart.choose.rank_validate
 
     data = _write_csv(tmp_path / "small.csv", sentiment_rows(12))
     seen: list[tuple[str, float, int, int, bool, int | None]] = []
-    real = headstart.api.train_on
+    real = headstart.choose.rank_validate.train_on
 
     def spy(options: Any, train: Any, held_out: Any, **kw: Any) -> Any:
         trained = real(options, train, held_out, **kw)
@@ -171,7 +172,7 @@ def test_validate_fine_tunes_text_candidates_on_folds_of_texts(
         )
         return trained
 
-    monkeypatch.setattr(headstart.api, "train_on", spy)
+    monkeypatch.setattr(headstart.choose.rank_validate, "train_on", spy)
     result = rank_sources(
         RankOptions(
             data=str(data),

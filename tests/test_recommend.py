@@ -9,11 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.api import fit
-from headstart.data import load_data
-from headstart.options import FitOptions, PretrainOptions, RecommendOptions
-from headstart.plan import make_plan
-from headstart.recommend import (
+from headstart.api.fit import fit
+from headstart.choose.recommend import (
     LARGE_EXAMPLES_PER_PARAM,
     LARGE_MIN_PER_CLASS,
     LARGE_PER_CLASS,
@@ -23,6 +20,9 @@ from headstart.recommend import (
     measure,
     recommend,
 )
+from headstart.config.options import FitOptions, PretrainOptions, RecommendOptions
+from headstart.data.images import load_data
+from headstart.plan.make import make_plan
 from headstart.sources import build_source
 from tests.conftest import run_cli
 
@@ -33,7 +33,7 @@ STAGES = ("stem", "block1", "block2", "block3")
 @pytest.fixture(scope="module")
 def digits_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """digits-cnn pre-trained on digits 0-4: a *similar* source for digits 0-4."""
-    from headstart.api import pretrain
+    from headstart.api.fit import pretrain
 
     out = tmp_path_factory.mktemp("rec") / "pre"
     return pretrain(

@@ -9,13 +9,13 @@ import pytest
 import torch
 from PIL import Image
 
-from headstart.compare import compare
+from headstart.choose.compare import compare
+from headstart.choose.report import benefits, report_runs
+from headstart.config.options import CompareOptions
 from headstart.errors import RunError
-from headstart.model import TargetModel
-from headstart.options import CompareOptions
-from headstart.report import benefits, report_runs
-from headstart.run import write_run
+from headstart.rundir import write_run
 from headstart.sources import build_source
+from headstart.sources.target import TargetModel
 from tests.conftest import run_cli
 
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from headstart.errors import ConfigError, RunError
-from headstart.model import TargetModel
-from headstart.run import load_run, write_run
+from headstart.rundir import write_run
 from headstart.sources import build_source
+from headstart.sources.target import TargetModel, load_run
 
 
 def _model_and_meta() -> tuple[TargetModel, dict[str, Any]]:

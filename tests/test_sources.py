@@ -14,9 +14,9 @@ import torch
 from torch import nn
 
 from headstart.errors import SourceError, WeightsError
-from headstart.model import TargetModel
-from headstart.run import write_run
+from headstart.rundir import write_run
 from headstart.sources import ADAPTERS, BuildOptions, Source, build_source
+from headstart.sources.target import TargetModel
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,14 @@ def test_file_source_with_arch_loads_a_zoo_state_dict(tmp_path: Path) -> None:
 
 
 def test_builtin_default_weights_are_made_once_and_cached(tmp_path: Path) -> None:
-    options = BuildOptions(cache_dir=str(tmp_path))
+    from headstart.train.assemble import make_default_weights
+
+    # The sources cannot train: without the trainer's maker, missing defaults are an error
+    # that says how to get them, and nothing is written.
+    with pytest.raises(WeightsError, match="not built yet"):
+        build_source("builtin:digits-cnn", options=BuildOptions(cache_dir=str(tmp_path)))
+    assert not list(tmp_path.iterdir())
+    options = BuildOptions(cache_dir=str(tmp_path), make_weights=make_default_weights)
     first = build_source("builtin:digits-cnn", options=options)
     cached = list(tmp_path.glob("*.safetensors"))
     assert len(cached) == 1

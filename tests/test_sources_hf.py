@@ -136,8 +136,9 @@ def test_minilm_package_folder() -> None:
 
 
 def test_image_model_fits_and_predicts(tmp_path: Path, tiny_vit: Path, digits_folder: Path) -> None:
-    from headstart.api import fit, predict
-    from headstart.options import FitOptions
+    from headstart.api.fit import fit
+    from headstart.api.predict import predict
+    from headstart.config.options import FitOptions
 
     result = fit(
         FitOptions(

@@ -11,15 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from headstart.api import evaluate, fit, predict, train_on
-from headstart.errors import ConfigError, DataError
-from headstart.lora import add_adapters, merge_adapters
-from headstart.model import TargetModel
-from headstart.options import FitOptions
-from headstart.plan import apply_plan, make_plan
-from headstart.run import load_run
-from headstart.sources import build_source
-from headstart.textdata import (
+from headstart.api.fit import fit
+from headstart.api.predict import evaluate, predict
+from headstart.config.options import FitOptions
+from headstart.data.texts import (
     LengthGroupedBatches,
     LengthGroupedEpochBatches,
     PadCollate,
@@ -29,6 +24,13 @@ from headstart.textdata import (
     load_text_data,
     read_texts,
 )
+from headstart.errors import ConfigError, DataError
+from headstart.plan.apply import apply_plan
+from headstart.plan.lora import add_adapters, merge_adapters
+from headstart.plan.make import make_plan
+from headstart.sources import build_source
+from headstart.sources.target import TargetModel, load_run
+from headstart.train.assemble import train_on
 from tests.conftest import run_cli
 from tests.hf_tiny import sentiment_rows
 
@@ -479,7 +481,7 @@ def test_minilm_other_strategies_leave_complete_runs(
 def test_compare_and_classifier_on_texts(
     tmp_path: Path, tiny_bert: Path, sentiment_csv: Path
 ) -> None:
-    from headstart.api import HeadstartClassifier
+    from headstart.api.classifier import HeadstartClassifier
 
     r = run_cli(
         "compare", sentiment_csv, "--source", f"hf:{tiny_bert}", "--strategies", "linear,lora",
@@ -507,7 +509,7 @@ def test_text_fit_interrupted_mid_epoch_resumes_bit_identical(
     monkeypatch: pytest.MonkeyPatch,
     strategy: str,
 ) -> None:
-    import headstart.train as train_module
+    import headstart.train.loop as train_module
 
     options = FitOptions(
         data=str(sentiment_csv),
@@ -550,9 +552,9 @@ def test_text_fit_interrupted_mid_epoch_resumes_bit_identical(
 def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
     tmp_path: Path, tiny_bert: Path, sentiment_csv: Path
 ) -> None:
-    from headstart.features import in_item_order
-    from headstart.recommend import _input_batches, bn_shift
-    from headstart.textdata import load_text_data
+    from headstart.choose.recommend import _input_batches, bn_shift
+    from headstart.data.texts import load_text_data
+    from headstart.features.extract import in_item_order
 
     data = load_text_data(sentiment_csv)
     source = build_source(f"hf:{tiny_bert}")

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from headstart.api import fit
+from headstart.api.fit import fit
+from headstart.config.options import FitOptions
 from headstart.errors import ConfigError
-from headstart.options import FitOptions
-from headstart.tracking import EXPERIMENT, INSTALL_HINT, Tracker
+from headstart.train.tracking import EXPERIMENT, INSTALL_HINT, Tracker
 from tests.conftest import run_cli
 
 DATA = "builtin:digits?classes=0-2&per_class=12"

@@ -16,16 +16,9 @@ from safetensors.torch import save_file
 from torch import nn
 
 from headstart.errors import WeightsError
-from headstart.weights import (
-    cache_dir,
-    check_file,
-    hash_prefix_in_name,
-    incomplete_reason,
-    load_into,
-    load_state_dict,
-    parse_weights,
-    sidecar_path,
-)
+from headstart.weights.download import check_file, incomplete_reason, sidecar_path
+from headstart.weights.files import load_into, load_state_dict
+from headstart.weights.resolve import cache_dir, hash_prefix_in_name, parse_weights
 
 
 class _Net(nn.Module):

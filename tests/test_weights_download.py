@@ -26,14 +26,9 @@ from torch import nn
 from headstart.errors import WeightsError
 from headstart.sources import BuildOptions, build_source
 from headstart.sources.builtin import BUILTIN_MODELS
-from headstart.weights import (
-    download,
-    load_state_dict,
-    parse_weights,
-    partial_path,
-    read_stamp,
-    weights_file,
-)
+from headstart.weights.download import download, partial_path, read_stamp
+from headstart.weights.files import load_state_dict
+from headstart.weights.resolve import parse_weights, weights_file
 from tests.conftest import run_cli
 
 if TYPE_CHECKING:

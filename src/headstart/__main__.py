@@ -1,3 +1,3 @@
-from headstart.cli import main
+from headstart.cli.main import main
 
 raise SystemExit(main())

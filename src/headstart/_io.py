@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
-    "atomic_write_with",
     "current_umask",
     "fsync_dir",
     "sha256_file",
@@ -77,12 +76,6 @@ def atomic_write_text(dest: str | os.PathLike[str], text: str) -> None:
 
 def atomic_write_json(dest: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(dest, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-
-
-def atomic_write_with(dest: str | os.PathLike[str], writer: Callable[[Path], None]) -> None:
-    """Call ``writer(tmp_path)`` and move the result into place atomically."""
-    with atomic_path(dest) as tmp:
-        writer(tmp)
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:

@@ -29,7 +29,7 @@ import torch
 
 from headstart._io import atomic_write_json, fsync_dir
 from headstart.errors import ConfigError, RunError
-from headstart.run import LoadedRun, load_run
+from headstart.sources.target import LoadedRun, load_run
 
 __all__ = ["FORMATS", "ExportResult", "export", "preprocessing_spec"]
 

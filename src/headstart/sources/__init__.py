@@ -6,11 +6,11 @@ families are registered here, in one place.
 
 from __future__ import annotations
 
+from headstart.data.transforms import Preprocessing
 from headstart.sources.base import (
     ADAPTERS,
     Backbone,
     BuildOptions,
-    Preprocessing,
     Source,
     SourceAdapter,
     WeightsOrigin,

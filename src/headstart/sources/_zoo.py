@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from headstart.sources.base import WeightsOrigin
-from headstart.weights import file_sha256, load_into, load_state_dict
+from headstart.weights.download import file_sha256
+from headstart.weights.files import load_into, load_state_dict
 
 __all__ = ["StateFix", "detached_head", "load_weights_file"]
 

@@ -9,13 +9,15 @@ came from (:class:`WeightsOrigin`).  Adapters (one per model family: ``builtin``
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError
 from headstart.registry import Registry
 
@@ -33,59 +35,6 @@ __all__ = [
     "parse_source_spec",
     "unknown_name",
 ]
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How inputs must be prepared for a source: what its weights were trained with.
-
-    ``input_size`` is ``(channels, height, width)``; images are converted to RGB (3
-    channels) or grayscale (1 channel) to match.  Evaluation resizes the short side to
-    ``size / crop_pct`` and centre-crops ``size`` (the timm / torchvision convention).
-    """
-
-    input_size: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    interpolation: str = "bilinear"
-    crop_pct: float = 0.875
-
-    def __post_init__(self) -> None:
-        channels = self.input_size[0]
-        if len(self.mean) != channels or len(self.std) != channels:
-            raise SourceError(
-                f"preprocessing has {channels} channels but mean/std of length "
-                f"{len(self.mean)}/{len(self.std)}"
-            )
-
-    @property
-    def channels(self) -> int:
-        return self.input_size[0]
-
-    def with_image_size(self, size: int | None) -> Preprocessing:
-        """The same preprocessing at another square input size (``None``: unchanged)."""
-        if size is None:
-            return self
-        return Preprocessing(
-            input_size=(self.channels, size, size),
-            mean=self.mean,
-            std=self.std,
-            interpolation=self.interpolation,
-            crop_pct=self.crop_pct,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        return cls(
-            input_size=tuple(d["input_size"]),
-            mean=tuple(float(m) for m in d["mean"]),
-            std=tuple(float(s) for s in d["std"]),
-            interpolation=str(d.get("interpolation", "bilinear")),
-            crop_pct=float(d.get("crop_pct", 0.875)),
-        )
 
 
 @dataclass(frozen=True)
@@ -130,7 +79,7 @@ class TextInput:
     """How texts become a text source's input: its tokenizer and its pooling.
 
     A text backbone takes one ``[N, 2, L]`` int64 tensor per batch: token ids in
-    ``[:, 0]`` and the attention mask in ``[:, 1]`` (:mod:`headstart.textdata` builds
+    ``[:, 0]`` and the attention mask in ``[:, 1]`` (:mod:`headstart.data.texts` builds
     it), so the training loop moves and feeds it like an image batch.
     """
 
@@ -251,6 +200,11 @@ class BuildOptions:
     cache_dir: str | None = None  # where downloaded or self-made weights are kept
     strict: bool = False  # any key mismatch beyond the old output layer is an error
     extra: dict[str, Any] = field(default_factory=dict)
+    # Makes default weights that headstart trains itself (builtin:digits-cnn's):
+    # ``make_weights(spec, recipe, dest)`` pre-trains ``spec`` as ``recipe`` says and
+    # writes the weights at ``dest``.  Training sits layers above the sources, so the
+    # layer that can train passes it in (headstart.train.assemble.build_options).
+    make_weights: Callable[[str, dict[str, Any], Path], None] | None = None
 
     @classmethod
     def of(cls, options: Any) -> BuildOptions:

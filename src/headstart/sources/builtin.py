@@ -10,7 +10,6 @@ pretrain``).
 from __future__ import annotations
 
 import logging
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +17,18 @@ from typing import Any
 
 from torch import nn
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import WeightsError
 from headstart.sources.base import (
     RANDOM_WEIGHTS,
     Backbone,
     BuildOptions,
-    Preprocessing,
     Source,
     assign_by_prefix,
     unknown_name,
 )
+from headstart.sources.file import load_headstart_weights
+from headstart.weights.resolve import cache_dir, parse_weights, weights_file
 
 __all__ = ["BUILTIN_MODELS", "BuiltinAdapter", "SmallCNN"]
 
@@ -78,8 +79,9 @@ class BuiltinModel:
     make: Callable[[], SmallCNN]
     preprocessing: Preprocessing
     summary: str
-    # builds the default weights file when it is missing (None: no default weights)
-    pretrain: Callable[[Path], None] | None = None
+    # how the default weights are made when they are missing: a pre-training recipe
+    # (PretrainOptions fields) that BuildOptions.make_weights runs (None: no defaults)
+    recipe: dict[str, Any] | None = None
     default_file: str | None = None
 
 
@@ -87,29 +89,6 @@ class BuiltinModel:
 # Label smoothing made the frozen features transfer better to digits 5-9: a logistic
 # regression on them scored 0.78 against 0.70 without it (5 labels per class, 3 seeds).
 DIGITS_PRETRAIN: dict[str, Any] = {"epochs": 15, "label_smoothing": 0.1, "seed": 0}
-
-
-def _pretrain_digits_cnn(dest: Path) -> None:
-    """Pre-train digits-cnn on digits 0-4 and put its model.safetensors at ``dest``."""
-    import shutil
-
-    from headstart._io import atomic_path
-    from headstart.api import PretrainOptions, pretrain
-
-    log.info("builtin:digits-cnn: pre-training default weights on digits 0-4 (first use)")
-    with tempfile.TemporaryDirectory() as tmpdir:
-        run = pretrain(
-            PretrainOptions(
-                data="builtin:digits?classes=0-4",
-                source="builtin:digits-cnn",
-                out=str(Path(tmpdir) / "run"),
-                progress=False,
-                **DIGITS_PRETRAIN,
-            )
-        )
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(run.run_dir / "model.safetensors", tmp)
-        shutil.copyfile(run.run_dir / "headstart.json", dest.with_suffix(".json"))
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -120,7 +99,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             input_size=(1, 8, 8), mean=(0.305,), std=(0.377,), crop_pct=1.0
         ),
         summary="4-stage CNN for 8x8 grayscale digits; default weights: digits 0-4",
-        pretrain=_pretrain_digits_cnn,
+        recipe={"data": "builtin:digits?classes=0-4", **DIGITS_PRETRAIN},
         default_file="headstart-digits-cnn-digits0-4-v1.safetensors",
     ),
     "small-cnn": BuiltinModel(
@@ -152,8 +131,6 @@ class BuiltinAdapter:
         return sorted(BUILTIN_MODELS)
 
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
-        from headstart.sources.file import load_headstart_weights
-        from headstart.weights import cache_dir, parse_weights, weights_file
 
         if name not in BUILTIN_MODELS:
             raise unknown_name("builtin", name, BUILTIN_MODELS)
@@ -182,14 +159,20 @@ class BuiltinAdapter:
         if request.kind == "none":
             return source
         if request.kind == "default":
-            if spec.pretrain is None or spec.default_file is None:
+            if spec.recipe is None or spec.default_file is None:
                 raise WeightsError(
                     f"builtin:{name} has no default weights; use --weights none, a weights "
                     f"file, or pre-train it: headstart pretrain DATA --source builtin:{name}"
                 )
             path = cache_dir(options.cache_dir) / spec.default_file
             if not path.is_file():
-                spec.pretrain(path)
+                if options.make_weights is None:
+                    raise WeightsError(
+                        f"builtin:{name}'s default weights are not built yet ({path}): build "
+                        "the source through headstart (fit, rank, embed...), which pre-trains "
+                        "them once, or pass BuildOptions(make_weights=...)"
+                    )
+                options.make_weights(f"builtin:{name}", spec.recipe, path)
             description = f"builtin:{name} default weights ({spec.summary.split(': ')[-1]})"
         else:
             path = weights_file(request, cache=options.cache_dir)

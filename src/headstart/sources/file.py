@@ -19,10 +19,12 @@ from typing import Any
 
 import torch
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError
+from headstart.rundir import META_FILE, MODEL_FILE, read_meta
 from headstart.sources._zoo import load_weights_file
-from headstart.sources.base import BuildOptions, Preprocessing, Source, build_source
-from headstart.weights import read_metadata
+from headstart.sources.base import BuildOptions, Source, build_source
+from headstart.weights.files import read_metadata
 
 __all__ = ["FileAdapter", "load_headstart_weights"]
 
@@ -30,7 +32,7 @@ _HEAD = "__headstart_head__"  # the saved TargetModel's head, renamed so it cann
 
 
 def _from_target_model(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map a saved :class:`~headstart.model.TargetModel` onto its backbone's body.
+    """Map a saved :class:`~headstart.sources.target.TargetModel` onto its backbone's body.
 
     ``backbone.body.*`` become the body's keys; the run's head (``head.*``) is renamed so
     that it cannot collide with a body module that happens to be called ``head``.
@@ -86,7 +88,6 @@ class FileAdapter:
         return []
 
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
-        from headstart.run import META_FILE, MODEL_FILE, read_meta
 
         path = Path(name).expanduser()
         if not path.exists():

@@ -29,17 +29,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError
 from headstart.sources.base import (
     RANDOM_WEIGHTS,
     Backbone,
     BuildOptions,
-    Preprocessing,
     Source,
     TextInput,
     WeightsOrigin,
 )
-from headstart.weights import cache_dir
+from headstart.weights.resolve import cache_dir
 
 __all__ = ["POOLINGS", "HfAdapter", "pool"]
 

@@ -20,21 +20,15 @@ import torch
 from timm.models._manipulate import group_with_matcher
 from torch import nn
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError, WeightsError
 from headstart.sources._zoo import StateFix, detached_head, load_weights_file
-from headstart.sources.base import (
-    RANDOM_WEIGHTS,
-    Backbone,
-    BuildOptions,
-    Preprocessing,
-    Source,
-    unknown_name,
-)
-from headstart.weights import (
+from headstart.sources.base import RANDOM_WEIGHTS, Backbone, BuildOptions, Source, unknown_name
+from headstart.weights.download import download
+from headstart.weights.resolve import (
     WEIGHT_SUFFIXES,
     Remote,
     cache_dir,
-    download,
     parse_weights,
     url_filename,
     weights_file,

@@ -22,21 +22,21 @@ import torch
 import torchvision
 from torch import nn
 
+from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError
 from headstart.sources._zoo import StateFix, load_weights_file
 from headstart.sources.base import (
     RANDOM_WEIGHTS,
     Backbone,
     BuildOptions,
-    Preprocessing,
     Source,
     assign_by_prefix,
     unknown_name,
 )
-from headstart.weights import (
+from headstart.weights.download import download
+from headstart.weights.resolve import (
     Remote,
     cache_dir,
-    download,
     hash_prefix_in_name,
     parse_weights,
     url_filename,

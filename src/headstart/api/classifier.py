@@ -1,0 +1,191 @@
+"""``HeadstartClassifier``: :func:`headstart.fit` in scikit-learn's estimator style.
+
+It follows scikit-learn's rules (``sklearn/base.py``): ``__init__`` takes explicit keyword
+parameters (the :class:`FitOptions` fields, with the same defaults) and only stores them;
+everything is checked in ``fit``; ``get_params``/``set_params`` come from
+:class:`~sklearn.base.BaseEstimator`, so ``sklearn.base.clone`` and its search tools work;
+learned state ends in ``_``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from headstart.api.fit import fit
+from headstart.api.predict import evaluate, predict
+from headstart.config.options import FitOptions
+from headstart.errors import ConfigError
+from headstart.plan.make import Plan
+from headstart.sources.target import LoadedRun, load_run
+
+__all__ = ["HeadstartClassifier"]
+
+_DEFAULTS = FitOptions()
+# FitOptions fields that are not an estimator's parameters: the data is fit's argument,
+# and resuming a stopped run is the command line's business.
+_NOT_PARAMS = frozenset({"data", "resume"})
+
+
+class HeadstartClassifier(BaseEstimator):
+    """``HeadstartClassifier(source=..., strategy=...).fit(data)``, then ``predict``.
+
+    ``fit`` returns ``self`` and sets ``classes_``, ``model_``, ``plan_``, ``history_``,
+    ``metrics_`` and ``run_dir_``.  The parameters are :class:`FitOptions`' fields.
+    """
+
+    def __init__(
+        self,
+        *,
+        source: str = _DEFAULTS.source,
+        weights: str = _DEFAULTS.weights,
+        strategy: str = _DEFAULTS.strategy,
+        epochs: int = _DEFAULTS.epochs,
+        lr: float = _DEFAULTS.lr,
+        backbone_lr_mult: float = _DEFAULTS.backbone_lr_mult,
+        weight_decay: float = _DEFAULTS.weight_decay,
+        batch_size: int = _DEFAULTS.batch_size,
+        val: str | None = _DEFAULTS.val,
+        val_fraction: float = _DEFAULTS.val_fraction,
+        seed: int = _DEFAULTS.seed,
+        patience: int | None = _DEFAULTS.patience,
+        select: str = _DEFAULTS.select,
+        augment: str = _DEFAULTS.augment,
+        image_size: int | None = _DEFAULTS.image_size,
+        arch: str | None = _DEFAULTS.arch,
+        dropout: float = _DEFAULTS.dropout,
+        label_smoothing: float = _DEFAULTS.label_smoothing,
+        warmup_epochs: float = _DEFAULTS.warmup_epochs,
+        workers: int = _DEFAULTS.workers,
+        feature_cache: bool = _DEFAULTS.feature_cache,
+        feature_cache_views: int = _DEFAULTS.feature_cache_views,
+        device: str = _DEFAULTS.device,
+        cache_dir: str | None = _DEFAULTS.cache_dir,
+        precision: str = _DEFAULTS.precision,
+        channels_last: bool = _DEFAULTS.channels_last,
+        compile: bool = _DEFAULTS.compile,
+        strict: bool = _DEFAULTS.strict,
+        out: str | None = _DEFAULTS.out,
+        overwrite: bool = _DEFAULTS.overwrite,
+        skip_bad: bool = _DEFAULTS.skip_bad,
+        layer_decay: float = _DEFAULTS.layer_decay,
+        head_epochs: int = _DEFAULTS.head_epochs,
+        lora_r: int = _DEFAULTS.lora_r,
+        lora_alpha: int = _DEFAULTS.lora_alpha,
+        lora_dropout: float = _DEFAULTS.lora_dropout,
+        lora_targets: str | None = _DEFAULTS.lora_targets,
+        text_col: str | None = _DEFAULTS.text_col,
+        label_col: str | None = _DEFAULTS.label_col,
+        max_length: int | None = _DEFAULTS.max_length,
+        progress: bool = _DEFAULTS.progress,
+        checkpoint_every: int = _DEFAULTS.checkpoint_every,
+        deterministic: bool = _DEFAULTS.deterministic,
+        processes: int = _DEFAULTS.processes,
+        mlflow_uri: str | None = _DEFAULTS.mlflow_uri,
+        tensorboard: str | None = _DEFAULTS.tensorboard,
+    ) -> None:
+        self.source = source
+        self.weights = weights
+        self.strategy = strategy
+        self.epochs = epochs
+        self.lr = lr
+        self.backbone_lr_mult = backbone_lr_mult
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.val = val
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.patience = patience
+        self.select = select
+        self.augment = augment
+        self.image_size = image_size
+        self.arch = arch
+        self.dropout = dropout
+        self.label_smoothing = label_smoothing
+        self.warmup_epochs = warmup_epochs
+        self.workers = workers
+        self.feature_cache = feature_cache
+        self.feature_cache_views = feature_cache_views
+        self.device = device
+        self.cache_dir = cache_dir
+        self.precision = precision
+        self.channels_last = channels_last
+        self.compile = compile
+        self.strict = strict
+        self.out = out
+        self.overwrite = overwrite
+        self.skip_bad = skip_bad
+        self.layer_decay = layer_decay
+        self.head_epochs = head_epochs
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
+        self.lora_dropout = lora_dropout
+        self.lora_targets = lora_targets
+        self.text_col = text_col
+        self.label_col = label_col
+        self.max_length = max_length
+        self.progress = progress
+        self.checkpoint_every = checkpoint_every
+        self.deterministic = deterministic
+        self.processes = processes
+        self.mlflow_uri = mlflow_uri
+        self.tensorboard = tensorboard
+
+    def options(self, data: str | Path) -> FitOptions:
+        """The :class:`FitOptions` that ``fit(data)`` runs with."""
+        return FitOptions(data=str(data), **self.get_params())
+
+    def fit(self, data: str | Path) -> HeadstartClassifier:
+        result = fit(self.options(data))
+        self.run_dir_ = result.run_dir
+        self.classes_ = result.classes
+        self.model_ = result.model
+        self.plan_ = result.plan
+        self.history_ = result.history
+        self.metrics_ = result.metrics
+        self._run = load_run(result.run_dir)
+        return self
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> HeadstartClassifier:
+        """A fitted classifier from a run dir."""
+        loaded = load_run(run_dir)
+        self = cls()
+        self.run_dir_ = loaded.path
+        self.classes_ = loaded.classes
+        self.model_ = loaded.model
+        self.plan_ = Plan.from_dict(loaded.meta["plan"])
+        self._run = loaded
+        return self
+
+    def _loaded(self) -> LoadedRun:
+        if not hasattr(self, "_run"):
+            raise ConfigError("this HeadstartClassifier is not fitted yet; call fit(data) first")
+        return self._run
+
+    def _rows(self, inputs: Sequence[str | Path], top_k: int = 1) -> list[dict[str, Any]]:
+        run = self._loaded()
+        if run.text is not None:  # a text model labels the strings themselves
+            return predict(run, [], texts=[str(t) for t in inputs], top_k=top_k)
+        return predict(run, inputs, top_k=top_k)
+
+    def predict(self, inputs: Sequence[str | Path]) -> list[str]:
+        """Labels of image files, or of texts for a text model."""
+        return [r["label"] for r in self._rows(inputs)]
+
+    def predict_proba(self, inputs: Sequence[str | Path]) -> np.ndarray:
+        rows = self._rows(inputs, top_k=len(self.classes_))
+        probs = np.zeros((len(rows), len(self.classes_)))
+        index = {c: i for i, c in enumerate(self.classes_)}
+        for r, row in enumerate(rows):
+            for t in row["top"]:
+                probs[r, index[t["label"]]] = t["probability"]
+        return probs
+
+    def score(self, data: str) -> float:
+        """Accuracy on labelled data (same forms as ``fit``)."""
+        return evaluate(self._loaded(), data).accuracy

@@ -1,0 +1,173 @@
+"""``headstart embed``: a source's features and the labels, as files other tools read.
+
+The format follows ``--out``'s extension:
+
+- ``.npz``: arrays ``features`` ``[N, D]`` float32, ``labels`` ``[N]`` int64 (-1: none),
+  ``classes`` and ``items`` (paths, or ``SPEC[i]`` for in-memory images);
+- ``.npy``: the features; beside it ``STEM.labels.npy`` and ``STEM.json`` (classes,
+  items, source, preprocessing);
+- ``.parquet`` (needs ``pyarrow``): one row per image, columns ``item``, ``label``,
+  ``label_index`` and ``features`` (a fixed-size list of float32).
+
+Features are the backbone's outputs on the evaluation preprocessing, taken from (and
+added to) the feature cache unless ``--no-feature-cache``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._io import atomic_path, atomic_write_json
+from headstart.config.options import EmbedOptions
+from headstart.data.images import load_data
+from headstart.errors import ConfigError
+from headstart.features.cache import EVAL_VIEW, cached_features, extract
+from headstart.runtime import resolve_device
+from headstart.sources import build_source
+from headstart.train.assemble import build_options
+
+log = logging.getLogger(__name__)
+
+
+FORMATS = (".npz", ".npy", ".parquet")
+
+
+@dataclass
+class EmbedResult:
+    out: Path
+    files: list[Path]
+    n_items: int
+    dim: int
+    cache_hit: bool
+    seconds: float
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "out": str(self.out),
+            "files": [str(f) for f in self.files],
+            "n_items": self.n_items,
+            "dim": self.dim,
+            "feature_cache_hit": self.cache_hit,
+            "seconds": self.seconds,
+        }
+
+
+def _check_out(options: EmbedOptions) -> Path:
+    if not options.out:
+        raise ConfigError("--out FILE is required (.npz, .npy or .parquet)")
+    out = Path(options.out).expanduser()
+    if out.suffix.lower() not in FORMATS:
+        raise ConfigError(
+            f"--out {out}: unknown format {out.suffix or '(no extension)'!r}; "
+            f"use one of {', '.join(FORMATS)}"
+        )
+    if out.suffix.lower() == ".parquet":
+        try:
+            import pyarrow  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                f"--out {out}: Parquet needs pyarrow (pip install pyarrow); or write .npz"
+            ) from None
+    if out.is_dir():
+        raise ConfigError(f"--out {out}: is a folder; give a file name")
+    for f in _files_for(out):
+        if f.exists() and not options.overwrite:
+            raise ConfigError(f"--out {out}: {f} exists; choose another --out or pass --overwrite")
+    return out
+
+
+def _files_for(out: Path) -> list[Path]:
+    if out.suffix.lower() == ".npy":
+        return [out, out.with_name(out.stem + ".labels.npy"), out.with_suffix(".json")]
+    return [out]
+
+
+def embed(options: EmbedOptions) -> EmbedResult:
+    """Run ``options.source``'s backbone over ``options.data`` and write ``options.out``."""
+    t0 = time.perf_counter()
+    out = _check_out(options)
+    if options.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {options.batch_size})")
+    data = load_data(options.data)
+    build = build_options(options)
+    source = build_source(options.source, weights=options.weights, options=build)
+    device = resolve_device(options.device)
+    common: dict[str, Any] = dict(
+        device=device,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        progress=options.progress,
+    )
+    if options.feature_cache:
+        feats, hit = cached_features(source, data, EVAL_VIEW, cache=options.cache_dir, **common)
+    else:
+        feats, hit = extract(source, data, EVAL_VIEW, **common), False
+    labels = np.asarray(data.targets, dtype=np.int64)
+    items = [data.name_of(i) for i in range(len(data))]
+    described = {
+        "source": source.describe(),
+        "data": options.data,
+        "classes": list(data.classes),
+        "shape": list(feats.shape),
+    }
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                features=feats,
+                labels=labels,
+                classes=np.asarray(data.classes, dtype=str),
+                items=np.asarray(items, dtype=str),
+            )
+    elif suffix == ".npy":
+        feats_file, labels_file, meta_file = _files_for(out)
+        with atomic_path(feats_file) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, feats)
+        with atomic_path(labels_file) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, labels)
+        atomic_write_json(meta_file, {**described, "items": items})
+    else:
+        _write_parquet(out, feats, labels, items, data.classes, described)
+    log.info("wrote %s: %d x %d features", out, *feats.shape)
+    return EmbedResult(
+        out=out,
+        files=_files_for(out),
+        n_items=len(data),
+        dim=int(feats.shape[1]),
+        cache_hit=hit,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _write_parquet(
+    out: Path,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    items: list[str],
+    classes: list[str],
+    described: dict[str, Any],
+) -> None:
+    import pyarrow as pa  # type: ignore[import-not-found,unused-ignore]
+    import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+
+    d = int(feats.shape[1])
+    flat = pa.array(np.ascontiguousarray(feats).reshape(-1), type=pa.float32())
+    table = pa.table(
+        {
+            "item": pa.array(items, type=pa.string()),
+            "label": pa.array([classes[t] if t >= 0 else None for t in labels], type=pa.string()),
+            "label_index": pa.array(labels, type=pa.int64()),
+            "features": pa.FixedSizeListArray.from_arrays(flat, d),
+        }
+    )
+    table = table.replace_schema_metadata({"headstart": json.dumps(described, default=str)})
+    with atomic_path(out) as tmp:
+        pq.write_table(table, str(tmp))

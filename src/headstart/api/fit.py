@@ -1,0 +1,303 @@
+"""``fit``, ``pretrain`` and ``fit --resume``: train a target model and write its run dir.
+
+While it trains, checkpoints go to a hidden folder beside the run dir
+(:mod:`headstart.train.checkpoint`); ``--resume`` continues from there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, fields, replace
+from pathlib import Path
+from typing import Any
+
+from headstart.api.launch import launch
+from headstart.api.result import FitResult
+from headstart.choose.recommend import recommend_for
+from headstart.choose.report import plot_curves, write_report_md
+from headstart.config.options import FitOptions, PretrainOptions
+from headstart.data.checks import data_checks
+from headstart.errors import ConfigError, DataError
+from headstart.plan.lora import save_adapter
+from headstart.rundir import prepare_out, write_run
+from headstart.train.assemble import (
+    AUTO,
+    Trained,
+    _default_out,
+    _split,
+    check_options,
+    load_training_data,
+    train_on,
+)
+from headstart.train.checkpoint import Checkpointer, checkpoint_dir, is_resumable, kill_point
+from headstart.train.parallel import Parallel, in_launched_group
+from headstart.train.tracking import Tracker, open_tracker
+
+log = logging.getLogger(__name__)
+
+
+def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
+    """Build the target model, apply the plan, train, and write a complete run dir.
+
+    While it trains, checkpoints go to a hidden folder beside the run dir
+    (:mod:`headstart.train.checkpoint`); ``options.resume`` continues a stopped fit from there.
+    With ``options.mlflow_uri`` / ``options.tensorboard`` the run is also tracked there
+    (by the main process only, when several train).
+    """
+
+    if in_launched_group() and int(os.environ.get("RANK", "0")) != 0:
+        options = replace(options, mlflow_uri=None, tensorboard=None)
+    with open_tracker(options) as tracker:
+        return _fit(options, kind=kind, tracker=tracker)
+
+
+def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
+    t_start = time.perf_counter()
+    if options.processes < 1:
+        raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
+    if options.processes > 1 and not in_launched_group():
+        if options.resume:
+            options = replace(options, out=options.resume)
+        else:  # every process must write to (and check) the same folder
+            options.train_config()
+            out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+            options = replace(options, out=str(out))
+        return launch(fit, options, kind=kind)
+    parallel = Parallel.from_environment(options) if in_launched_group() else None
+    main = parallel is None or parallel.is_main
+    if parallel is not None and not (options.out or options.resume):
+        raise ConfigError("several processes write one run dir: give it with --out")
+    saved: dict[str, Any] | None = None
+    if options.resume:
+        out = Path(options.resume)
+        checkpointer, saved = Checkpointer.open(out)
+        options = resumed_options(options, saved)
+        kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
+    else:
+        options.train_config()  # validates epochs, batch size... before any slow work
+        out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+        if is_resumable(out) and not options.overwrite and main:
+            raise ConfigError(
+                f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "
+                f"continue it with --resume {out}, or start over with --overwrite"
+            )
+    if parallel is not None:
+        parallel.check_batch(options.batch_size)
+    if options.checkpoint_every < 0:
+        raise ConfigError(f"--checkpoint-every must be 0 or more (got {options.checkpoint_every})")
+    check_options(options)
+    data = load_training_data(options)
+    train_data, val_data = _split(options, data)
+    checks = data_checks(data, train_data, val_data)  # warns about leakage before training
+    fingerprints = {
+        "train": train_data.fingerprint(),
+        "val": val_data.fingerprint() if val_data is not None else None,
+    }
+    recommendation: dict[str, Any] | None = None
+    if saved is not None:
+        if saved["fingerprints"] != fingerprints:
+            raise DataError(
+                f"--resume {out}: the data ({options.data}) changed since the checkpoint was "
+                "written; resume with the same data, or start over with --overwrite"
+            )
+        options = replace(options, **saved["resolved"])
+        recommendation = saved["recommendation"]
+    else:
+        requested = options
+        if options.strategy == AUTO:
+            # Measured on the training part only: the validation split stays unseen.
+            rec = recommend_for(options, train_data)
+            recommendation = rec.to_dict()
+            options = replace(options, **rec.options())
+        checkpointer = Checkpointer.create(
+            out,
+            {
+                "kind": kind,
+                "options": _saved_options(requested, out),
+                "resolved": {
+                    "strategy": options.strategy,
+                    "backbone_lr_mult": options.backbone_lr_mult,
+                    "head_epochs": options.head_epochs,
+                },
+                "recommendation": recommendation,
+                "fingerprints": fingerprints,
+            },
+            writer=main,
+        )
+    checkpointer.every = options.checkpoint_every
+    checkpointer.writer = main
+    if parallel is not None:  # nobody reads the checkpoint folder before it is ready
+        parallel.barrier()
+    tracker.start(
+        out.name,
+        {
+            "kind": kind,
+            **asdict(options),
+            "recommended_case": recommendation["case"] if recommendation else None,
+        },
+    )
+    try:
+        trained = train_on(
+            options,
+            train_data,
+            val_data,
+            checkpointer=checkpointer,
+            parallel=parallel,
+            on_epoch=tracker.epoch_logger(),
+        )
+    except BaseException:
+        # Failed before its first checkpoint (a bad source, Ctrl-C): nothing to resume, so
+        # nothing may stand in the way of the next fit.  A SIGKILL never gets here.
+        if saved is None and not checkpointer.steps():
+            checkpointer.remove()
+        raise
+    if not main:  # only the main process writes the run dir
+        return _result(out, trained, data.classes, {})
+    source, plan, metrics = trained.source, trained.plan, trained.metrics
+    timings = dict(trained.timings)
+    timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
+    meta: dict[str, Any] = {
+        "kind": kind,
+        "source": source.describe(),
+        "classes": list(data.classes),
+        "preprocessing": source.preprocessing.to_dict(),
+        "plan": plan.to_dict(),
+        "dropout": options.dropout,
+        "data": {
+            "train": train_data.describe(),
+            "val": val_data.describe() if val_data is not None else None,
+            "spec": options.data,
+            "checks": checks,
+        },
+        "metrics": metrics,
+        "recommendation": recommendation,
+        "resumed": saved is not None,
+        **(
+            {
+                "text": {
+                    **source.text.to_dict(),
+                    "max_length": trained.max_length,
+                    "text_col": options.text_col,
+                    "label_col": options.label_col,
+                }
+            }
+            if source.text is not None
+            else {}
+        ),
+        "config": {k: v for k, v in asdict(options).items() if k != "progress"},
+        "timings": timings,
+        "feature_cache": trained.feature_cache,
+        "augmentation": trained.augmentation,
+        "accel": trained.speed,
+    }
+    rows = trained.history.rows()
+
+    def extras(folder: Path) -> None:
+        if source.save_files is not None:  # config + tokenizer: the run rebuilds alone
+            source.save_files(folder)
+        if trained.adapter is not None:
+            save_adapter(folder, trained.adapter)
+        title = f"{source.spec} · {plan.strategy} · {options.data}"
+        plot_curves(rows, folder / "curves.png", title=title)
+        timings["total_s"] = time.perf_counter() - t_start
+        write_report_md(meta, rows, folder / "report.md")
+
+    kill_point("run:write")
+    run_dir = write_run(
+        out,
+        model=trained.model,
+        meta=meta,
+        metrics_rows=rows,
+        extras=extras,
+        overwrite=options.overwrite or saved is not None,
+    )
+    checkpointer.remove()  # the run dir is complete: nothing left to resume
+    timings["total_s"] = time.perf_counter() - t_start
+    tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=len(rows))
+    tracker.log_artifacts(run_dir)
+    log.info("run dir: %s", run_dir)
+    return _result(run_dir, trained, data.classes, timings)
+
+
+def _result(
+    run_dir: Path, trained: Trained, classes: Sequence[str], timings: dict[str, float]
+) -> FitResult:
+    return FitResult(
+        run_dir=run_dir,
+        model=trained.model,
+        classes=list(classes),
+        plan=trained.plan,
+        history=trained.history,
+        source=trained.source.describe(),
+        metrics=trained.metrics,
+        timings=timings or dict(trained.timings),
+    )
+
+
+# Options that do not change what is computed: a resumed run may set them anew.
+_RUNTIME_OPTIONS = frozenset(
+    {
+        "resume",
+        "progress",
+        "device",
+        "workers",
+        "processes",
+        "cache_dir",
+        "checkpoint_every",
+        "deterministic",
+    }
+)
+
+
+def _saved_options(options: FitOptions, out: Path) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(options).items() if k not in ("resume", "progress")}
+    d["out"] = str(out)
+    return d
+
+
+def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
+    """The options a checkpoint was written with, plus the runtime ones given now.
+
+    A training option given now (one that differs from its default) that differs from the
+    saved one is a :class:`ConfigError`: a resumed run cannot change how it trains.
+    """
+    if given.overwrite:
+        raise ConfigError("--resume and --overwrite: resume continues a run; drop one of them")
+    stored = dict(saved["options"])
+    if given.out is not None and Path(given.out) != Path(given.resume or ""):
+        raise ConfigError(
+            f"--out {given.out} with --resume {given.resume}: a resumed run is written where "
+            "it was going to be; drop --out"
+        )
+    conflicts = []
+    for f in fields(given):
+        if f.name in _RUNTIME_OPTIONS or f.name in ("out", "overwrite") or f.name not in stored:
+            continue
+        value = getattr(given, f.name)
+        if value != f.default and value != stored[f.name]:
+            flag = "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
+            conflicts.append(f"{flag} {value} (the checkpoint has {stored[f.name]})")
+    if conflicts:
+        raise ConfigError(
+            f"--resume {given.resume}: {'; '.join(conflicts)}; a resumed run keeps the "
+            "options it started with: drop these flags"
+        )
+    stored.pop("out", None)
+    # A runtime option given now wins; one left at its default keeps the saved value.
+    defaults = {f.name: f.default for f in fields(given)}
+    runtime = {
+        k: getattr(given, k)
+        for k in _RUNTIME_OPTIONS
+        if k not in stored or getattr(given, k) != defaults[k]
+    }
+    return replace(given, **{**stored, **runtime, "out": given.resume})
+
+
+def pretrain(options: PretrainOptions) -> FitResult:
+    """Train ``options.source`` from scratch on a source data set; returns the run."""
+    if options.strategy != "scratch" or options.weights != "none":
+        raise ConfigError("pretrain trains from scratch: strategy scratch, weights none")
+    return fit(options, kind="pretrain")

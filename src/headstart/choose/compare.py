@@ -1,0 +1,219 @@
+"""``headstart compare``: cross-validate strategies on the same folds and say which wins.
+
+Every strategy is trained on exactly the same stratified k folds (scikit-learn's
+``StratifiedKFold``, optionally repeated with other shuffles), scored on the held-out
+fold at the last epoch, and summarised as mean +- std.  Each strategy is then compared
+with the best one *pairwise* (fold by fold), with a 95% confidence interval from the
+corrected resampled t-test of Nadeau & Bengio (2003, "Inference for the Generalization
+Error"): k-fold scores share most of their training data, so the plain t-test's
+variance is too small; theirs is inflated by ``n_test / n_train``.
+
+``auto`` may be one of the strategies: in each fold, :mod:`headstart.choose.recommend` measures
+that fold's *training* part only (the held-out fold stays unseen, as it would be for a
+user's new data) and the strategy it picks is trained; each score records the choice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from headstart.choose.comparison import (
+    CompareResult,
+    FoldScore,
+    _config,
+    summarise,
+    write_comparison,
+)
+from headstart.choose.recommend import recommend_for
+from headstart.config.options import CompareOptions
+from headstart.data.checks import data_checks
+from headstart.data.labelled import LabeledData
+from headstart.errors import ConfigError, DataError
+from headstart.plan.make import parse_strategy
+from headstart.rundir import prepare_out
+from headstart.train.assemble import AUTO, check_options, load_training_data, train_on
+from headstart.train.tracking import Tracker, open_tracker
+
+log = logging.getLogger(__name__)
+
+
+def _strategies(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise ConfigError("--strategies is empty; e.g. --strategies linear,full,scratch")
+    for name in names:
+        if name != AUTO:
+            parse_strategy(name)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--strategies names a strategy twice: {text}")
+    return names
+
+
+def _fractions(text: str) -> list[float]:
+    try:
+        values = sorted({float(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise ConfigError(
+            f"--label-fractions {text!r}: give numbers, e.g. 0.1,0.25,0.5,1"
+        ) from None
+    if not values or values[0] <= 0 or values[-1] > 1:
+        raise ConfigError(f"--label-fractions {text!r}: each must be in (0, 1]")
+    if values[-1] != 1.0:
+        values.append(1.0)  # the full folds are what the main table compares
+    return values
+
+
+def _subsample(targets: np.ndarray, idx: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A stratified share of ``idx``: ``fraction`` of each class, at least one example."""
+    if fraction == 1.0:
+        return idx
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in np.unique(targets[idx]):
+        members = idx[targets[idx] == label]
+        n = max(1, round(fraction * len(members)))
+        keep.extend(rng.choice(members, size=n, replace=False).tolist())
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def compare(options: CompareOptions) -> CompareResult:
+    """Cross-validate ``options.strategies`` on the same folds; write the comparison.
+
+    With ``options.mlflow_uri`` / ``options.tensorboard`` one tracked run holds every
+    fold's per-epoch metrics (``STRATEGY/foldK/val_acc``), each fold's score and the
+    summary (``STRATEGY/mean_accuracy``), and the comparison's files.
+    """
+
+    with open_tracker(options) as tracker:
+        return _compare(options, tracker)
+
+
+def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
+    from sklearn.model_selection import StratifiedKFold
+
+    t0 = time.perf_counter()
+    strategies = _strategies(options.strategies)
+    if options.folds < 2:
+        raise ConfigError(f"--folds must be at least 2 (got {options.folds})")
+    if options.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1 (got {options.seeds})")
+    options.train_config()
+    out = prepare_out(
+        options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
+        overwrite=options.overwrite,
+    )
+    for strategy in strategies:
+        check_options(_as_strategy(options, strategy))
+    data = load_training_data(options)
+    checks = data_checks(data, data, None)
+    smallest = int(np.bincount(data.targets).min())
+    if smallest < options.folds:
+        worst = data.classes[int(np.bincount(data.targets).argmin())]
+        raise DataError(
+            f"{options.data}: class {worst!r} has {smallest} examples, fewer than "
+            f"--folds {options.folds}; use fewer folds or add data"
+        )
+    fractions = _fractions(options.label_fractions)
+    tracker.start(out.name, {"kind": "compare", **_config(options)})
+    scores: list[FoldScore] = []
+    total = options.seeds * options.folds * len(strategies) * len(fractions)
+    done = 0
+    for repeat in range(options.seeds):
+        seed = options.seed + repeat
+        splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
+        for fold, (train_idx, test_idx) in enumerate(splitter.split(data.targets, data.targets)):
+            test_data = data.subset(test_idx, note=f"fold {fold + 1} held out (repeat {repeat})")
+            for fraction in fractions:
+                idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
+                train_data = data.subset(
+                    idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
+                )
+                per_class = len(idx) / len(data.classes)
+                for strategy in strategies:
+                    fold_options = replace(
+                        _as_strategy(options, strategy), seed=seed, select="last", patience=None
+                    )
+                    chosen = case = ""
+                    t_measure = time.perf_counter()
+                    if strategy == AUTO:
+                        fold_options, chosen, case = _recommended(fold_options, train_data)
+                    # auto's time includes its measuring: that is what choosing costs
+                    measure_s = time.perf_counter() - t_measure
+                    where = f"{strategy}/" + (f"r{repeat}/" if options.seeds > 1 else "")
+                    where += f"fold{fold + 1}/" + (f"labels{fraction:g}/" if fraction < 1 else "")
+                    trained = train_on(
+                        fold_options,
+                        train_data,
+                        test_data,
+                        on_epoch=tracker.epoch_logger(where),
+                    )
+                    done += 1
+                    m = trained.metrics
+                    scores.append(
+                        FoldScore(
+                            strategy=strategy,
+                            repeat=repeat,
+                            fold=fold,
+                            accuracy=float(m["val_acc"]),
+                            macro_f1=float(m["val_f1"]),
+                            seconds=trained.timings["train_s"] + measure_s,
+                            n_train=len(train_data),
+                            n_test=len(test_data),
+                            curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
+                            fraction=fraction,
+                            labels_per_class=per_class,
+                            chosen=chosen,
+                            case=case,
+                            augment=(trained.augmentation or {}).get("applied", ""),
+                        )
+                    )
+                    log.info(
+                        "[%d/%d] repeat %d fold %d labels %g %-10s accuracy %.3f (%.1fs)",
+                        done,
+                        total,
+                        repeat,
+                        fold + 1,
+                        fraction,
+                        f"auto->{chosen}" if chosen else strategy,
+                        m["val_acc"],
+                        trained.timings["train_s"],
+                    )
+    result = CompareResult(
+        out_dir=out, scores=scores, summary=summarise(scores), data_checks=checks
+    )
+    result.timings["total_s"] = time.perf_counter() - t0
+    write_comparison(result, options)
+    for i, s in enumerate(scores):
+        if s.fraction == 1.0:
+            tracker.log_metrics({f"{s.strategy}/accuracy": s.accuracy}, step=i)
+    for summary in result.summary:
+        tracker.log_metrics(
+            {
+                f"{summary.strategy}/mean_accuracy": summary.mean,
+                f"{summary.strategy}/std_accuracy": summary.std,
+                f"{summary.strategy}/diff_vs_best": summary.diff_vs_best,
+                f"{summary.strategy}/seconds_per_fold": summary.seconds,
+            }
+        )
+    tracker.log_artifacts(out)
+    return result
+
+
+def _as_strategy(options: CompareOptions, strategy: str) -> CompareOptions:
+    """``options`` for one of the compared strategies: ``--head-epochs`` applies to those
+    that train the backbone (``linear`` trains only the head anyway)."""
+    linear = strategy != AUTO and parse_strategy(strategy)[0] == "linear"
+    return replace(options, strategy=strategy, head_epochs=0 if linear else options.head_epochs)
+
+
+def _recommended(
+    options: CompareOptions, train_data: LabeledData
+) -> tuple[CompareOptions, str, str]:
+    """``options`` with the plan that recommend picks for this fold, and its label."""
+
+    rec = recommend_for(options, train_data)
+    return replace(options, **rec.options()), rec.label(), rec.case

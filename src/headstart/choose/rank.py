@@ -1,0 +1,337 @@
+"""``headstart rank``: score candidate sources on the target data, without fine-tuning.
+
+Each candidate is a source spec with, optionally, its weights: ``SPEC`` or
+``SPEC@WEIGHTS`` (``WEIGHTS`` as for ``--weights``: ``default``, ``none``, a weights file or
+a URL), so one architecture can be ranked with several sets of weights, e.g.
+``builtin:digits-cnn,builtin:digits-cnn@none,builtin:digits-cnn@runs/other/model.safetensors``.
+
+For every candidate the backbone runs once over the target data
+(:func:`~headstart.features.extract.extract_features`: images, or texts for ``hf:`` text
+encoders, cut to ``--max-length`` tokens; one call ranks one kind of source, on data of
+that kind) and each transferability score of
+:mod:`headstart.choose.scores` is computed on those features; the table lists the scores and the
+seconds each took, best first by the first method asked for.
+
+``--validate`` measures what the scores predict: every candidate is fine-tuned briefly
+(``train_on``, the same machinery as ``fit`` and ``compare``) on stratified k folds of the
+same data and scored on the held-out fold; Kendall's tau between each score and that
+accuracy says whether the score orders the candidates as fine-tuning does, and the
+seconds (wall and CPU) spent scoring and fine-tuning say what the shortcut saves.  Each
+candidate is fine-tuned as a user would fit it: a pretrained backbone at
+``--backbone-lr-mult`` x the rate, a random (``@none``) one at the full rate, as
+``--strategy scratch`` trains it; and for at least ``MIN_STEPS`` optimizer steps per
+fold (:func:`validation_epochs`), so that a tiny fold is not judged after a few steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from headstart.choose.candidates import (
+    Candidate,
+    CandidateResult,
+    RankResult,
+    _line_notes,
+    parse_candidates,
+    parse_methods,
+    ranked,
+)
+from headstart.choose.rank_validate import _finetune, _folds, kendall_taus, validation_epochs
+from headstart.choose.scores import (
+    NO_SOURCE_HEAD,
+    RANKERS,
+    compare_features,
+    score_features,
+)
+from headstart.config.options import RankOptions
+from headstart.data.labelled import LabeledData
+from headstart.data.texts import TextData
+from headstart.errors import ConfigError, DataError, HeadstartError
+from headstart.features.extract import Features, extract_features
+from headstart.plan.make import parse_strategy
+from headstart.runtime import seed_everything
+from headstart.sources import parse_source_spec
+from headstart.sources.base import Source
+from headstart.sources.hf import _is_vision
+from headstart.train.assemble import MIN_STEPS, _build_source, _max_length, load_training_data
+
+log = logging.getLogger(__name__)
+
+
+def _architecture(source: Source) -> str:
+    """A short digest of the backbone's parameter names and shapes."""
+    import hashlib
+
+    shapes = [(k, tuple(v.shape)) for k, v in source.backbone.state_dict().items()]
+    return f"{source.arch} {hashlib.sha256(repr(shapes).encode()).hexdigest()[:12]}"
+
+
+def _score_candidate(
+    candidate: Candidate,
+    data: LabeledData,
+    options: RankOptions,
+    methods: list[str],
+    *,
+    reference: bool = False,
+) -> tuple[CandidateResult, Features, Source]:
+    """Score one candidate; also returns its features (for the comparisons) and the
+    built source (whose ``arch`` rebuilds the architecture at random)."""
+
+    # The same seed as train_on uses before building: a randomly initialised candidate
+    # is scored with the very weights --validate then fine-tunes.
+    seed_everything(options.seed)
+    source = _build_source(
+        replace(options, source=candidate.source, weights=candidate.weights), scratch=False
+    )
+    _check_kind(candidate, source.text is not None, data)
+    need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    features = extract_features(
+        source,
+        data,
+        batch_size=options.batch_size,
+        device=options.device,
+        with_source_logits=need_probs,
+        workers=options.workers,
+        progress=options.progress,
+        max_length=None if source.text is None else _max_length(options, source),
+    )
+    features_s = time.perf_counter() - t0
+    scores = score_features(features, methods=methods, seed=options.seed)
+    if need_probs and source.old_head is not None and not source.weights.pretrained:
+        for name in methods:
+            if RANKERS.get(name).needs_source_probs and scores[name].value is not None:
+                scores[name] = replace(
+                    scores[name], note="the source's classifier head is randomly initialised"
+                )
+    log.info(
+        "%s: %s (%.2fs)",
+        candidate.text,
+        ", ".join(f"{m} {'-' if s.value is None else f'{s.value:.4f}'}" for m, s in scores.items()),
+        features_s + sum(s.seconds for s in scores.values()),
+    )
+    result = CandidateResult(
+        candidate=candidate.text,
+        source=candidate.source,
+        weights=candidate.weights,
+        weights_description=source.weights.description,
+        scores=scores,
+        features_s=features_s,
+        feature_dim=features.dim,
+        architecture=_architecture(source),
+        random_init=not source.weights.pretrained,
+        reference=reference,
+        scoring_cpu_s=time.process_time() - cpu0,
+    )
+    return result, features, source
+
+
+def _kind_hint(spec: str) -> str | None:
+    """``"text"`` or ``"image"``: what kind of source ``spec`` builds, where that is known
+    without building it (an image family, or an ``hf:`` folder on disk); else None."""
+
+    family, name = parse_source_spec(spec)
+    if family in ("builtin", "timm", "torchvision"):
+        return "image"
+    if family == "hf":
+        folder = Path(name).expanduser()
+        if (folder / "config.json").is_file():
+            return "image" if _is_vision(folder) else "text"
+    return None
+
+
+def _check_not_mixed(candidates: list[Candidate]) -> None:
+    """One call ranks image sources on images or text encoders on texts, not both."""
+    kinds: dict[str, list[str]] = {}
+    for c in candidates:
+        kind = _kind_hint(c.source)
+        if kind is not None:
+            kinds.setdefault(kind, []).append(c.text)
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"--sources mixes text encoders ({', '.join(kinds['text'])}) and image sources "
+            f"({', '.join(kinds['image'])}); rank one kind at a time, on data of that kind"
+        )
+
+
+def _check_kind(candidate: Candidate, text_source: bool, data: LabeledData) -> None:
+    """A text encoder needs texts, an image source images: name the candidate."""
+
+    texts = isinstance(data, TextData)
+    if text_source and not texts:
+        raise ConfigError(
+            f"--sources candidate {candidate.text!r} is a text encoder, but {data.spec} holds "
+            "images; rank text encoders on texts (a CSV, TSV or JSONL with text and label "
+            "columns, or a folder of .txt files per class), and every candidate of one call "
+            "on the same kind of data"
+        )
+    if not text_source and texts:
+        raise ConfigError(
+            f"--sources candidate {candidate.text!r} is an image source, but {data.spec} holds "
+            "texts; rank text encoders (hf:FOLDER) on texts, and every candidate of one call "
+            "on the same kind of data"
+        )
+
+
+def _add_random_references(
+    scored: list[tuple[CandidateResult, Features, Source]],
+    data: LabeledData,
+    options: RankOptions,
+    methods: list[str],
+    notes: list[str],
+) -> None:
+    """For each architecture with no random initialisation among the candidates, score
+    it randomly initialised (``ARCH@none``) and append it as a reference row."""
+
+    have = {r.architecture for r, _, _ in scored if r.random_init}
+    for result, _, source in list(scored):
+        if result.architecture in have:
+            continue
+        have.add(result.architecture)
+        size = source.arch_options.get("image_size") or options.image_size
+        candidate = Candidate(text=f"{source.arch}@none", source=source.arch, weights="none")
+        try:
+            extra = _score_candidate(
+                candidate, data, replace(options, image_size=size), methods, reference=True
+            )
+        except HeadstartError as exc:
+            notes.append(
+                f"no random-initialisation line for {result.candidate}: building "
+                f"{candidate.text} failed ({exc})"
+            )
+            continue
+        if extra[0].architecture != result.architecture:
+            notes.append(
+                f"no random-initialisation line for {result.candidate}: {candidate.text} "
+                "builds a network of another shape"
+            )
+            continue
+        scored.append(extra)
+
+
+def _compare_with_random(
+    scored: list[tuple[CandidateResult, Features, Source]], methods: list[str], seed: int
+) -> None:
+    """Each pretrained candidate's scores against its architecture at random."""
+    randoms = {r.architecture: (r, f) for r, f, _ in scored if r.random_init}
+    for result, features, _ in scored:
+        if result.random_init or result.architecture not in randoms:
+            continue
+        baseline, baseline_features = randoms[result.architecture]
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
+        result.vs_random = {
+            m: None
+            if result.scores[m].value is None or baseline.scores[m].value is None
+            else compare_features(
+                features,
+                baseline_features,
+                m,
+                seed=seed,
+                scored=(result.scores[m], baseline.scores[m]),
+            )
+            for m in methods
+        }
+        result.vs_random_of = baseline.candidate
+        result.compare_s = time.perf_counter() - t0
+        result.scoring_cpu_s += time.process_time() - cpu0
+
+
+def rank_sources(options: RankOptions) -> RankResult:
+    """Score every candidate of ``options.sources`` on ``options.data``; with
+    ``options.validate`` also fine-tune each and compare the orders."""
+
+    t_start = time.perf_counter()
+    if not options.data:
+        raise ConfigError("no target data given (DATA)")
+    candidates = parse_candidates(options.sources)
+    _check_not_mixed(candidates)
+    methods = parse_methods(options.method)
+    if options.validate:
+        options.train_config()  # --epochs, --batch-size... before any slow work
+        parse_strategy(options.strategy)
+        if options.strategy == "scratch":
+            raise ConfigError(
+                "--strategy scratch re-initialises every candidate, so --validate would "
+                "fine-tune the same network each time; use full, partial:K or linear (rank "
+                "a random initialisation as SPEC@none)"
+            )
+    data = load_training_data(options)
+    for c in candidates:  # where known without building it, before any slow work
+        kind = _kind_hint(c.source)
+        if kind is not None:
+            _check_kind(c, kind == "text", data)
+    unlabelled = int((data.targets < 0).sum())
+    if unlabelled:
+        raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
+    splits = _folds(data, options.folds, options.seed) if options.validate else []
+
+    notes: list[str] = []
+    scored = [_score_candidate(c, data, options, methods) for c in candidates]
+    if options.random_init:
+        _add_random_references(scored, data, options, methods, notes)
+    _compare_with_random(scored, methods, options.seed)
+    results = [r for r, _, _ in scored]
+    del scored  # the features and the built sources are not needed past this point
+    t_scored = time.perf_counter()
+    for m in methods:
+        if RANKERS.get(m).needs_source_probs:
+            skipped = [r.candidate for r in results if r.scores[m].value is None]
+            if skipped:
+                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
+            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
+            if guessed:
+                notes.append(
+                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
+                )
+
+    notes += _line_notes(results, methods[0])
+
+    validation = None
+    if options.validate:
+        epochs = validation_epochs(options, splits)
+        if epochs > options.epochs:
+            notes.append(
+                f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
+                f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
+                "optimizer steps"
+            )
+        for r in results:
+            _finetune(r, data, replace(options, epochs=epochs), splits)
+        scoring_s = sum(r.scoring_s for r in results)
+        finetune_s = sum(r.finetune_s or 0.0 for r in results)
+        scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
+        finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
+        validation = {
+            "strategy": options.strategy,
+            "epochs": epochs,
+            "min_steps": MIN_STEPS,
+            "random_backbone_lr_mult": 1.0,
+            "folds": len(splits),
+            "kendall_tau": kendall_taus(results, methods),
+            "scoring_s": scoring_s,
+            "finetune_s": finetune_s,
+            "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
+            "scoring_cpu_s": scoring_cpu_s,
+            "finetune_cpu_s": finetune_cpu_s,
+            "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
+        }
+    results = ranked(results, methods[0])
+    timings = {
+        "scoring_total_s": t_scored - t_start,
+        "total_s": time.perf_counter() - t_start,
+    }
+    return RankResult(
+        data=options.data,
+        n_items=len(data),
+        n_classes=len(data.classes),
+        methods=methods,
+        candidates=results,
+        validation=validation,
+        notes=notes,
+        timings=timings,
+    )

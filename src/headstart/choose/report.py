@@ -1,0 +1,417 @@
+"""Plots and the short markdown report a run dir carries."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headstart._io import atomic_path, atomic_write_text
+from headstart.errors import RunError
+from headstart.rundir import read_meta
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; files only
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], dest: Path, *, title: str) -> None:
+    """Loss and accuracy per epoch (train and validation) as one PNG."""
+    plt = _pyplot()
+    epochs = [r["epoch"] for r in rows]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
+    ax_acc.plot(epochs, [r["train_acc"] for r in rows], marker="o", label="train")
+    if any(r.get("val_acc") is not None for r in rows):
+        ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
+        ax_acc.plot(epochs, [r["val_acc"] for r in rows], marker="o", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], dest: Path, *, title: str) -> None:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    plt = _pyplot()
+    n = len(classes)
+    size = max(4.0, 0.5 * n + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(matrix, cmap="Blues")
+    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
+    ax.set_yticks(range(n), labels=list(classes))
+    ax.set(xlabel="predicted", ylabel="true")
+    # Data specs can be long (builtin:digits?classes=...): wrap rather than cut off.
+    ax.set_title(textwrap.fill(title, width=int(8 * size)), fontsize=9)
+    top = matrix.max() if matrix.size else 0
+    for i in range(n):
+        for j in range(n):
+            color = "white" if top and matrix[i, j] > top / 2 else "black"
+            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _recommendation_lines(rec: dict[str, Any] | None) -> list[str]:
+    """The measurements and reasons behind --strategy auto, for report.md."""
+    if not rec:
+        return []
+    m = rec["measurements"]
+    lines = [
+        "## Why this plan (--strategy auto)",
+        f"- case: **{rec['case']}** -> `{rec['strategy']}`, backbone lr x "
+        f"{rec['backbone_lr_mult']:g}",
+        f"- probe accuracy on the source's features {m['probe_pretrained']:.3f}, on random "
+        f"features {m['probe_random']:.3f} (gain {m['probe_gain']:+.3f})",
+    ]
+    if m.get("leep") is not None:
+        lines.append(
+            f"- LEEP of the source's classifier: {m['leep']:.3f} "
+            f"({m['leep_normalised']:.0%} of the way from chance to perfect)"
+        )
+    if m.get("bn_shift") is not None:
+        lines.append(f"- BatchNorm statistics shift: {m['bn_shift']:.3f}")
+    lines += [f"- {r}" for r in rec["reasons"]]
+    lines += [f"- note: {n}" for n in m.get("notes", [])]
+    return [*lines, ""]
+
+
+def check_lines(checks: dict[str, Any] | None) -> list[str]:
+    """What the pre-scan found (headstart.data.checks.data_checks), as report lines."""
+    if not checks or not checks["checked"]:  # e.g. builtin data: arrays, not files
+        return []
+    skipped, dup, leak = checks["skipped"], checks["duplicates"], checks["leakage"]
+    lines = [f"- images checked: {checks['checked']}; left out (--skip-bad): {skipped['count']}"]
+    lines += [f"  - `{e['path']}`: {e['problem']}" for e in skipped["files"][:10]]
+    if skipped["count"] > 10:
+        lines.append(f"  - ... ({skipped['count']} in all, each listed in headstart.json)")
+    if dup["groups"]:
+        lines.append(
+            f"- duplicates: {dup['groups']} picture(s) more than once under one label "
+            f"({dup['extra_copies']} extra copies), e.g. "
+            + "; ".join(" = ".join(f"`{p}`" for p in g) for g in dup["examples"][:3])
+        )
+    if leak is not None:
+        lines.append(
+            f"- leakage: {leak['count']} of {leak['of']} validation images also in training"
+            + (
+                " (**validation scores are too high**), e.g. "
+                + "; ".join(f"`{a}` = `{b}`" for a, b in leak["examples"][:3])
+                if leak["count"]
+                else ""
+            )
+        )
+    return lines
+
+
+def _augmentation_lines(aug: dict[str, Any] | None) -> list[str]:
+    if not aug:
+        return []
+    return [f"- training augmentation: {aug['applied']} ({aug['why']})"]
+
+
+def _input_line(meta: dict[str, Any]) -> str:
+    text = meta.get("text")
+    if text:  # a text model: tokens, not pixels
+        return f"- input: texts, at most {text['max_length']} tokens, {text['pooling']} pooling"
+    pre = meta["preprocessing"]
+    return f"- input: {tuple(pre['input_size'])}, mean {pre['mean']}, std {pre['std']}"
+
+
+def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: Path) -> None:
+    """A short human report: what was trained on what, the plan, and the results."""
+    src, plan, metrics = meta["source"], meta["plan"], meta["metrics"]
+    data = meta["data"]
+    lines = [
+        f"# headstart {meta['kind']}: {src['spec']} on {data['train']['spec']}",
+        "",
+        "## Source",
+        f"- architecture: `{src['arch']}` ({src['parameters']:,} backbone parameters, "
+        f"{src['feature_dim']}-d features)",
+        f"- weights: {src['weights']['description']}",
+        f"- stages: {', '.join(src['stages'])}",
+        _input_line(meta),
+        "",
+        "## Plan",
+        f"- strategy: `{plan['strategy']}`"
+        + (" (random initialisation)" if plan["reinitialise"] else ""),
+        f"- frozen: {', '.join(plan['frozen_stages']) or 'nothing'}",
+        f"- trains: {', '.join(plan['trainable_stages']) or 'head only'}"
+        + (f" at lr {plan['backbone_lr']:g}" if plan["trainable_stages"] else ""),
+        *(
+            [
+                f"- lora: rank {plan['lora']['r']}, alpha {plan['lora']['alpha']} on "
+                f"{', '.join(plan['lora']['target_modules'])} at lr {plan['backbone_lr']:g} "
+                "(merged into the weights after training)"
+            ]
+            if plan.get("lora")
+            else []
+        ),
+        f"- head: new Linear({src['feature_dim']}, {len(meta['classes'])}) at lr "
+        f"{plan['head_lr']:g}",
+        f"- BatchNorm: {plan['bn_mode']}",
+        *_augmentation_lines(meta.get("augmentation")),
+        "",
+        *_recommendation_lines(meta.get("recommendation")),
+        "## Data",
+        f"- classes ({len(meta['classes'])}): {', '.join(meta['classes'])}",
+        f"- train: {data['train']['n_items']} items; validation: "
+        f"{data['val']['n_items'] if data.get('val') else 0} items",
+        f"- fingerprint: `{data['train']['fingerprint'][:16]}`",
+        *check_lines(data.get("checks")),
+        "",
+        "## Result",
+        f"- selected epoch: {metrics['best_epoch']} of {len(rows)} ({meta['config']['select']})",
+        f"- validation accuracy: {_fmt(metrics.get('val_acc'))}, macro-F1: "
+        f"{_fmt(metrics.get('val_f1'))}",
+        f"- time: {meta['timings']['train_s']:.1f} s training, "
+        f"{meta['timings']['total_s']:.1f} s in all",
+        "",
+        "![curves](curves.png)",
+        "",
+        "| epoch | train loss | train acc | val loss | val acc | val F1 | s |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['epoch']} | {_fmt(r['train_loss'])} | {_fmt(r['train_acc'])} | "
+            f"{_fmt(r['val_loss'])} | {_fmt(r['val_acc'])} | {_fmt(r['val_f1'])} | "
+            f"{r['seconds']:.1f} |"
+        )
+    atomic_write_text(dest, "\n".join(lines) + "\n")
+
+
+@dataclass(frozen=True)
+class Benefits:
+    """The three benefits of transfer (the articles' higher start, slope and asymptote),
+    read off a curve of validation accuracy per epoch."""
+
+    start: float  # accuracy after the first epoch
+    epochs_to_90: int | None  # first epoch reaching 90% of the best accuracy
+    early_auc: float  # mean accuracy over the first `early` epochs (area under the curve)
+    asymptote: float  # best accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def benefits(curve: Sequence[float], *, early: int = 3) -> Benefits:
+    """Start, slope and asymptote of one accuracy curve (epoch 1 first)."""
+    if not curve:
+        raise ValueError("an empty curve has no benefits to measure")
+    values = [float(v) for v in curve]
+    best = max(values)
+    reach = next((i + 1 for i, v in enumerate(values) if v >= 0.9 * best), None)
+    head = values[: max(1, early)]
+    return Benefits(
+        start=values[0],
+        epochs_to_90=reach,
+        early_auc=sum(head) / len(head),
+        asymptote=best,
+    )
+
+
+def benefits_table(named: Sequence[tuple[str, Benefits]], *, baseline: str | None) -> list[str]:
+    """Markdown rows for the three benefits, with gains over ``baseline`` (e.g. scratch)."""
+    base = dict(named).get(baseline) if baseline else None
+    lines = [
+        "| run | start (epoch 1) | epochs to 90% of best | early mean (AUC) | best |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name, b in named:
+        cells = [
+            f"{b.start:.3f}",
+            str(b.epochs_to_90 or "-"),
+            f"{b.early_auc:.3f}",
+            f"{b.asymptote:.3f}",
+        ]
+        if base is not None and name != baseline:
+            cells[0] += f" ({b.start - base.start:+.3f})"
+            if b.epochs_to_90 and base.epochs_to_90:
+                cells[1] += f" ({b.epochs_to_90 - base.epochs_to_90:+d})"
+            cells[2] += f" ({b.early_auc - base.early_auc:+.3f})"
+            cells[3] += f" ({b.asymptote - base.asymptote:+.3f})"
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return lines
+
+
+def html_page(title: str, markdown_text: str, images: Sequence[Path]) -> str:
+    """A standalone HTML page: the markdown's paragraphs and tables, plots embedded."""
+    import base64
+    import html
+
+    parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
+    for block in markdown_text.split("\n\n"):
+        block = block.strip()
+        if not block or block.startswith(("# ", "![")):
+            continue
+        if block.startswith("## "):
+            parts.append(f"<h2>{html.escape(block[3:])}</h2>")
+        elif block.startswith("|"):
+            rows = [line for line in block.splitlines() if not line.startswith("| ---")]
+            cells = [
+                "<tr>"
+                + "".join(
+                    f"<td>{html.escape(c.strip().strip('`'))}</td>"
+                    for c in line.strip().strip("|").split("|")
+                )
+                + "</tr>"
+                for line in rows
+            ]
+            parts.append("<table>" + "".join(cells) + "</table>")
+        else:
+            parts.append(f"<p>{html.escape(block.replace('**', ''))}</p>")
+    for image in images:
+        data = base64.b64encode(image.read_bytes()).decode()
+        parts.append(
+            f'<figure><img alt="{html.escape(image.name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(image.name)}</figcaption></figure>"
+        )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
+        "table{border-collapse:collapse;margin:1em 0}td{border:1px solid #ccc;"
+        "padding:.3em .6em}tr:first-child td{font-weight:bold;background:#f3f3f3}"
+        "img{max-width:100%}</style></head><body>" + "".join(parts) + "</body></html>\n"
+    )
+
+
+def plot_lines(
+    series: Sequence[tuple[str, Sequence[float], Sequence[float] | None]],
+    dest: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str = "validation accuracy",
+    xs: Sequence[float] | None = None,
+) -> None:
+    """Several curves on one plot (``(label, values, std or None)``), e.g. transfer vs
+    scratch per epoch, or accuracy against labels per class."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, values, std in series:
+        x = np.asarray(xs if xs is not None else range(1, len(values) + 1), dtype=float)
+        y = np.asarray(values, dtype=float)
+        ax.plot(x, y, marker="o", label=label)
+        if std is not None:
+            s = np.asarray(std, dtype=float)
+            ax.fill_between(x, y - s, y + s, alpha=0.15)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(dest) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
+    """``headstart report RUN...``: the runs' validation curves on one plot and the three
+    benefits of each, with gains over the scratch run when one is among them.
+
+    Writes ``curves.png``, ``report.md`` and a standalone ``report.html`` into ``out``.
+    """
+    import csv
+
+    if not runs:
+        raise RunError("no runs given; pass run dirs written by fit or pretrain")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries: list[tuple[str, list[float], dict[str, Any]]] = []
+    for run in runs:
+        path = Path(run)
+        meta = read_meta(path)
+        with open(path / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        curve = [float(r["val_acc"]) for r in rows if r.get("val_acc")]
+        if not curve:
+            raise RunError(
+                f"{path}: has no validation curve (trained with --val-fraction 0); "
+                "fit with a validation split to report on it"
+            )
+        name = meta["plan"]["strategy"]
+        entries.append(
+            (
+                name,
+                curve,
+                {
+                    "run": str(path),
+                    "source": meta["source"]["spec"],
+                    "reinitialise": meta["plan"]["reinitialise"],
+                },
+            )
+        )
+    counts: dict[str, int] = {}
+    for name, _, _ in entries:
+        counts[name] = counts.get(name, 0) + 1
+    labelled = [
+        (f"{name} ({Path(info['run']).name})" if counts[name] > 1 else name, curve, info)
+        for name, curve, info in entries
+    ]
+    baseline = next((label for label, _, info in labelled if info["reinitialise"]), None)
+    named = [(label, benefits(curve)) for label, curve, _ in labelled]
+    plot_lines(
+        [(label, curve, None) for label, curve, _ in labelled],
+        folder / "curves.png",
+        title="validation accuracy per epoch",
+        xlabel="epoch",
+    )
+    lines = [
+        "# headstart report: what the pretraining bought",
+        "",
+        "Runs: "
+        + ", ".join(f"`{label}` = {info['run']} ({info['source']})" for label, _, info in labelled),
+        "",
+        "## The three benefits of transfer",
+        "",
+        "*start*: validation accuracy after the first epoch; *slope*: epochs to reach 90% of "
+        "the best, and the mean over the first 3 epochs; *asymptote*: the best accuracy"
+        + (
+            f" (in brackets: the gain over `{baseline}`)."
+            if baseline
+            else ". No scratch run was given, so there is nothing to measure gains against."
+        ),
+        "",
+        *benefits_table(named, baseline=baseline),
+        "",
+        "![validation accuracy per epoch](curves.png)",
+        "",
+    ]
+    markdown_text = "\n".join(lines)
+    atomic_write_text(folder / "report.md", markdown_text)
+    page = html_page("headstart report", markdown_text, [folder / "curves.png"])
+    atomic_write_text(folder / "report.html", page)
+    return {
+        "out_dir": str(folder),
+        "baseline": baseline,
+        "runs": [
+            {"label": label, **info, **b.to_dict()}
+            for (label, _, info), (_, b) in zip(labelled, named, strict=True)
+        ],
+    }

@@ -1,0 +1,590 @@
+"""Transferability: how well a source's features suit a target task, without fine-tuning.
+
+Every score is computed once on :class:`~headstart.features.extract.Features` (the backbone run
+once over the target data) and is *higher-is-better*:
+
+- ``logme`` — LogME (K. You, Y. Liu, J. Wang, M. Long, "LogME: Practical Assessment of
+  Pre-trained Models for Transfer Learning", ICML 2021): per target class, the log
+  marginal evidence of a Bayesian linear regression from the features to the class's
+  one-hot column, maximised over the prior precision ``alpha`` and the noise precision
+  ``beta`` by the MacKay fixed-point iteration, divided by N and averaged over classes.
+  The iteration works in the SVD basis of F, in the form of the authors' later
+  "Ranking and Tuning Pre-trained Models" (JMLR 2022, arXiv:2110.10545) and their code
+  (github.com/thuml/LogME, ``LogME._fit_fixed_point``), with one correction: ``log|A|``
+  counts the D - rank(F) zero singular values as ``log(alpha)`` each, as the ICML
+  paper's formula (and the authors' ICML code) does; the fixed-point code leaves them
+  out, which is wrong when N < D (thuml/LogME issue #23).  And it iterates until
+  ``alpha/beta`` settles (relative change 1e-6) where the authors stop after 11 steps
+  or a 1e-3 change: features that fit a class poorly need 30-100 steps, and stopping
+  early under-states their evidence (by up to 1e-3 relative in our checks), while a
+  step costs O(rank x classes), nothing next to the decomposition.
+- ``leep`` — LEEP (C. V. Nguyen, T. Hassner, M. Seeger, C. Archambeau, "LEEP: A New
+  Measure to Evaluate Transferability of Learned Representations", ICML 2020): the mean
+  log-likelihood of the target labels under the "expected empirical predictor" built
+  from the source classifier's own softmax outputs.  It needs the source's old output
+  layer; a source without one is skipped with a note.
+- ``knn`` and ``linear-probe`` — cross-validated accuracy of a k-nearest-neighbour
+  classifier and of a logistic regression on the standardised features (scikit-learn).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from headstart.data.labelled import LabeledData
+from headstart.errors import ConfigError, DataError
+from headstart.features.extract import Features, extract_features
+from headstart.registry import Registry
+from headstart.sources.base import Source
+
+log = logging.getLogger(__name__)
+
+
+NO_SOURCE_HEAD = (
+    "the source has no classifier head (its old output layer is not kept), and LEEP "
+    "needs the source's own class probabilities"
+)
+
+
+KNN_METRICS = ("cosine", "euclidean")
+
+
+# As in the authors' code: keeps alpha and beta finite when a class's weights or
+# residuals vanish.  Where the evidence's supremum lies at alpha or beta -> infinity
+# (features with no linear information about a class; an exact fit when N <= D), this
+# guard is what stops the iteration, a little below the supremum.
+_LOGME_EPS = 1e-5
+
+
+def _check_labels(targets: np.ndarray, n: int) -> np.ndarray:
+    targets = np.asarray(targets)
+    if targets.ndim != 1 or len(targets) != n:
+        raise ConfigError(f"targets of shape {targets.shape} do not match {n} examples")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise ConfigError(f"targets must be integer class indices (got {targets.dtype})")
+    unlabelled = int((targets < 0).sum())
+    if unlabelled:
+        raise DataError(f"{unlabelled} examples have no label; scoring needs labelled data")
+    if n == 0:
+        raise DataError("no examples to score")
+    return targets.astype(np.int64, copy=False)
+
+
+def _check_features(features: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2:
+        raise ConfigError(f"features must be [N, D] (got shape {f.shape})")
+    y = _check_labels(targets, len(f))
+    if not np.isfinite(f).all():
+        raise ConfigError("features contain NaN or infinity; is the source's model broken?")
+    return f, y
+
+
+def _cv_splits(
+    features: np.ndarray, targets: np.ndarray, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified folds, fewer than ``folds`` when the smallest class is smaller."""
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds (got {folds})")
+    labels, counts = np.unique(targets, return_counts=True)
+    if len(labels) < 2:
+        raise DataError("cross-validated accuracy needs at least 2 classes")
+    few = [f"#{t} ({c})" for t, c in zip(labels, counts, strict=True) if c < 2]
+    if few:
+        raise DataError(
+            f"class(es) with fewer than 2 examples: {', '.join(few)}; cross-validation "
+            "needs at least 2 of every class"
+        )
+    n_folds = min(folds, int(counts.min()))
+    if n_folds < folds:
+        log.info("%d folds, not %d: the smallest class has %d examples", n_folds, folds, n_folds)
+    cv = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
+    return list(cv.split(features, targets))
+
+
+def logme(
+    features: np.ndarray, targets: np.ndarray, *, tol: float = 1e-6, max_iter: int = 1000
+) -> float:
+    """LogME of ``features`` [N, D] for class indices ``targets`` [N] (higher is better).
+
+    For each class present, the maximum over ``alpha, beta`` of the log evidence
+    ``log p(y | F, alpha, beta)`` of ``y = (targets == c)`` under ``y ~ N(F w, 1/beta)``,
+    ``w ~ N(0, 1/alpha)``, divided by N; the result is the mean over classes.  The
+    fixed-point iteration starts at ``alpha = beta = 1`` and stops when ``alpha/beta``
+    changes by at most ``tol`` (relative) or after ``max_iter`` steps; the evidence is
+    then evaluated exactly at the final ``alpha, beta``.  Raises :class:`ConfigError`
+    for malformed input and :class:`DataError` for unlabelled or no examples.
+    """
+    if not tol > 0 or max_iter < 1:
+        raise ConfigError(f"LogME needs tol > 0 and max_iter >= 1 (got {tol}, {max_iter})")
+    _, _, evidence = _logme_fit(features, targets, tol=tol, max_iter=max_iter)
+    return float(evidence.mean())
+
+
+def _logme_fit(
+    features: np.ndarray, targets: np.ndarray, *, tol: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per class present: the final ``alpha``, ``beta`` and the log evidence / N."""
+    f, y = _check_features(features, targets)
+    n = len(f)
+    _, y, counts = np.unique(y, return_inverse=True, return_counts=True)
+    sigma, x = _logme_basis(f, y, len(counts))
+    s = sigma[:, None]
+    x2 = x**2  # [k, C]: each class column's squared coordinates in F's column space
+    # what of each column lies outside F's column space (|y|^2 = the class count)
+    rest = np.maximum(counts - x2.sum(axis=0), 0.0)
+
+    def fit_terms(t: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        # With t = alpha / beta the posterior mean is m = (t I + F'F)^-1 F' y; in F's
+        # singular basis each term is a sum over the singular values.
+        gamma = (s / (s + t)).sum(axis=0)  # effective number of well-determined weights
+        m2 = (s * x2[:, cols] / (s + t) ** 2).sum(axis=0)  # |m|^2
+        res2 = (x2[:, cols] * (t / (s + t)) ** 2).sum(axis=0) + rest[cols]  # |y - F m|^2
+        return gamma, m2, res2
+
+    n_classes = len(counts)
+    alpha = np.ones(n_classes)
+    beta = np.ones(n_classes)
+    active = np.arange(n_classes)  # classes still iterating
+    for _ in range(max_iter):
+        t = alpha[active] / beta[active]
+        gamma, m2, res2 = fit_terms(t, active)
+        alpha[active] = gamma / (m2 + _LOGME_EPS)
+        beta[active] = (n - gamma) / (res2 + _LOGME_EPS)
+        active = active[np.abs(alpha[active] / beta[active] - t) > tol * t]
+        if len(active) == 0:
+            break
+    else:
+        log.debug("LogME: %d class(es) not converged in %d steps", len(active), max_iter)
+    t = alpha / beta
+    _, m2, res2 = fit_terms(t, np.arange(n_classes))
+    # The paper's D/2 log(alpha) - 1/2 log|alpha I + beta F'F|, where the D - k zero
+    # singular values contribute log(alpha) each, is -1/2 sum_k log(1 + s_k / t): the
+    # same number, and finite when F is all zeros (k = 0, alpha = 0).
+    evidence = (
+        n / 2 * np.log(beta)
+        - 0.5 * np.log1p(s / t).sum(axis=0)
+        - beta / 2 * res2
+        - alpha / 2 * m2
+        - n / 2 * math.log(2 * math.pi)
+    )
+    return alpha, beta, evidence / n
+
+
+def _logme_basis(f: np.ndarray, y: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """F's nonzero squared singular values [k] and ``U' Y`` [k, C] for the one-hot Y of
+    class indices ``y``, where ``F = U diag(s) V'`` is the thin SVD.
+
+    Both come from the eigendecomposition of the smaller Gram matrix (F'F when N > D,
+    as in the authors' code, FF' otherwise): much cheaper than an SVD of F.
+    """
+    from scipy import sparse
+
+    n, d = f.shape
+    onehot_t = sparse.csr_matrix((np.ones(n), (y, np.arange(n))), shape=(n_classes, n))  # Y'
+    sigma, vecs = np.linalg.eigh(f.T @ f if n > d else f @ f.T)
+    # rank cutoff as numpy's matrix_rank, on the squared singular values
+    keep = sigma > sigma.max(initial=0.0) * max(n, d) * np.finfo(np.float64).eps
+    sigma, vecs = sigma[keep], vecs[:, keep]
+    if n > d:
+        # U' Y = diag(1/s) V' F' Y, without forming U; F' Y holds the per-class sums
+        x = vecs.T @ np.asarray(onehot_t @ f).T / np.sqrt(sigma)[:, None]
+    else:
+        x = np.asarray(onehot_t @ vecs).T  # U' Y
+    return sigma, x
+
+
+def leep(source_probs: np.ndarray | None, targets: np.ndarray) -> float:
+    """LEEP of the source classifier's outputs ``source_probs`` [N, C_src] (rows sum to 1)
+    for class indices ``targets`` [N]: a log-likelihood, at most 0, higher is better.
+
+    Raises :class:`ConfigError` when ``source_probs`` is None (the source has no
+    classifier head) or is not a matrix of probabilities.
+    """
+    return float(leep_per_item(source_probs, targets).mean())
+
+
+def leep_per_item(source_probs: np.ndarray | None, targets: np.ndarray) -> np.ndarray:
+    """Each example's term of :func:`leep` [N]: the log of the expected empirical
+    predictor's probability of its label (LEEP is their mean).  Errors as for
+    :func:`leep`."""
+    if source_probs is None:
+        raise ConfigError(NO_SOURCE_HEAD)
+    theta = np.asarray(source_probs, dtype=np.float64)
+    if theta.ndim != 2:
+        raise ConfigError(f"source probabilities must be [N, C_src] (got shape {theta.shape})")
+    y = _check_labels(targets, len(theta))
+    if (theta < 0).any() or not np.allclose(theta.sum(axis=1), 1.0, atol=1e-4):
+        raise ConfigError("source probabilities must be non-negative with rows summing to 1")
+    _, y = np.unique(y, return_inverse=True)
+    onehot = np.eye(int(y.max()) + 1)[y]  # [N, C]
+    joint = onehot.T @ theta / len(y)  # empirical P(y, z)  [C, C_src]
+    p_z = joint.sum(axis=0, keepdims=True)
+    # P(y | z); a source class no example ever gets probability for contributes nothing
+    cond = np.divide(joint, p_z, out=np.zeros_like(joint), where=p_z > 0)
+    eep = np.einsum("nz,nz->n", theta, cond[y])  # sum_z P(y_i | z) theta(x_i)_z
+    return np.log(eep)
+
+
+def knn_accuracy(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    k: int = 5,
+    metric: str = "cosine",
+    folds: int = 5,
+    seed: int = 0,
+) -> float:
+    """Held-out accuracy of a ``k``-nearest-neighbour classifier under stratified folds,
+    pooled over the folds (every example predicted once, by the model that did not see
+    it; equal to the mean of the folds' accuracies when the folds are of one size).
+
+    Features are standardised on each training fold.  ``folds`` drops to the size of the
+    smallest class when that is smaller, and ``k`` to the smallest training fold.
+    Raises :class:`DataError` when a class has fewer than 2 examples (or there is only
+    one class) and :class:`ConfigError` for a bad ``k``, ``metric`` or ``folds``.
+    """
+    return float(knn_correct(features, targets, k=k, metric=metric, folds=folds, seed=seed).mean())
+
+
+def knn_correct(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    k: int = 5,
+    metric: str = "cosine",
+    folds: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """Per example [N]: 1.0 where the classifier of :func:`knn_accuracy` fitted on the
+    other folds predicts its class, else 0.0 (the accuracy is their mean)."""
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if k < 1:
+        raise ConfigError(f"k must be at least 1 (got {k})")
+    if metric not in KNN_METRICS:
+        raise ConfigError(f"k-NN metric {metric!r}; valid: {', '.join(KNN_METRICS)}")
+    f, y = _check_features(features, targets)
+    splits = _cv_splits(f, y, folds, seed)
+    k = min(k, min(len(train) for train, _ in splits))
+    model = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k, metric=metric))
+    return _held_out_correct(model, f, y, splits)
+
+
+def linear_probe_accuracy(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    c: float = 1.0,
+) -> float:
+    """Held-out accuracy of a logistic regression (inverse regularisation ``c``) under
+    stratified folds, pooled as in :func:`knn_accuracy`, on features standardised on
+    each training fold.
+
+    Folds and errors as for :func:`knn_accuracy`.
+    """
+    return float(linear_probe_correct(features, targets, folds=folds, seed=seed, c=c).mean())
+
+
+def linear_probe_correct(
+    features: np.ndarray,
+    targets: np.ndarray,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    c: float = 1.0,
+) -> np.ndarray:
+    """Per example [N], as :func:`knn_correct` for :func:`linear_probe_accuracy`."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if c <= 0:
+        raise ConfigError(f"regularisation c must be positive (got {c})")
+    f, y = _check_features(features, targets)
+    splits = _cv_splits(f, y, folds, seed)
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    return _held_out_correct(model, f, y, splits)
+
+
+def _held_out_correct(
+    model: Any, f: np.ndarray, y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """1.0 where the model fitted on the other folds predicts an example's class, else 0.0."""
+    from sklearn.model_selection import cross_val_predict
+
+    return (cross_val_predict(model, f, y, cv=splits) == y).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class Ranker:
+    """A named transferability score: ``score(features, seed)``, higher is better.
+
+    ``per_item(features, seed)``, where the score is a mean over the examples, gives the
+    examples' terms [N] (for :func:`compare_features`' paired standard error)."""
+
+    score: Callable[[Features, int], float]
+    summary: str
+    needs_source_probs: bool = False
+    per_item: Callable[[Features, int], np.ndarray] | None = None
+
+
+RANKERS: Registry[Ranker] = Registry("ranking method", ConfigError)
+
+
+RANKERS.register(
+    "logme",
+    Ranker(
+        score=lambda f, seed: logme(f.features, f.targets),
+        summary="LogME: evidence of a Bayesian linear model on the features (You et al. 2021)",
+    ),
+)
+
+
+RANKERS.register(
+    "leep",
+    Ranker(
+        score=lambda f, seed: leep(f.source_probs, f.targets),
+        summary="LEEP: target likelihood from the source classifier's outputs (Nguyen et al. 2020)",
+        needs_source_probs=True,
+        per_item=lambda f, seed: leep_per_item(f.source_probs, f.targets),
+    ),
+)
+
+
+RANKERS.register(
+    "knn",
+    Ranker(
+        score=lambda f, seed: knn_accuracy(f.features, f.targets, seed=seed),
+        summary="cross-validated accuracy of a 5-nearest-neighbour classifier (cosine)",
+        per_item=lambda f, seed: knn_correct(f.features, f.targets, seed=seed),
+    ),
+)
+
+
+RANKERS.register(
+    "linear-probe",
+    Ranker(
+        score=lambda f, seed: linear_probe_accuracy(f.features, f.targets, seed=seed),
+        summary="cross-validated accuracy of a logistic regression on the features",
+        per_item=lambda f, seed: linear_probe_correct(f.features, f.targets, seed=seed),
+    ),
+)
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """One method's score of one source: ``value`` (None when skipped, ``note`` says
+    why), and the seconds the method took on features already extracted."""
+
+    value: float | None
+    seconds: float
+    note: str = ""
+    # the examples' terms [N] of a score that is their mean (Ranker.per_item), kept for
+    # compare_features; not part of the record
+    terms: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "seconds": self.seconds, "note": self.note}
+
+
+def _method_names(methods: Sequence[str] | None) -> list[str]:
+    if isinstance(methods, str):  # a lone name would otherwise be read letter by letter
+        methods = [methods]
+    names = list(dict.fromkeys(methods)) if methods else RANKERS.names()
+    for name in names:
+        RANKERS.get(name)  # raises, listing the valid names
+    return names
+
+
+def score_features(
+    features: Features, *, methods: Sequence[str] | None = None, seed: int = 0
+) -> dict[str, ScoreResult]:
+    """Each of ``methods`` (default: all registered) on ``features``, timed.
+
+    A method that needs the source's class probabilities gets ``value=None`` and a note
+    when ``features.source_probs`` is None.  Other errors propagate.
+    """
+    results: dict[str, ScoreResult] = {}
+    for name in _method_names(methods):
+        ranker = RANKERS.get(name)
+        if ranker.needs_source_probs and features.source_probs is None:
+            results[name] = ScoreResult(value=None, seconds=0.0, note=f"skipped: {NO_SOURCE_HEAD}")
+            continue
+        t0 = time.perf_counter()
+        if ranker.per_item is not None:
+            terms = ranker.per_item(features, seed)
+            results[name] = ScoreResult(
+                value=float(terms.mean()), seconds=time.perf_counter() - t0, terms=terms
+            )
+        else:
+            value = ranker.score(features, seed)
+            results[name] = ScoreResult(value=value, seconds=time.perf_counter() - t0)
+    return results
+
+
+def score_source(
+    source: Source,
+    data: LabeledData,
+    *,
+    methods: Sequence[str] | None = None,
+    seed: int = 0,
+    batch_size: int = 128,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict[str, ScoreResult]:
+    """Extract ``source``'s features of ``data`` once, then run each of ``methods``.
+
+    ``seconds`` in each result is the method alone; the one feature extraction they
+    share is not in it (time :func:`extract_features` and :func:`score_features`
+    separately to see both).  Raises :class:`ConfigError` for an unknown method.
+    """
+    names = _method_names(methods)
+    need_probs = any(RANKERS.get(n).needs_source_probs for n in names)
+    features = extract_features(
+        source,
+        data,
+        batch_size=batch_size,
+        device=device,
+        with_source_logits=need_probs,
+        progress=progress,
+    )
+    results = score_features(features, methods=names, seed=seed)
+    if need_probs and source.old_head is not None and not source.weights.pretrained:
+        for name in names:
+            if RANKERS.get(name).needs_source_probs:
+                results[name] = ScoreResult(
+                    value=results[name].value,
+                    seconds=results[name].seconds,
+                    note="the source's classifier head is randomly initialised",
+                )
+    return results
+
+
+# How many standard errors above a baseline a score must be to count as better than it:
+# the one-sided 95% point of the normal distribution.
+CLEARLY_ABOVE_Z = 1.645
+
+
+# Random halves for the standard error of a score that is not a mean over examples.
+HALF_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One method's score of a candidate minus a baseline's, on the same examples.
+
+    ``se`` is the standard error of that difference, from the examples' paired terms
+    (``how="per item"``) or from random halves of the data (``how="half samples"``);
+    the candidate is ``above`` the baseline when the difference is positive by more
+    than :data:`CLEARLY_ABOVE_Z` standard errors.
+    """
+
+    difference: float
+    se: float
+    how: str
+
+    @property
+    def above(self) -> bool:
+        return self.difference > 0 and self.difference > CLEARLY_ABOVE_Z * self.se
+
+    @property
+    def z(self) -> float | None:
+        return None if self.se <= 0 else self.difference / self.se
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "z": self.z, "above": self.above}
+
+
+def compare_features(
+    candidate: Features,
+    baseline: Features,
+    method: str,
+    *,
+    seed: int = 0,
+    scored: tuple[ScoreResult | None, ScoreResult | None] = (None, None),
+) -> Comparison | None:
+    """``method``'s score on ``candidate`` minus its score on ``baseline`` (features of
+    the same examples, in the same order), with the standard error of the difference.
+
+    A score that is a mean over examples (LEEP, k-NN and linear-probe accuracy) pairs
+    the examples' terms: the mean of the differences, and their standard deviation over
+    sqrt(N).  LogME is not such a mean; its standard error is the delete-d jackknife's
+    with d = N/2 (Shao & Wu, Ann. Statist. 1989), over :data:`HALF_SAMPLES` random
+    stratified halves: the spread of the halves' differences around their mean, times
+    ``(N - d) / d``.  ``scored``: the two sides' results of :func:`score_features`
+    for ``method``, where already computed, so that their value and per-example terms
+    are not computed again.  None when ``method`` needs class probabilities one side
+    lacks.
+    Raises :class:`ConfigError` when the two do not describe the same examples.
+    """
+    ranker = RANKERS.get(method)
+    if ranker.needs_source_probs and (
+        candidate.source_probs is None or baseline.source_probs is None
+    ):
+        return None
+    if not np.array_equal(candidate.targets, baseline.targets):
+        raise ConfigError("compare_features: the two feature sets are not of the same examples")
+    n = len(candidate.targets)
+    sides = list(zip((candidate, baseline), scored, strict=True))
+    if ranker.per_item is not None:
+        per_item = ranker.per_item
+        ours, theirs = (
+            per_item(f, seed) if done is None or done.terms is None else done.terms
+            for f, done in sides
+        )
+        diff = ours - theirs
+        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
+        return Comparison(difference=float(diff.mean()), se=se, how="per item")
+    ours_value, theirs_value = (
+        ranker.score(f, seed) if done is None or done.value is None else done.value
+        for f, done in sides
+    )
+    full = ours_value - theirs_value
+    diffs = []
+    kept = 0
+    for half in _halves(candidate.targets, seed):
+        kept = len(half)
+        diffs.append(
+            ranker.score(_subset(candidate, half), seed)
+            - ranker.score(_subset(baseline, half), seed)
+        )
+    if len(diffs) < 2:
+        return Comparison(difference=float(full), se=math.inf, how="half samples")
+    spread = np.asarray(diffs)
+    se = math.sqrt(kept / (n - kept) * float(((spread - spread.mean()) ** 2).mean()))
+    return Comparison(difference=float(full), se=se, how="half samples")
+
+
+def _halves(targets: np.ndarray, seed: int) -> list[np.ndarray]:
+    """:data:`HALF_SAMPLES` random halves of the examples, each keeping every class;
+    none where a class has fewer than 2 examples (no half could keep it and leave it)."""
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    counts = np.unique(targets, return_counts=True)[1]
+    if len(targets) < 4 or counts.min() < 2:
+        return []
+    splitter = StratifiedShuffleSplit(n_splits=HALF_SAMPLES, train_size=0.5, random_state=seed)
+    return [kept for kept, _ in splitter.split(targets, targets)]
+
+
+def _subset(features: Features, rows: np.ndarray) -> Features:
+    probs = features.source_probs
+    return Features(
+        features=features.features[rows],
+        targets=features.targets[rows],
+        source_probs=None if probs is None else probs[rows],
+    )

@@ -1,0 +1,151 @@
+"""Run directories: what a finished fit leaves (:func:`headstart.sources.target.load_run`
+loads it back).
+
+A run dir holds ``model.safetensors``, ``headstart.json`` (architecture, classes,
+preprocessing, plan, metrics, versions, data fingerprint), ``metrics.csv``,
+``curves.png`` and ``report.md``.  It is written into a hidden sibling folder and moved
+into place only when complete, so a run dir that exists is a whole one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from headstart._io import atomic_path, atomic_write_json, atomic_write_text, current_umask
+from headstart._version import __version__
+from headstart.errors import ConfigError, RunError
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.safetensors"
+META_FILE = "headstart.json"
+
+
+def library_versions() -> dict[str, str]:
+    import timm
+    import torchvision
+
+    return {
+        "headstart": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def save_model(path: Path, model: nn.Module, *, arch: str, arch_options: dict[str, Any]) -> None:
+    """Write the model's weights as safetensors, with the architecture in the header."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": "pt",
+        "headstart.format": str(FORMAT_VERSION),
+        "headstart.arch": arch,
+        "headstart.arch_options": json.dumps(arch_options),
+        "headstart.num_classes": str(model.num_classes),
+    }
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+
+
+def metrics_csv(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def prepare_out(out: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """Check that ``out`` may be written; refuse to clobber an existing run or folder."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"--out {out}: folder exists and is not empty; choose another --out or pass --overwrite"
+        )
+    return out
+
+
+def write_run(
+    out: str | os.PathLike[str],
+    *,
+    model: nn.Module,
+    meta: dict[str, Any],
+    metrics_rows: list[dict[str, Any]],
+    extras: Callable[[Path], None] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a complete run dir at ``out`` atomically; return its path.
+
+    ``extras(folder)`` may add files (plots, report) before the folder is moved in.
+    """
+    out = prepare_out(out, overwrite=overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
+    try:
+        save_model(
+            staging / MODEL_FILE,
+            model,
+            arch=meta["source"]["arch"],
+            arch_options=meta["source"].get("arch_options", {}),
+        )
+        atomic_write_text(staging / "metrics.csv", metrics_csv(metrics_rows))
+        if extras is not None:
+            extras(staging)
+        meta = {"format_version": FORMAT_VERSION, **meta, "versions": library_versions()}
+        atomic_write_json(staging / META_FILE, meta)
+        if out.exists():
+            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, trash / "old")
+            os.replace(staging, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+def is_run_dir(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return (p / META_FILE).is_file()
+
+
+def read_meta(path: str | os.PathLike[str]) -> dict[str, Any]:
+    run = Path(path)
+    if not run.exists():
+        raise RunError(f"{run}: no such run dir")
+    meta_path = run / META_FILE
+    if not meta_path.is_file():
+        raise RunError(f"{run}: not a headstart run dir (no {META_FILE}); pass the --out of a fit")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{meta_path}: damaged ({exc})") from exc
+    for key in ("source", "classes", "preprocessing"):
+        if key not in meta:
+            raise RunError(f"{meta_path}: damaged (no {key!r})")
+    if not (run / MODEL_FILE).is_file():
+        raise RunError(f"{run}: incomplete run dir (no {MODEL_FILE})")
+    return dict(meta)

@@ -1,0 +1,481 @@
+"""The one place that assembles a training run: data read and split, the source built, the
+plan made, the loaders built (images, texts or cached features) and the loop run.
+``fit``, ``compare``, ``rank --validate``, ``adapt`` and builtin default weights all
+train through :func:`train_on`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from headstart._io import atomic_write_json
+from headstart.config.options import FitOptions, PretrainOptions
+from headstart.data.labelled import LabeledData, stratified_split
+from headstart.data.pipeline import preprocessed
+from headstart.data.sampling import EpochBatchSampler, SeededDataset, set_deterministic
+from headstart.data.texts import DEFAULT_MAX_LENGTH, TextData, load_labelled, text_loader
+from headstart.data.transforms import ImageDataset, make_transform, resolve_augment
+from headstart.errors import ConfigError, DataError
+from headstart.plan.lora import lora_settings, merge_adapters
+from headstart.plan.make import Plan, check_head_epochs, format_plan, make_plan, parse_strategy
+from headstart.rundir import save_model
+from headstart.runtime import resolve_device, seed_everything
+from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
+from headstart.sources.target import TargetModel
+from headstart.train import accel, cached_head
+from headstart.train.checkpoint import Checkpointer
+from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, train
+from headstart.train.parallel import Parallel
+
+if TYPE_CHECKING:
+    pass
+log = logging.getLogger(__name__)
+
+
+def _default_out(kind: str) -> str:
+    return str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def _loader(
+    data: LabeledData,
+    source_pre: Any,
+    *,
+    train: bool,
+    augment: str,
+    batch_size: int,
+    workers: int,
+    generator: torch.Generator | None = None,
+    seed: int = 0,
+    parallel: Parallel | None = None,
+) -> DataLoader[Any]:
+    transform = make_transform(
+        source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
+    )
+    dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
+    if not train or augment == "none":  # the same tensor every epoch: prepare it once
+        dataset = _materialise(dataset, source_pre)
+    if not train:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            # Its own generator: a loader without one draws its workers' base seed from
+            # torch's global generator, which would move dropout's stream with --workers.
+            generator=torch.Generator(),
+        )
+    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
+    # BatchNorm cannot train on a batch of one example: drop a last (global) batch that
+    # would leave a process with fewer than two.
+    rest = len(data) % batch_size
+    drop_last = len(data) > batch_size and 0 < rest < 2 * world
+    # Order and augmentation are a function of (seed, epoch, position): the same with any
+    # number of workers or processes, and replayable mid-epoch (headstart.data.sampling).
+    sampler = EpochBatchSampler(
+        len(data), batch_size, seed=seed, drop_last=drop_last, rank=rank, world=world
+    )
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_sampler=sampler,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+    )
+
+
+AUTO = "auto"  # --strategy auto: measure, then choose (headstart.choose.recommend)
+
+
+# Fewer optimizer steps than this rarely train a new head to convergence: say so.
+MIN_STEPS = 50
+
+
+def _materialise(dataset: Dataset[Any], pre: Any) -> Dataset[Any]:
+
+    assert isinstance(dataset, ImageDataset)
+    return preprocessed(dataset, pre.input_size)
+
+
+def _load_labelled(
+    options: FitOptions, spec: str, *, classes: Sequence[str] | None = None
+) -> LabeledData:
+    """``spec`` (images or texts) read as the options say: columns, pre-scan, progress."""
+    return load_labelled(
+        spec,
+        classes=classes,
+        text_col=options.text_col,
+        label_col=options.label_col,
+        skip_bad=options.skip_bad,
+        progress=options.progress,
+    )
+
+
+def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
+    if options.val:
+        return data, _load_labelled(options, options.val, classes=data.classes)
+    if not 0.0 <= options.val_fraction < 1.0:
+        raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
+    if options.val_fraction == 0:
+        return data, None
+    train_idx, val_idx = stratified_split(
+        data.targets, val_fraction=options.val_fraction, seed=options.seed, classes=data.classes
+    )
+    return (
+        data.subset(
+            train_idx, note=f"train split ({1 - options.val_fraction:.0%}, seed {options.seed})"
+        ),
+        data.subset(
+            val_idx, note=f"validation split ({options.val_fraction:.0%}, seed {options.seed})"
+        ),
+    )
+
+
+def build_options(options: Any) -> BuildOptions:
+    """A command's options as the adapters take them, able to make builtin default
+    weights (which are pre-trained by headstart itself) when they are missing."""
+    return replace(BuildOptions.of(options), make_weights=make_default_weights)
+
+
+def make_default_weights(spec: str, recipe: dict[str, Any], dest: Path) -> None:
+    """Pre-train ``spec`` from scratch as ``recipe`` (:class:`PretrainOptions` fields)
+    says and put its weights at ``dest``, its classes in ``dest``'s ``.json`` beside it.
+
+    The same training as ``headstart pretrain`` with those options, without a run dir."""
+    log.info("%s: pre-training its default weights (first use; kept at %s)", spec, dest)
+    options = PretrainOptions(source=spec, progress=False, **recipe)
+    data = load_training_data(options)
+    train_data, val_data = _split(options, data)
+    trained = train_on(options, train_data, val_data)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    save_model(dest, trained.model, arch=trained.source.arch, arch_options={})
+    atomic_write_json(dest.with_suffix(".json"), {"source": spec, "classes": list(data.classes)})
+
+
+def _build_source(options: FitOptions, *, scratch: bool) -> Source:
+    build = build_options(options)
+    if scratch:
+        # Same architecture, random initialisation: build the architecture itself.
+        probe = (
+            build_source(options.source, weights=options.weights, options=build)
+            if (options.source.startswith("file:"))
+            else None
+        )
+        arch = probe.arch if probe else options.source
+        arch_opts = probe.arch_options if probe else {}
+        build = BuildOptions(
+            image_size=options.image_size or arch_opts.get("image_size"),
+            cache_dir=options.cache_dir,
+        )
+        source = build_source(arch, weights="none", options=build)
+        if probe is not None:
+            source.preprocessing = probe.preprocessing
+        return source
+    return build_source(options.source, weights=options.weights, options=build)
+
+
+@dataclass
+class Trained:
+    """A trained target model and what made it; nothing written to disk yet."""
+
+    model: TargetModel
+    source: Source
+    plan: Plan
+    history: History
+    metrics: dict[str, Any]
+    timings: dict[str, float]
+    feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
+    speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
+    adapter: Any = None  # lora: the trained adapter (merged into the model already)
+    max_length: int | None = None  # texts: the truncation length used
+    augmentation: dict[str, Any] | None = None  # what --augment asked for and what was applied
+
+
+def check_options(options: FitOptions) -> None:
+    """Fail on a typo in the strategy or source before any slow work."""
+    if not options.data:
+        raise ConfigError("no training data given (DATA)")
+    if options.strategy != AUTO:
+        name, _ = parse_strategy(options.strategy)
+        check_head_epochs(name, options.head_epochs, options.epochs)
+    parse_source_spec(options.source)
+
+
+def load_training_data(options: FitOptions) -> LabeledData:
+    data = _load_labelled(options, options.data)
+    if len(data.classes) < 2:
+        raise DataError(
+            f"{options.data}: needs at least 2 classes to train (found "
+            f"{len(data.classes)}: {', '.join(data.classes)})"
+        )
+    return data
+
+
+def train_on(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    checkpointer: Checkpointer | None = None,
+    parallel: Parallel | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> Trained:
+    """Build the source and target model, apply the plan and train on the given split.
+
+    The building block of :func:`fit` (which also writes a run dir and checkpoints) and
+    of cross-validation, which trains on folds it made itself.  ``on_epoch`` gets each
+    epoch's metrics as they are measured (see :func:`headstart.train.loop.train`).
+    """
+    # on a CUDA out-of-memory error: all again from scratch at half the batch size
+    return accel.halve_on_oom(
+        options,
+        lambda o: _train_on(
+            o, train_data, val_data, checkpointer=checkpointer, parallel=parallel, on_epoch=on_epoch
+        ),
+    )
+
+
+def _train_on(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    checkpointer: Checkpointer | None,
+    parallel: Parallel | None,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> Trained:
+    t_start = time.perf_counter()
+    config = options.train_config()
+    requested_augment = options.augment
+    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
+    if options.deterministic:
+        set_deterministic()
+    generator = seed_everything(options.seed)
+    source = _build_source(options, scratch=options.strategy == "scratch")
+    lora = None
+    if options.strategy == "lora":
+        lora = lora_settings(
+            r=options.lora_r,
+            alpha=options.lora_alpha,
+            dropout=options.lora_dropout,
+            targets=options.lora_targets,
+            default=source.lora_targets,
+        )
+    plan = make_plan(
+        options.strategy,
+        source.stage_names,
+        lr=options.lr,
+        backbone_lr_mult=options.backbone_lr_mult,
+        weight_decay=options.weight_decay,
+        leading_stages=source.backbone.leading_stages,
+        layer_decay=options.layer_decay,
+        lora=lora,
+        head_epochs=options.head_epochs,
+    )
+    _check_kind(options, source, train_data)
+    log.info("source: %s (%s)", source.spec, source.weights.description)
+    log.info("%s", format_plan(plan))
+    torch.manual_seed(options.seed)  # the new head's initialisation
+    model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
+    device = parallel.device if parallel is not None else resolve_device(options.device)
+    if source.text is not None:
+        if parallel is not None:
+            raise ConfigError("--processes > 1 is for image sources; train text models in one")
+        assert isinstance(train_data, TextData)
+        use_cache, why_not = False, "a text model (the cache is for image backbones)"
+    else:
+        use_cache, why_not = cached_head.applies(options, plan)
+    if use_cache and parallel is not None:
+        use_cache, why_not = False, "several processes: each runs the backbone on its share"
+    speedups = accel.resolve(options, device)
+    fit_model: torch.nn.Module = model
+    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
+    cached = (
+        cached_head.prepare(
+            options, source, plan, model, train_data, val_data, generator=generator, device=device
+        )
+        if use_cache
+        else None
+    )
+    if cached is not None and cached.model is None:  # partial:K: its prefix cannot be cached
+        use_cache, feature_cache = False, cached.info
+    max_length: int | None = None
+    if source.text is not None:
+        assert isinstance(train_data, TextData)
+        max_length = _max_length(options, source)
+        train_loader = text_loader(
+            train_data.texts(),
+            train_data.targets,
+            source.text.tokenizer,
+            max_length=max_length,
+            batch_size=options.batch_size,
+            train=True,
+            generator=generator,
+            workers=options.workers,
+            seed=options.seed,
+        )
+        val_loader = (
+            text_loader(
+                val_data.texts(),
+                val_data.targets,
+                source.text.tokenizer,
+                max_length=max_length,
+                batch_size=max(options.batch_size, EVAL_BATCH),
+                train=False,
+                workers=options.workers,
+            )
+            if isinstance(val_data, TextData) and len(val_data)
+            else None
+        )
+    elif use_cache:
+        assert cached is not None and cached.model is not None
+        assert cached.train_loader is not None
+        train_loader, val_loader = cached.train_loader, cached.val_loader
+        fit_model, feature_cache = cached.model, cached.info
+    else:
+        pre = source.preprocessing
+        fit_model = accel.wrap(model, speedups, device)
+        train_loader = _loader(
+            train_data,
+            pre,
+            train=True,
+            augment=options.augment,
+            batch_size=options.batch_size,
+            workers=options.workers,
+            generator=generator,
+            seed=options.seed,
+            parallel=parallel,
+        )
+        val_loader = (
+            _loader(
+                val_data,
+                pre,
+                train=False,
+                augment="none",
+                batch_size=max(options.batch_size, EVAL_BATCH),
+                workers=options.workers,
+            )
+            if val_data is not None and len(val_data)
+            else None
+        )
+    steps = len(train_loader) * config.epochs
+    if steps < MIN_STEPS:
+        log.warning(
+            "only %d optimizer steps (%d batches x %d epochs): the new head may not converge; "
+            "consider more --epochs, a smaller --batch-size or a higher --lr",
+            steps,
+            len(train_loader),
+            config.epochs,
+        )
+    t_loaded = time.perf_counter()
+    with cached_head.threads_for(fit_model) if use_cache else contextlib.nullcontext():
+        history = train(
+            fit_model,  # type: ignore[arg-type]
+            plan,
+            train_loader,
+            val_loader,
+            config,
+            device=device,
+            checkpointer=checkpointer,
+            parallel=parallel,
+            on_epoch=on_epoch,
+        )
+    t_trained = time.perf_counter()
+    model.cpu()
+    adapter = None
+    if plan.lora is not None:
+        adapter = merge_adapters(model.backbone)  # prediction runs on the merged weights
+    best = history.best()
+    metrics = {
+        "best_epoch": history.best_epoch,
+        "epochs_run": len(history.epochs),
+        "stopped_early": history.stopped_early,
+        "train_loss": best.train_loss,
+        "train_acc": best.train_acc,
+        "val_loss": best.val_loss,
+        "val_acc": best.val_acc,
+        "val_f1": best.val_f1,
+    }
+    timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
+    speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
+    augmentation = _augmentation(requested_augment, options.augment, feature_cache, source)
+    return Trained(
+        model,
+        source,
+        plan,
+        history,
+        metrics,
+        timings,
+        feature_cache=feature_cache,
+        speed=speed,
+        adapter=adapter,
+        max_length=max_length,
+        augmentation=augmentation,
+    )
+
+
+def _augmentation(
+    requested: str, resolved: str, feature_cache: dict[str, Any], source: Source
+) -> dict[str, Any]:
+    """What ``--augment`` asked for, the augmentation the training inputs really got, and
+    why (``headstart.json``, report.md and compare say it)."""
+    if source.text is not None:
+        return {"requested": requested, "applied": "none", "why": "texts are not augmented"}
+    views = int(feature_cache.get("views", 0)) if feature_cache.get("used") else 0
+    if resolved != "none" and feature_cache.get("used") and views == 0:
+        applied, why = (
+            "none",
+            f"the feature cache holds features of un-augmented images (--augment {requested} "
+            "is not applied; --feature-cache-views K caches K augmented views)",
+        )
+    elif resolved != "none" and views:
+        applied, why = f"{resolved}, {views} cached view(s)", "--feature-cache-views"
+    elif requested == "auto":
+        applied = resolved
+        why = (
+            "--augment auto: linear evaluation fits the head on un-augmented images"
+            if resolved == "none"
+            else "--augment auto: light when the backbone trains"
+        )
+    else:
+        applied, why = resolved, f"--augment {requested}"
+    return {"requested": requested, "applied": applied, "why": why}
+
+
+def _max_length(options: FitOptions, source: Source) -> int:
+    """``--max-length`` (default 128), at most what the text model takes."""
+    assert source.text is not None
+    if options.max_length is None:
+        return min(DEFAULT_MAX_LENGTH, source.text.max_length)
+    if options.max_length > source.text.max_length:
+        log.warning(
+            "--max-length %d: %s takes at most %d tokens; using %d",
+            options.max_length,
+            source.spec,
+            source.text.max_length,
+            source.text.max_length,
+        )
+    return min(options.max_length, source.text.max_length)
+
+
+def _check_kind(options: FitOptions, source: Source, data: LabeledData) -> None:
+    """A text source needs text data, an image source images: say which is which."""
+    is_text = isinstance(data, TextData)
+    if source.text is not None and not is_text:
+        raise DataError(
+            f"{options.data}: images, but {source.spec} is a text model; give a CSV, TSV or "
+            "JSONL with text and label columns, or a folder of .txt files per class"
+        )
+    if source.text is None and is_text:
+        raise DataError(
+            f"{options.data}: texts, but {source.spec} is an image model; use a text source, "
+            "e.g. --source hf:FOLDER of a transformers text encoder"
+        )

@@ -1,0 +1,1 @@
+"""Weights files: resolving ``--weights``, downloading into the cache, reading safely."""
