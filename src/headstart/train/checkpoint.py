@@ -105,6 +105,12 @@ class Progress:
     finished: bool = False
     best_is_model: bool = False  # the best weights are the current ones
 
+    def next_epoch(self) -> None:
+        """Close the epoch in progress: the next one starts with nothing of its own done."""
+        self.epoch += 1
+        self.step_in_epoch, self.loss_sum, self.correct, self.seen = 0, 0.0, 0, 0
+        self.seconds, self.lr_head, self.lr_backbone = 0.0, 0.0, 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,16 +28,9 @@ from headstart.errors import ConfigError
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan, check_head_epochs, head_phase, parse_strategy
 from headstart.sources.target import TargetModel
-from headstart.train.checkpoint import (
-    Checkpointer,
-    CheckpointError,
-    Loaded,
-    Progress,
-    get_rng_states,
-    kill_point,
-    set_rng_states,
-)
-from headstart.train.parallel import Parallel
+from headstart.train.checkpoint import Checkpointer, kill_point
+from headstart.train.parallel import Group, Parallel, SingleProcess
+from headstart.train.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +147,69 @@ def _better(new: EpochMetrics, old: EpochMetrics | None) -> bool:
     return (new.val_loss or 0.0) < (old.val_loss or 0.0)
 
 
+@dataclass
+class StepLoss:
+    """One step of an :class:`Objective`: what is back-propagated, the label head's
+    logits (for accuracy) and the batch's summed classification loss (the epoch's
+    ``train_loss``)."""
+
+    loss: torch.Tensor
+    logits: torch.Tensor
+    loss_sum: float
+
+
+class Objective:
+    """What training minimises and how: cross-entropy on the labels, AdamW, warm-up and
+    cosine decay.  ``fit`` trains this; ``adapt`` supplies a subclass (its losses, its
+    schedule) to the same loop."""
+
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(groups, **_adamw_kernel(groups))
+
+    def schedule(
+        self, config: TrainConfig, steps_per_epoch: int, head_epochs: int
+    ) -> Callable[[int], float]:
+        """The learning-rate multiplier per optimizer step."""
+        return _schedule(config, steps_per_epoch, head_epochs)
+
+    def start_epoch(self, epoch: int) -> None:
+        """Called as an epoch begins, the model already in training mode."""
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, group: Group, global_n: int,
+        step: int,
+    ) -> StepLoss:  # fmt: skip
+        """The loss of one batch; ``global_n``: the global batch's size over all processes,
+        ``step``: optimizer steps done before this one."""
+        logits = model(x)
+        loss, loss_sum = group.batch_loss(self.loss_fn, logits, y, global_n)
+        return StepLoss(loss, logits, loss_sum)
+
+    def end_epoch(self, row: EpochMetrics) -> None:
+        """Called with each epoch's metrics once measured: says them in the log."""
+        log.info(_format_row(row))
+
+
+@dataclass
+class _Fit:
+    """What the epochs of one fit share and do not change."""
+
+    plan: Plan
+    config: TrainConfig
+    train_loader: DataLoader[Any]
+    val_loader: DataLoader[Any] | None
+    device: torch.device
+    group: Group
+    forward: nn.Module  # the model as the group runs it (DistributedDataParallel or itself)
+    objective: Objective
+    checkpointer: Checkpointer | None
+    on_epoch: Callable[[EpochMetrics], None] | None
+    backbone_trainable: list[nn.Parameter]  # frozen during the head-only epochs
+
+
 def train(
     model: TargetModel,
     plan: Plan,
@@ -165,6 +221,7 @@ def train(
     checkpointer: Checkpointer | None = None,
     parallel: Parallel | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    objective: Objective | None = None,
 ) -> History:
     """Train ``model`` by ``plan``; on return it holds the selected (best or last) weights.
 
@@ -173,185 +230,138 @@ def train(
     are skipped) and saves one at the end of every epoch and every ``checkpointer.every``
     steps.  ``parallel``: this process's part of a data-parallel run.  ``on_epoch`` is
     called with each epoch's metrics as soon as they are measured (experiment tracking
-    logs them live).
+    logs them live).  ``objective``: what to minimise (default: cross-entropy, as ``fit``).
     """
+    group: Group = parallel if parallel is not None else SingleProcess(device)
+    objective = objective if objective is not None else Objective(config.label_smoothing)
     check_head_epochs(parse_strategy(plan.strategy)[0], plan.head_epochs, config.epochs)
-    if plan.head_epochs and parallel is not None:
+    if plan.head_epochs and group.world > 1:
         raise ConfigError("--head-epochs with --processes > 1 is not supported; use one process")
     model.to(device)
     groups = apply_plan(model, plan)
-    # what the plan trains in the backbone: frozen during the head-only epochs
-    backbone_trainable = [p for p in model.backbone.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(groups, **_adamw_kernel(groups))
+    optimizer = objective.optimizer(groups)
     steps_per_epoch = max(1, len(train_loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _schedule(config, steps_per_epoch, plan.head_epochs)
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    sampler = train_loader.batch_sampler
-    if checkpointer is not None and not isinstance(sampler, EpochBatchSampler):
+    schedule = objective.schedule(config, steps_per_epoch, plan.head_epochs)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    if checkpointer is not None and not isinstance(train_loader.batch_sampler, EpochBatchSampler):
         raise TypeError("checkpointed training needs a loader batched by EpochBatchSampler")
-    forward: nn.Module = model if parallel is None else parallel.wrap(model)
-
-    progress = Progress()
-    best_state: dict[str, torch.Tensor] | None = None
+    run = _Fit(
+        plan, config, train_loader, val_loader, device, group, group.wrap(model), objective,
+        checkpointer, on_epoch, [p for p in model.backbone.parameters() if p.requires_grad],
+    )  # fmt: skip
+    state = TrainState(model, optimizer, scheduler, train_loader.generator)
     saved = checkpointer.load() if checkpointer is not None else None
     if saved is not None:
-        best_state = _restore(saved, model, optimizer, scheduler, train_loader, parallel)
-        progress = saved.progress
+        state.restore(saved, group)
+        p = state.progress
         log.info(
             "resumed from %s: epoch %d, %d of %d steps done",
-            saved.path,
-            progress.epoch,
-            progress.step_in_epoch,
-            steps_per_epoch,
+            *(saved.path, p.epoch, p.step_in_epoch, steps_per_epoch),
         )
-    # After a restore: loading the optimizer's state replaces its param_group dicts.
-    lrs = {g["name"].removesuffix("_no_decay"): g for g in optimizer.param_groups}
-    history = History(
-        epochs=[EpochMetrics(**r) for r in progress.rows],
-        best_epoch=progress.best_epoch,
-        stopped_early=progress.stopped_early,
-    )
-    best: EpochMetrics | None = history.best() if history.best_epoch else None
-    since_best = progress.since_best
-    global_step = progress.global_step
-    for epoch in range(progress.epoch, config.epochs + 1):
-        if progress.finished:
-            break
-        t0 = time.perf_counter() - progress.seconds
-        head_only = epoch <= plan.head_epochs
-        for p in backbone_trainable:  # no gradient, so AdamW leaves them (and their decay) be
-            p.requires_grad_(not head_only)
-        if progress.step_in_epoch == 0:
-            progress.lr_head = float(lrs["head"]["lr"])
-            progress.lr_backbone = (
-                float(lrs["backbone"]["lr"]) if "backbone" in lrs and not head_only else 0.0
-            )
-        lr_head, lr_backbone = progress.lr_head, progress.lr_backbone
-        set_train_mode(model, head_phase(plan) if head_only else plan, True)
-        loss_sum, correct, seen = progress.loss_sum, progress.correct, progress.seen
-        step = progress.step_in_epoch
-        if isinstance(sampler, EpochBatchSampler):
-            sampler.set_epoch(epoch, skip=step)
-        loader_state = train_loader.generator.get_state() if train_loader.generator else None
-        bar = tqdm(
-            train_loader,
-            desc=f"epoch {epoch}/{config.epochs}",
-            leave=False,
-            disable=not config.progress,
-            initial=step,
-        )
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = forward(x)
-            if parallel is None:
-                loss = loss_fn(logits, y)
-            else:  # this process's share of the mean over the whole global batch
-                assert isinstance(sampler, EpochBatchSampler)
-                loss = parallel.share_of_mean(loss_fn, logits, y, sampler.global_size(step))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step, global_step = step + 1, global_step + 1
-            if parallel is None:
-                loss_sum += loss.item() * len(y)
-            else:
-                loss_sum += float(parallel.local_loss_sum(loss_fn, logits.detach(), y))
-            correct += int((logits.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            kill_point(f"step:{global_step}")
-            # The end of an epoch is saved below, after validation.
-            if checkpointer and checkpointer.due(global_step) and step < steps_per_epoch:
-                progress = replace(
-                    progress,
-                    epoch=epoch,
-                    step_in_epoch=step,
-                    global_step=global_step,
-                    loss_sum=loss_sum,
-                    correct=correct,
-                    seen=seen,
-                    seconds=time.perf_counter() - t0,
-                    rows=history.rows(),
-                    best_epoch=history.best_epoch,
-                    since_best=since_best,
-                    best_is_model=False,
-                )
-                _save(
-                    checkpointer,
-                    progress,
-                    model,
-                    best_state,
-                    optimizer,
-                    scheduler,
-                    train_loader.generator,
-                    loader_state,
-                    parallel,
-                )
-        if parallel is not None:
-            loss_sum, correct, seen = parallel.sum_over_processes(loss_sum, correct, seen)
-        val = predict_loader(model, val_loader, device) if val_loader is not None else None
-        row = EpochMetrics(
-            epoch=epoch,
-            train_loss=loss_sum / max(1, seen),
-            train_acc=correct / max(1, seen),
-            val_loss=val.loss if val else None,
-            val_acc=val.accuracy if val else None,
-            val_f1=val.macro_f1 if val else None,
-            lr_head=lr_head,
-            lr_backbone=lr_backbone,
-            seconds=time.perf_counter() - t0,
-        )
-        history.epochs.append(row)
-        log.info(_format_row(row))
-        if on_epoch is not None:
-            on_epoch(row)
-        if config.select == "last" or val is None or _better(row, best):
-            best, history.best_epoch, since_best = row, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            since_best += 1
-            if config.patience is not None and since_best >= config.patience:
-                history.stopped_early = True
-                log.info("early stop: no better validation accuracy for %d epochs", since_best)
-        # Not after the last epoch: the run dir is written next, and a fit stopped before
-        # it is whole resumes from the previous checkpoint and replays this epoch bit for
-        # bit (tests/test_faults.py); the save would cost ~0.4 s of a resnet18 fit, and
-        # be deleted a second later.
-        last = history.stopped_early or epoch == config.epochs
-        if checkpointer is not None and not last:
-            progress = Progress(
-                epoch=epoch + 1,
-                global_step=global_step,
-                rows=history.rows(),
-                best_epoch=history.best_epoch,
-                since_best=since_best,
-                stopped_early=history.stopped_early,
-                finished=history.stopped_early or epoch == config.epochs,
-                best_is_model=history.best_epoch == epoch,
-            )
-            _save(
-                checkpointer,
-                progress,
-                model,
-                best_state,
-                optimizer,
-                scheduler,
-                train_loader.generator,
-                None,
-                parallel,
-            )
-        progress = Progress()
-        if history.stopped_early:
-            break
-    for p in backbone_trainable:
-        p.requires_grad_(True)
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    while state.progress.epoch <= config.epochs and not state.progress.stopped_early:
+        _epoch(run, state)
+    for w in run.backbone_trainable:
+        w.requires_grad_(True)
+    if state.best is not None:
+        model.load_state_dict(state.best)
     model.eval()
-    return history
+    p = state.progress
+    epochs = [EpochMetrics(**r) for r in p.rows]
+    return History(epochs=epochs, best_epoch=p.best_epoch, stopped_early=p.stopped_early)
+
+
+def _epoch(run: _Fit, state: TrainState) -> None:
+    """Train one epoch (the rest of it, after a resume), measure it, select, save."""
+    p, plan = state.progress, run.plan
+    t0 = time.perf_counter() - p.seconds
+    head_only = p.epoch <= plan.head_epochs
+    for w in run.backbone_trainable:  # no gradient, so AdamW leaves them (and their decay) be
+        w.requires_grad_(not head_only)
+    if p.step_in_epoch == 0:  # the rates this epoch starts with (a resume keeps them)
+        lrs = {g["name"].removesuffix("_no_decay"): g for g in state.optimizer.param_groups}
+        p.lr_head = float(lrs["head"]["lr"])
+        p.lr_backbone = float(lrs["backbone"]["lr"]) if "backbone" in lrs and not head_only else 0.0
+    set_train_mode(state.model, head_phase(plan) if head_only else plan, True)
+    run.objective.start_epoch(p.epoch)
+    _train_steps(run, state, t0)
+    loss_sum, correct, seen = run.group.sum_over_processes(p.loss_sum, p.correct, p.seen)
+    val = predict_loader(state.model, run.val_loader, run.device) if run.val_loader else None
+    row = EpochMetrics(
+        epoch=p.epoch,
+        train_loss=loss_sum / max(1, seen),
+        train_acc=correct / max(1, seen),
+        val_loss=val.loss if val else None,
+        val_acc=val.accuracy if val else None,
+        val_f1=val.macro_f1 if val else None,
+        lr_head=p.lr_head,
+        lr_backbone=p.lr_backbone,
+        seconds=time.perf_counter() - t0,
+    )
+    p.rows.append(asdict(row))
+    run.objective.end_epoch(row)
+    if run.on_epoch is not None:
+        run.on_epoch(row)
+    _select(run.config, state, row, validated=val is not None)
+    # Not after the last epoch: the run dir is written next, and a fit stopped before
+    # it is whole resumes from the previous checkpoint and replays this epoch bit for
+    # bit (tests/test_faults.py); the save would cost ~0.4 s of a resnet18 fit, and
+    # be deleted a second later.
+    last = p.stopped_early or p.epoch == run.config.epochs
+    p.next_epoch()
+    if run.checkpointer is not None and not last:
+        state.save(run.checkpointer, run.group)
+
+
+def _train_steps(run: _Fit, state: TrainState, t0: float) -> None:
+    """The epoch's optimizer steps, from the first not yet done; a checkpoint every
+    ``checkpointer.every`` steps (the end of the epoch is saved after validation)."""
+    p, loader = state.progress, run.train_loader
+    sampler = loader.batch_sampler
+    if isinstance(sampler, EpochBatchSampler):
+        sampler.set_epoch(p.epoch, skip=p.step_in_epoch)
+    state.epoch_start_loader = loader.generator.get_state() if loader.generator else None
+    bar = tqdm(
+        loader,
+        desc=f"epoch {p.epoch}/{run.config.epochs}",
+        leave=False,
+        disable=not run.config.progress,
+        initial=p.step_in_epoch,
+    )
+    for x, y in bar:
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        global_n = run.group.global_batch(sampler, p.step_in_epoch, len(y))
+        out = run.objective.loss(
+            run.forward, x, y, group=run.group, global_n=global_n, step=p.global_step
+        )
+        state.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        state.optimizer.step()
+        state.scheduler.step()
+        p.step_in_epoch, p.global_step = p.step_in_epoch + 1, p.global_step + 1
+        p.loss_sum += out.loss_sum
+        p.correct += int((out.logits.argmax(1) == y).sum())
+        p.seen += len(y)
+        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}")
+        kill_point(f"step:{p.global_step}")
+        ck = run.checkpointer
+        if ck is not None and ck.due(p.global_step) and p.step_in_epoch < len(loader):
+            p.seconds = time.perf_counter() - t0
+            state.save(ck, run.group)
+
+
+def _select(config: TrainConfig, state: TrainState, row: EpochMetrics, *, validated: bool) -> None:
+    """Keep this epoch's weights if they are the best so far (or the last are kept);
+    count the epochs without improvement and stop early after ``config.patience``."""
+    p = state.progress
+    best = EpochMetrics(**p.rows[p.best_epoch - 1]) if p.best_epoch else None
+    if config.select == "last" or not validated or _better(row, best):
+        p.best_epoch, p.since_best = row.epoch, 0
+        state.best = copy.deepcopy(state.model.state_dict())
+    else:
+        p.since_best += 1
+        if config.patience is not None and p.since_best >= config.patience:
+            p.stopped_early = True
+            log.info("early stop: no better validation accuracy for %d epochs", p.since_best)
 
 
 def _adamw_kernel(groups: list[dict[str, Any]]) -> dict[str, Any]:
@@ -363,65 +373,6 @@ def _adamw_kernel(groups: list[dict[str, Any]]) -> dict[str, Any]:
         p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params
     )
     return {"fused": True} if fused else {}
-
-
-def _save(
-    checkpointer: Checkpointer,
-    progress: Progress,
-    model: nn.Module,
-    best_state: dict[str, torch.Tensor] | None,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    generator: torch.Generator | None,
-    epoch_start_generator: torch.Tensor | None,
-    parallel: Parallel | None,
-) -> None:
-    rng = get_rng_states(generator)
-    if epoch_start_generator is not None:
-        # Mid-epoch: a resumed run starts this epoch's loader again from where it began.
-        rng["loader"] = epoch_start_generator
-    if parallel is not None:  # every process's generators (dropout differs per process)
-        rng = {"processes": parallel.gather(rng)}
-    checkpointer.save(
-        progress,
-        model=model.state_dict(),
-        best=None if progress.best_is_model else best_state,
-        # No mixed precision (and so no gradient scaler) in this loop yet.
-        optimizer={"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()},
-        rng=rng,
-    )
-    kill_point(f"saved:{progress.global_step}")
-
-
-def _restore(
-    saved: Loaded,
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader: DataLoader[Any],
-    parallel: Parallel | None,
-) -> dict[str, torch.Tensor] | None:
-    """Put a checkpoint's state back; return the best weights so far."""
-    try:
-        model.load_state_dict(saved.model, strict=True)
-        optimizer.load_state_dict(saved.optimizer["optimizer"])
-        scheduler.load_state_dict(saved.optimizer["scheduler"])
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise CheckpointError(
-            f"{saved.path}: does not match this model or plan ({str(exc).splitlines()[0]})"
-        ) from exc
-    rng = saved.rng
-    if "processes" in rng:
-        states = rng["processes"]
-        rank = parallel.rank if parallel is not None else 0
-        rng = states[rank] if rank < len(states) else states[0]
-    set_rng_states(rng, loader.generator)
-    p = saved.progress
-    if saved.best is not None:
-        return saved.best
-    if p.best_epoch and p.best_is_model:
-        return copy.deepcopy(model.state_dict())
-    return None
 
 
 def _format_row(r: EpochMetrics) -> str:

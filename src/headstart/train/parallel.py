@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
 from headstart.config.options import FitOptions
+from headstart.data.sampling import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.runtime import resolve_device
 
@@ -67,17 +68,22 @@ class Parallel:
         """The model in DistributedDataParallel (which averages gradients in backward)."""
         return self.accelerator.prepare_model(model)
 
-    @staticmethod
-    def local_loss_sum(loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor) -> Any:
-        return nn.functional.cross_entropy(
+    def global_batch(self, sampler: Any, step: int, local_n: int) -> int:
+        """How many samples the epoch's ``step``-th global batch holds, over all processes."""
+        if not isinstance(sampler, EpochBatchSampler):
+            raise TypeError("data-parallel training needs a loader batched by EpochBatchSampler")
+        return sampler.global_size(step)
+
+    def batch_loss(
+        self, loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor, global_n: int
+    ) -> tuple[torch.Tensor, float]:
+        """The loss to back-propagate, whose gradient averaged over processes is the global
+        batch's mean's, and this process's summed loss over its slice (for the epoch's
+        record)."""
+        local = nn.functional.cross_entropy(
             logits, y, label_smoothing=loss_fn.label_smoothing, reduction="sum"
         )
-
-    def share_of_mean(
-        self, loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor, global_n: int
-    ) -> torch.Tensor:
-        """The loss whose gradient, averaged over processes, is the global batch's mean's."""
-        return self.local_loss_sum(loss_fn, logits, y) * (self.world / global_n)
+        return local * (self.world / global_n), float(local.detach())
 
     def sum_over_processes(self, *values: float) -> list[Any]:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -91,3 +97,44 @@ class Parallel:
         from accelerate.utils import gather_object
 
         return list(gather_object([obj]))
+
+
+class SingleProcess:
+    """A run of one process: :class:`Parallel`'s interface with nothing to share (rank 0
+    of 1, the model as it is, no-op collectives), so that the loop has one path."""
+
+    rank = 0
+    world = 1
+    is_main = True
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def check_batch(self, batch_size: int) -> None:
+        """Any batch size divides among one process."""
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
+
+    def global_batch(self, sampler: Any, step: int, local_n: int) -> int:
+        return local_n
+
+    def batch_loss(
+        self, loss_fn: nn.CrossEntropyLoss, logits: torch.Tensor, y: torch.Tensor, global_n: int
+    ) -> tuple[torch.Tensor, float]:
+        """The batch's mean loss (this batch is the global batch) and its sum."""
+        loss: torch.Tensor = loss_fn(logits, y)
+        return loss, loss.item() * len(y)
+
+    def sum_over_processes(self, *values: float) -> list[Any]:
+        return list(values)
+
+    def barrier(self) -> None:
+        """Nobody to wait for."""
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+
+# What training runs in: a group of processes, or one process on its own.
+Group: TypeAlias = Parallel | SingleProcess
