@@ -1,6 +1,7 @@
 """``headstart adapt``: train on labelled source-domain data for an unlabelled target domain.
 
-Three methods, one training loop (the labelled batches drive the epochs; unlabelled target
+Three methods, trained by fit's loop (:func:`headstart.train.loop.train`) with their own
+:class:`DomainObjective` (the labelled batches drive the epochs; unlabelled target
 batches are drawn alongside, cycling):
 
 - ``dann`` -- Domain-Adversarial Neural Networks (Y. Ganin, V. Lempitsky, "Unsupervised
@@ -35,6 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,18 +44,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from headstart.api.predict import evaluate
 from headstart.choose.report import plot_curves, write_report_md
 from headstart.config.options import AdaptOptions
+from headstart.config.train import TrainConfig
 from headstart.data.images import load_data
 from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
 from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError, DataError
-from headstart.plan.apply import apply_plan, set_train_mode
-from headstart.plan.make import format_plan, make_plan
+from headstart.plan.make import Plan, format_plan, make_plan
 from headstart.rundir import prepare_out, write_run
 from headstart.runtime import resolve_device, seed_everything
+from headstart.sources.base import Source
 from headstart.sources.target import TargetModel
 from headstart.train.assemble import (
     _build_source,
@@ -63,12 +67,21 @@ from headstart.train.assemble import (
     check_options,
     load_training_data,
 )
-from headstart.train.loop import EVAL_BATCH, predict_loader
+from headstart.train.loop import (
+    EVAL_BATCH,
+    EpochMetrics,
+    Objective,
+    StepLoss,
+    predict_loader,
+    train,
+)
+from headstart.train.parallel import Group
 
 __all__ = [
     "METHODS",
     "AdaptResult",
     "DomainClassifier",
+    "DomainObjective",
     "GradientReversal",
     "adapt",
     "annealed_lr",
@@ -215,33 +228,167 @@ def _cycle(loader: Any) -> Any:
     passes = 0
     while True:
         passes += 1
-        _set_epoch(loader, passes)
+        sampler: Any = getattr(loader, "batch_sampler", None)
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(passes)
         yield from loader
 
 
-def _set_epoch(loader: Any, epoch: int) -> None:
-    sampler: Any = getattr(loader, "batch_sampler", None)
-    if hasattr(sampler, "set_epoch"):
-        sampler.set_epoch(epoch)
+class DomainObjective(Objective):
+    """adapt's step in the training loop: cross-entropy on the labelled batch plus the
+    method's alignment loss on the backbone's features of it and of a target batch
+    (``dann``: the domain classifier through gradient reversal; ``coral``: the
+    covariances' distance; ``source-only``: none, no target batch); plain AdamW with the
+    domain classifier's own group; the papers' annealed learning rate.  Each epoch's
+    row of adapt's metrics (target accuracy on ``eval_loader`` too) goes to ``rows``."""
+
+    def __init__(
+        self, options: AdaptOptions, model: TargetModel, domain: DomainClassifier, plan: Plan,
+        targets: DataLoader[Any], eval_loader: DataLoader[Any] | None, device: torch.device,
+    ) -> None:  # fmt: skip
+        super().__init__(options.label_smoothing)
+        self.method, self.coral_weight, self.epochs = (
+            options.method, options.coral_weight, options.epochs
+        )  # fmt: skip
+        self.model, self.domain, self.plan = model, domain, plan
+        self.targets = _cycle(targets)
+        self.eval_loader, self.device = eval_loader, device
+        self.rows: list[dict[str, Any]] = []
+        self._optimizer: torch.optim.Optimizer | None = None  # made by the loop's call
+        self.total_steps = 1
+        self.lambd, self.t0, self.sums = 0.0, 0.0, dict.fromkeys(_SUMS, 0.0)
+
+    def optimizer(self, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        if self.method == "dann":
+            domain_group = {
+                "name": "domain",
+                "params": list(self.domain.parameters()),
+                "lr": self.plan.head_lr,
+                "weight_decay": self.plan.weight_decay,
+            }
+            groups = [*groups, domain_group]
+        # torch's default AdamW kernel, as adapt has always trained (fused rounds otherwise)
+        self._optimizer = torch.optim.AdamW(groups)
+        return self._optimizer
+
+    def schedule(
+        self, config: TrainConfig, steps_per_epoch: int, head_epochs: int
+    ) -> Callable[[int], float]:
+        """``lr0 / (1 + alpha p)^beta``, ``p`` the run's progress (DANN's lambda too)."""
+        total = self.total_steps = config.epochs * steps_per_epoch
+        return lambda step: annealed_lr(min(1.0, step / total))
+
+    def start_epoch(self, epoch: int) -> None:
+        self.t0 = time.perf_counter()
+        self.domain.train()
+        self.lambd, self.sums = 0.0, dict.fromkeys(_SUMS, 0.0)
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, group: Group, global_n: int,
+        step: int,
+    ) -> StepLoss:  # fmt: skip
+        self.lambd = dann_lambda(step / self.total_steps)
+        m = self.model  # one process: the model the loop runs is this one
+        if self.method == "source-only":
+            feats_s = m.backbone(x)
+            align = torch.zeros((), device=x.device)
+        else:
+            xt = next(self.targets)[0].to(x.device)
+            # together, so that BatchNorm normalises both domains with shared statistics
+            feats = m.backbone(torch.cat([x, xt]))
+            # one slice per domain, used for both losses: autograd then sums the head's
+            # and the alignment's gradients in the order adapt's numbers were made with
+            feats_s, feats_t = feats[: len(x)], feats[len(x) :]
+            align = self._align(feats, feats_s, feats_t)
+        logits = m.head(m.dropout(feats_s))
+        cls = self.loss_fn(logits, y)
+        self.sums["align"] += align.item() * len(y)
+        self.sums["seen"] += len(y)
+        return StepLoss(cls + align, logits, cls.item() * len(y))
+
+    def _align(
+        self, feats: torch.Tensor, feats_s: torch.Tensor, feats_t: torch.Tensor
+    ) -> torch.Tensor:
+        """The alignment loss on both domains' features (``feats``: the two together)."""
+        if self.method == "coral":
+            return self.coral_weight * coral_loss(feats_s.float(), feats_t.float())
+        is_target = torch.cat(
+            [
+                torch.zeros(len(feats_s), device=feats.device),
+                torch.ones(len(feats_t), device=feats.device),
+            ]
+        )
+        logits_d = self.domain(feats, self.lambd)
+        self.sums["dom_correct"] += float(((logits_d > 0).float() == is_target).sum())
+        self.sums["dom_seen"] += len(is_target)
+        return nn.functional.binary_cross_entropy_with_logits(logits_d, is_target)
+
+    def end_epoch(self, row: EpochMetrics) -> None:
+        tgt = (
+            predict_loader(self.model, self.eval_loader, self.device)
+            if self.eval_loader is not None
+            else None
+        )
+        sums, optimizer = self.sums, self._optimizer
+        assert optimizer is not None, "the loop makes the optimizer before any epoch"
+        self.rows.append(
+            {
+                "epoch": row.epoch,
+                "train_loss": row.train_loss,
+                "train_acc": row.train_acc,
+                "val_loss": row.val_loss,
+                "val_acc": row.val_acc,
+                "val_f1": row.val_f1,
+                "align_loss": sums["align"] / max(1, sums["seen"]),
+                "domain_acc": sums["dom_correct"] / sums["dom_seen"] if sums["dom_seen"] else None,
+                "lambda": self.lambd if self.method == "dann" else None,
+                "lr_head": float(
+                    next(g["lr"] for g in optimizer.param_groups if g["name"] == "head")
+                ),
+                "target_acc": tgt.accuracy if tgt else None,
+                "seconds": time.perf_counter() - self.t0,
+            }
+        )
+        log.info(_format_row(self.rows[-1], self.method, self.epochs))
 
 
-def adapt(options: AdaptOptions) -> AdaptResult:
-    """Train ``options.source`` on the labelled data for the unlabelled ``options.target``
-    by ``options.method``; write a run dir (as ``fit`` does) and, with ``options.eval``,
-    report the target accuracy."""
+_SUMS = ("align", "seen", "dom_correct", "dom_seen")
 
-    t_start = time.perf_counter()
+
+def _format_row(row: dict[str, Any], method: str, epochs: int) -> str:
+    return "epoch {}/{}  loss {:.4f}  acc {:.3f}  {}{}{}({:.1f}s)".format(
+        row["epoch"],
+        epochs,
+        row["train_loss"],
+        row["train_acc"],
+        f"{method} loss {row['align_loss']:.4f}  " if method != "source-only" else "",
+        f"domain acc {row['domain_acc']:.3f}  " if row["domain_acc"] is not None else "",
+        f"target acc {row['target_acc']:.3f}  " if row["target_acc"] is not None else "",
+        row["seconds"],
+    )
+
+
+def _check(options: AdaptOptions) -> None:
     if options.method not in METHODS:
         raise ConfigError(f"--method {options.method!r}; valid: {', '.join(METHODS)}")
     if not options.target:
         raise ConfigError("--target: give the unlabelled target-domain images (a folder)")
     if options.coral_weight < 0:
         raise ConfigError(f"--coral-weight must be >= 0 (got {options.coral_weight})")
-    config = options.train_config()
-    # --augment auto: light for the strategies that train the backbone (as fit)
-    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
-    out = prepare_out(options.out or _default_out("adapt"), overwrite=options.overwrite)
-    check_options(options)
+
+
+@dataclass
+class _Data:
+    """adapt's data: the labelled split, the unlabelled target, the optional --eval."""
+
+    all: LabeledData
+    train: LabeledData
+    val: LabeledData | None
+    target: LabeledData
+    eval: LabeledData | None
+
+
+def _load(options: AdaptOptions) -> _Data:
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     target = load_unlabelled(options.target, allow_hflip=data.allow_hflip)
@@ -254,9 +401,10 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     )
     if eval_data is not None and not len(eval_data):
         raise DataError(f"--eval {options.eval}: no items")
+    return _Data(data, train_data, val_data, target, eval_data)
 
-    generator = seed_everything(options.seed)
-    source = _build_source(options, scratch=options.strategy == "scratch")
+
+def _plan(options: AdaptOptions, source: Source) -> Plan:
     plan = make_plan(
         options.strategy,
         source.stage_names,
@@ -269,202 +417,71 @@ def adapt(options: AdaptOptions) -> AdaptResult:
             f"--method {options.method} adapts the backbone's features, but --strategy "
             f"{options.strategy} trains none of it; use full or partial:K"
         )
+    return plan
+
+
+def _loaders(
+    options: AdaptOptions, data: _Data, pre: Any, generator: torch.Generator
+) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any] | None, DataLoader[Any] | None]:
+    """The labelled, target, validation and --eval loaders."""
+    seed = options.seed
+
+    def training(items: LabeledData, generator: torch.Generator, seed: int) -> DataLoader[Any]:
+        return _loader(
+            items, pre, train=True, augment=options.augment, batch_size=options.batch_size,
+            workers=options.workers, generator=generator, seed=seed,
+        )  # fmt: skip
+
+    def evaluation(items: LabeledData | None) -> DataLoader[Any] | None:
+        if items is None or not len(items):
+            return None
+        return _loader(
+            items, pre, train=False, augment="none",
+            batch_size=max(options.batch_size, EVAL_BATCH), workers=options.workers,
+        )  # fmt: skip
+
+    return (
+        training(data.train, generator, seed),
+        training(data.target, torch.Generator().manual_seed(seed + 1), seed + 1),
+        evaluation(data.val),
+        evaluation(data.eval),
+    )
+
+
+def adapt(options: AdaptOptions) -> AdaptResult:
+    """Train ``options.source`` on the labelled data for the unlabelled ``options.target``
+    by ``options.method``; write a run dir (as ``fit`` does) and, with ``options.eval``,
+    report the target accuracy."""
+    t_start = time.perf_counter()
+    _check(options)
+    # adapt keeps the last epoch (no target label may choose one) and shows no bar
+    config = replace(options.train_config(), select="last", patience=None, progress=False)
+    # --augment auto: light for the strategies that train the backbone (as fit)
+    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
+    out = prepare_out(options.out or _default_out("adapt"), overwrite=options.overwrite)
+    check_options(options)
+    data = _load(options)
+    generator = seed_everything(options.seed)
+    source = _build_source(options, scratch=options.strategy == "scratch")
+    plan = _plan(options, source)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)
-    model = TargetModel(source.backbone, len(data.classes), dropout=options.dropout)
+    model = TargetModel(source.backbone, len(data.all.classes), dropout=options.dropout)
     domain = DomainClassifier(source.feature_dim, options.domain_hidden)
     device = resolve_device(options.device)
-    model.to(device)
     domain.to(device)
-    groups = apply_plan(model, plan)
-    if options.method == "dann":
-        groups.append(
-            {
-                "name": "domain",
-                "params": list(domain.parameters()),
-                "lr": plan.head_lr,
-                "weight_decay": plan.weight_decay,
-            }
-        )
-    optimizer = torch.optim.AdamW(groups)
-
-    def head_lr_now() -> float:
-        return float(next(g["lr"] for g in optimizer.param_groups if g["name"] == "head"))
-
-    pre = source.preprocessing
-    source_loader = _loader(
-        train_data,
-        pre,
-        train=True,
-        augment=options.augment,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        generator=generator,
-        seed=options.seed,
+    source_loader, target_loader, val_loader, eval_loader = _loaders(
+        options, data, source.preprocessing, generator
     )
-    target_loader = _loader(
-        target,
-        pre,
-        train=True,
-        augment=options.augment,
-        batch_size=options.batch_size,
-        workers=options.workers,
-        generator=torch.Generator().manual_seed(options.seed + 1),
-        seed=options.seed + 1,
-    )
-    eval_batch = max(options.batch_size, EVAL_BATCH)
-    val_loader = (
-        _loader(
-            val_data,
-            pre,
-            train=False,
-            augment="none",
-            batch_size=eval_batch,
-            workers=options.workers,
-        )
-        if val_data is not None and len(val_data)
-        else None
-    )
-    eval_loader = (
-        _loader(
-            eval_data,
-            pre,
-            train=False,
-            augment="none",
-            batch_size=eval_batch,
-            workers=options.workers,
-        )
-        if eval_data is not None
-        else None
-    )
-    steps_per_epoch = max(1, len(source_loader))
-    total = config.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: annealed_lr(min(1.0, step / total))
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    targets_iter = _cycle(target_loader)
+    objective = DomainObjective(options, model, domain, plan, target_loader, eval_loader, device)
     t_loaded = time.perf_counter()
-
-    rows: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(1, config.epochs + 1):
-        t0 = time.perf_counter()
-        set_train_mode(model, plan, True)
-        domain.train()
-        sums = {"loss": 0.0, "cls": 0.0, "align": 0.0, "dom_correct": 0.0, "dom_seen": 0.0}
-        correct = seen = 0
-        lambd = 0.0
-        _set_epoch(source_loader, epoch)
-        for xs, ys in source_loader:
-            progress = step / total
-            lambd = dann_lambda(progress)
-            xs, ys = xs.to(device), ys.to(device)
-            if options.method == "source-only":
-                feats_s = model.backbone(xs)
-                align = torch.zeros((), device=device)
-            else:
-                xt, _ = next(targets_iter)
-                xt = xt.to(device)
-                feats = model.backbone(torch.cat([xs, xt]))
-                feats_s, feats_t = feats[: len(xs)], feats[len(xs) :]
-                if options.method == "dann":
-                    is_target = torch.cat(
-                        [torch.zeros(len(xs), device=device), torch.ones(len(xt), device=device)]
-                    )
-                    logits_d = domain(feats, lambd)
-                    align = nn.functional.binary_cross_entropy_with_logits(logits_d, is_target)
-                    sums["dom_correct"] += float(((logits_d > 0).float() == is_target).sum())
-                    sums["dom_seen"] += len(is_target)
-                else:
-                    align = options.coral_weight * coral_loss(feats_s.float(), feats_t.float())
-            logits = model.head(model.dropout(feats_s))
-            cls = loss_fn(logits, ys)
-            loss = cls + align
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            n = len(ys)
-            sums["loss"] += loss.item() * n
-            sums["cls"] += cls.item() * n
-            sums["align"] += align.item() * n
-            correct += int((logits.argmax(1) == ys).sum())
-            seen += n
-        val = predict_loader(model, val_loader, device) if val_loader is not None else None
-        tgt = predict_loader(model, eval_loader, device) if eval_loader is not None else None
-        row = {
-            "epoch": epoch,
-            "train_loss": sums["cls"] / max(1, seen),
-            "train_acc": correct / max(1, seen),
-            "val_loss": val.loss if val else None,
-            "val_acc": val.accuracy if val else None,
-            "val_f1": val.macro_f1 if val else None,
-            "align_loss": sums["align"] / max(1, seen),
-            "domain_acc": sums["dom_correct"] / sums["dom_seen"] if sums["dom_seen"] else None,
-            "lambda": lambd if options.method == "dann" else None,
-            "lr_head": head_lr_now(),
-            "target_acc": tgt.accuracy if tgt else None,
-            "seconds": time.perf_counter() - t0,
-        }
-        rows.append(row)
-        log.info(
-            "epoch %d/%d  loss %.4f  acc %.3f  %s%s%s(%.1fs)",
-            epoch,
-            config.epochs,
-            row["train_loss"],
-            row["train_acc"],
-            f"{options.method} loss {row['align_loss']:.4f}  "
-            if options.method != "source-only"
-            else "",
-            f"domain acc {row['domain_acc']:.3f}  " if row["domain_acc"] is not None else "",
-            f"target acc {row['target_acc']:.3f}  " if row["target_acc"] is not None else "",
-            row["seconds"],
-        )
-    t_trained = time.perf_counter()
+    train(model, plan, source_loader, val_loader, config, device=device, objective=objective)
+    timings = {"load_s": t_loaded - t_start, "train_s": time.perf_counter() - t_loaded}
     model.cpu()
     model.eval()
-    last = rows[-1]
-    metrics = {
-        "best_epoch": len(rows),
-        "epochs_run": len(rows),
-        "stopped_early": False,
-        "train_loss": last["train_loss"],
-        "train_acc": last["train_acc"],
-        "val_loss": last["val_loss"],
-        "val_acc": last["val_acc"],
-        "val_f1": last["val_f1"],
-        "target_acc": last["target_acc"],
-        "domain_acc": last["domain_acc"],
-    }
-    timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
-    meta: dict[str, Any] = {
-        "kind": "adapt",
-        "source": source.describe(),
-        "classes": list(data.classes),
-        "preprocessing": pre.to_dict(),
-        "plan": plan.to_dict(),
-        "dropout": options.dropout,
-        "data": {
-            "train": train_data.describe(),
-            "val": val_data.describe() if val_data is not None else None,
-            "spec": options.data,
-        },
-        "adapt": {
-            "method": options.method,
-            "target": {"spec": options.target, "n_items": len(target)},
-            "eval": options.eval,
-            "lambda_schedule": f"2/(1+exp(-{DANN_GAMMA:g} p))-1"
-            if options.method == "dann"
-            else None,
-            "lr_annealing": f"lr0/(1+{ANNEAL_ALPHA:g} p)^{ANNEAL_BETA:g}",
-        },
-        "metrics": metrics,
-        "config": {k: v for k, v in asdict(options).items() if k != "progress"},
-        "timings": timings,
-    }
+    rows = objective.rows
+    meta = _meta(options, source, plan, data, rows, timings)
 
     def extras(folder: Path) -> None:
         title = f"{source.spec} · adapt {options.method} · {options.data} -> {options.target}"
@@ -475,6 +492,7 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     run_dir = write_run(
         out, model=model, meta=meta, metrics_rows=rows, extras=extras, overwrite=options.overwrite
     )
+    metrics = meta["metrics"]
     if options.eval:
         result = evaluate(run_dir, options.eval, device=options.device)
         metrics["target_acc"] = result.accuracy
@@ -484,3 +502,48 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     return AdaptResult(
         run_dir=run_dir, method=options.method, metrics=metrics, timings=timings, rows=rows
     )
+
+
+def _meta(
+    options: AdaptOptions,
+    source: Source,
+    plan: Plan,
+    data: _Data,
+    rows: list[dict[str, Any]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """``headstart.json`` of an adapt run; its metrics are the last epoch's."""
+    last = rows[-1]
+    metrics = {
+        "best_epoch": len(rows),
+        "epochs_run": len(rows),
+        "stopped_early": False,
+        **{k: last[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "val_f1")},
+        "target_acc": last["target_acc"],
+        "domain_acc": last["domain_acc"],
+    }
+    return {
+        "kind": "adapt",
+        "source": source.describe(),
+        "classes": list(data.all.classes),
+        "preprocessing": source.preprocessing.to_dict(),
+        "plan": plan.to_dict(),
+        "dropout": options.dropout,
+        "data": {
+            "train": data.train.describe(),
+            "val": data.val.describe() if data.val is not None else None,
+            "spec": options.data,
+        },
+        "adapt": {
+            "method": options.method,
+            "target": {"spec": options.target, "n_items": len(data.target)},
+            "eval": options.eval,
+            "lambda_schedule": f"2/(1+exp(-{DANN_GAMMA:g} p))-1"
+            if options.method == "dann"
+            else None,
+            "lr_annealing": f"lr0/(1+{ANNEAL_ALPHA:g} p)^{ANNEAL_BETA:g}",
+        },
+        "metrics": metrics,
+        "config": {k: v for k, v in asdict(options).items() if k != "progress"},
+        "timings": timings,
+    }
