@@ -188,56 +188,8 @@ def prepare(
         too_big = _too_big(split, train_data, val_data, views)
         if too_big:
             return _fallback(too_big)
-    weights = state_digest(source.backbone)
-    extracted = 0
-    hits: list[bool] = []
-
-    def counted(n: int) -> None:
-        nonlocal extracted
-        extracted += n
-
-    def features(data: LabeledData, view: View) -> np.ndarray:
-        feats, hit = cached_features(
-            source,
-            data,
-            view,
-            device=device,
-            cache=options.cache_dir,
-            batch_size=max(options.batch_size, EVAL_BATCH),
-            workers=options.workers,
-            progress=options.progress,
-            weights_digest=weights,
-            on_extract=counted,
-            forward=split.prefix if split is not None else None,
-            item_shape=split.item_shape if split is not None else None,
-            part=split.describe() if split is not None else None,
-        )
-        hits.append(hit)
-        return feats
-
-    n_train = len(train_data)
-    has_val = val_data is not None and len(val_data) > 0
-    if views == 0:
-        # One entry for training and validation images together: it then also serves
-        # every other split of the same data (cross-validation folds, other seeds).
-        both = _concat(train_data, val_data) if has_val and val_data is not None else train_data
-        feats = features(both, EVAL_VIEW)
-        train_views = [feats[:n_train]]
-        val_feats = feats[n_train:] if has_val else None
-    else:
-        train_views = [
-            features(
-                train_data,
-                View(
-                    augment=options.augment,
-                    index=k,
-                    seed=options.seed,
-                    allow_hflip=train_data.allow_hflip,
-                ),
-            )
-            for k in range(views)
-        ]
-        val_feats = features(val_data, EVAL_VIEW) if has_val and val_data is not None else None
+    extract = _Extractor(options, source, split, device)
+    train_views, val_feats = _extract(options, extract, train_data, val_data, views)
     if augment and views == 0:
         log.info(
             "feature cache: training sees the cached outputs of un-augmented images "
@@ -245,8 +197,109 @@ def prepare(
             "views, --no-feature-cache runs the backbone every epoch",
             options.augment,
         )
-
     shape = split.item_shape if split is not None else None
+    train_loader, val_loader = _loaders(
+        options, train_views, val_feats, train_data, val_data, shape, generator
+    )
+    info = {
+        "used": True,
+        "hit": all(extract.hits),
+        "images_extracted": extract.extracted,
+        "views": views,
+        "augmentation_applied": views > 0,
+        "seconds": time.perf_counter() - t0,
+    }
+    if split is not None:
+        info["prefix"] = split.describe()
+    log.info(
+        "feature cache: %s (%d images run through the %s, %.1fs)",
+        "hit" if info["hit"] else "filled",
+        extract.extracted,
+        f"frozen stages up to {split.boundary}" if split is not None else "backbone",
+        info["seconds"],
+    )
+    fit_model = PrefixModel(model, split) if split is not None else CachedHead(model)
+    return FeatureLoaders(train_loader, val_loader, fit_model, info)
+
+
+class _Extractor:
+    """The cache's features of a data set's view, through the backbone or the frozen
+    prefix of ``split``; counts the images it had to run and whether each was a hit."""
+
+    def __init__(
+        self, options: Any, source: Source, split: Split | None, device: torch.device
+    ) -> None:
+        self.options, self.source, self.split, self.device = options, source, split, device
+        self.weights = state_digest(source.backbone)
+        self.extracted = 0
+        self.hits: list[bool] = []
+
+    def _count(self, n: int) -> None:
+        self.extracted += n
+
+    def __call__(self, data: LabeledData, view: View) -> np.ndarray:
+        options, split = self.options, self.split
+        feats, hit = cached_features(
+            self.source,
+            data,
+            view,
+            device=self.device,
+            cache=options.cache_dir,
+            batch_size=max(options.batch_size, EVAL_BATCH),
+            workers=options.workers,
+            progress=options.progress,
+            weights_digest=self.weights,
+            on_extract=self._count,
+            forward=split.prefix if split is not None else None,
+            item_shape=split.item_shape if split is not None else None,
+            part=split.describe() if split is not None else None,
+        )
+        self.hits.append(hit)
+        return feats
+
+
+def _extract(
+    options: Any,
+    extract: _Extractor,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    views: int,
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The training images' features (one array per view) and the validation images'."""
+    n_train = len(train_data)
+    has_val = val_data is not None and len(val_data) > 0
+    if views == 0:
+        # One entry for training and validation images together: it then also serves
+        # every other split of the same data (cross-validation folds, other seeds).
+        both = _concat(train_data, val_data) if has_val and val_data is not None else train_data
+        feats = extract(both, EVAL_VIEW)
+        return [feats[:n_train]], feats[n_train:] if has_val else None
+    train_views = [
+        extract(
+            train_data,
+            View(
+                augment=options.augment,
+                index=k,
+                seed=options.seed,
+                allow_hflip=train_data.allow_hflip,
+            ),
+        )
+        for k in range(views)
+    ]
+    val_feats = extract(val_data, EVAL_VIEW) if has_val and val_data is not None else None
+    return train_views, val_feats
+
+
+def _loaders(
+    options: Any,
+    train_views: list[np.ndarray],
+    val_feats: np.ndarray | None,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    shape: tuple[int, ...] | None,
+    generator: torch.Generator,
+) -> tuple[DataLoader[Any], DataLoader[Any] | None]:
+    """Loaders over the features: the training one batched as the image loader is."""
 
     def tensor(feats: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(feats)
@@ -255,7 +308,7 @@ def prepare(
     targets = torch.as_tensor(train_data.targets, dtype=torch.int64)
     # As headstart.train.assemble._loader: the same batches in the same order (a function of the
     # seed and the epoch), and no last batch of one example (BatchNorm cannot train on it).
-    n, bs = n_train, options.batch_size
+    n, bs = len(train_data), options.batch_size
     sampler = EpochBatchSampler(n, bs, seed=options.seed, drop_last=n > bs and 0 < n % bs < 2)
     train_loader: DataLoader[Any] = DataLoader(
         _CachedViews([tensor(v) for v in train_views], targets, sampler),
@@ -271,25 +324,7 @@ def prepare(
             batch_size=max(options.batch_size, EVAL_BATCH),
             generator=torch.Generator(),  # not torch's global one (dropout's stream)
         )
-    info = {
-        "used": True,
-        "hit": all(hits),
-        "images_extracted": extracted,
-        "views": views,
-        "augmentation_applied": views > 0,
-        "seconds": time.perf_counter() - t0,
-    }
-    if split is not None:
-        info["prefix"] = split.describe()
-    log.info(
-        "feature cache: %s (%d images run through the %s, %.1fs)",
-        "hit" if info["hit"] else "filled",
-        extracted,
-        f"frozen stages up to {split.boundary}" if split is not None else "backbone",
-        info["seconds"],
-    )
-    fit_model = PrefixModel(model, split) if split is not None else CachedHead(model)
-    return FeatureLoaders(train_loader, val_loader, fit_model, info)
+    return train_loader, val_loader
 
 
 def _fallback(reason: str) -> FeatureLoaders:
