@@ -4,6 +4,12 @@ One loop that reads top to bottom (nanoGPT's ``train.py`` is the model): each ep
 trains over the loader, evaluates on the validation set, records a row of metrics and
 keeps the best weights.  Freezing is the plan's business (:mod:`headstart.plan.apply`);
 this module only trains what the optimizer was given.
+
+Where the loop is lives in one :class:`headstart.train.state.TrainState`, which a
+checkpoint saves and restores whole.  A run of one process goes through
+:class:`headstart.train.parallel.SingleProcess`, so the step is the same with or without
+a data-parallel group.  What a step minimises (and with which optimizer and schedule) is
+an :class:`Objective`: cross-entropy for ``fit``, adapt's losses for ``adapt``.
 """
 
 from __future__ import annotations
