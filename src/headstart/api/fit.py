@@ -175,18 +175,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         "metrics": metrics,
         "recommendation": recommendation,
         "resumed": saved is not None,
-        **(
-            {
-                "text": {
-                    **source.text.to_dict(),
-                    "max_length": trained.max_length,
-                    "text_col": options.text_col,
-                    "label_col": options.label_col,
-                }
-            }
-            if source.text is not None
-            else {}
-        ),
+        **trained.inputs.run_meta(text_col=options.text_col, label_col=options.label_col),
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
         "timings": timings,
         "feature_cache": trained.feature_cache,

@@ -49,10 +49,10 @@ from torch import nn
 from headstart.choose.scores import leep, linear_probe_accuracy
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
-from headstart.data.transforms import AUTO_AUGMENT, ImageDataset, make_transform, resolve_augment
-from headstart.features.extract import in_item_order, text_eval_loader
+from headstart.data.transforms import AUTO_AUGMENT, resolve_augment
+from headstart.features.extract import feature_loader, in_item_order
 from headstart.sources import Source, build_source
-from headstart.train.assemble import _max_length, build_options, load_training_data
+from headstart.train.assemble import build_options, load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +222,10 @@ def bn_shift(backbone: nn.Module, batches: list[torch.Tensor]) -> tuple[np.ndarr
 def _input_batches(
     source: Source, data: LabeledData, *, max_length: int, batch_size: int = 128
 ) -> tuple[list[torch.Tensor], np.ndarray | None]:
-    """The backbone's inputs for ``data`` in batches, and for texts the item index of each
-    row (texts are batched by length; images stay in order: None)."""
-    if source.text is not None:
-        loader, order = text_eval_loader(source, data, max_length=max_length, batch_size=batch_size)
-        return [x for x, _ in loader], order
-
-    transform = make_transform(source.preprocessing, train=False)
-    dataset = ImageDataset(data, transform, source.preprocessing.channels)
-    xs = [dataset[i][0] for i in range(len(dataset))]
-    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)], None
+    """The backbone's inputs for ``data`` in batches, and the item index of each row
+    (texts are batched by length; images stay in order: None)."""
+    loader, order = feature_loader(source, data, max_length=max_length, batch_size=batch_size)
+    return [x for x, _ in loader], order
 
 
 def measure(
@@ -408,10 +402,9 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
         options=replace(build, image_size=source.arch_options.get("image_size")),
     )
     random_source.preprocessing = source.preprocessing
-    max_length = 128
-    if source.text is not None:
-        max_length = _max_length(options, source)
-    m = measure(source, random_source, data, seed=options.seed, max_length=max_length)
+    # texts: --max-length, at most what the model takes; images: measure's default
+    max_length = source.inputs.limited(options.max_length, source.spec).length
+    m = measure(source, random_source, data, seed=options.seed, max_length=max_length or 128)
     rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
     log.info("%s", rec.describe())
     return rec
