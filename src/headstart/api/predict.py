@@ -72,15 +72,6 @@ def _predict_data(
     )
 
 
-def _text_columns(run: LoadedRun, text_col: str | None, label_col: str | None) -> dict[str, Any]:
-    """The columns to read: as given, else the ones the run was trained with."""
-    saved = run.meta.get("text") or {}
-    return {
-        "text_col": text_col or saved.get("text_col"),
-        "label_col": label_col or saved.get("label_col"),
-    }
-
-
 def evaluate(
     run: str | Path | LoadedRun,
     data: str,
@@ -100,7 +91,7 @@ def evaluate(
 
     loaded = _as_run(run)
     labelled = loaded.inputs.load(
-        data, classes=loaded.classes, **_text_columns(loaded, text_col, label_col)
+        data, classes=loaded.classes, **loaded.columns(text_col, label_col)
     )
     if not len(labelled):
         raise DataError(f"{data}: no items to evaluate")
@@ -176,7 +167,7 @@ def predict(
         inputs,
         texts,
         classes=loaded.classes,
-        text_col=_text_columns(loaded, text_col, None)["text_col"],
+        text_col=loaded.columns(text_col, None)["text_col"],
         skip_bad=skip_bad,
         model=str(loaded.path),
     )

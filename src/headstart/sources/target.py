@@ -59,6 +59,15 @@ class LoadedRun:
     inputs: Inputs
     text: TextInputs | None = None  # a text model's tokenizer and pooling
 
+    def columns(self, text_col: str | None, label_col: str | None) -> dict[str, str | None]:
+        """The columns to read texts and labels from: as given, else the ones the run was
+        trained with (an image run has none: all None unless given)."""
+        saved = self.meta.get("text") or {}
+        return {
+            "text_col": text_col or saved.get("text_col"),
+            "label_col": label_col or saved.get("label_col"),
+        }
+
 
 def load_run(path: str | os.PathLike[str]) -> LoadedRun:
     """Load a run dir: the model (in eval mode), its classes and preprocessing."""
