@@ -28,6 +28,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from typing import Any
+
+import numpy as np
 
 from headstart.choose.candidates import (
     Candidate,
@@ -203,14 +206,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     check_one_kind([(c.source, c.text) for c in candidates])
     methods = parse_methods(options.method)
     if options.validate:
-        options.train_config()  # --epochs, --batch-size... before any slow work
-        parse_strategy(options.strategy)
-        if options.strategy == "scratch":
-            raise ConfigError(
-                "--strategy scratch re-initialises every candidate, so --validate would "
-                "fine-tune the same network each time; use full, partial:K or linear (rank "
-                "a random initialisation as SPEC@none)"
-            )
+        _check_validate(options)
     data = load_training_data(options)
     # where known without building it, before any slow work
     check_known_kinds([(c.source, c.text) for c in candidates], data)
@@ -227,48 +223,11 @@ def rank_sources(options: RankOptions) -> RankResult:
     results = [r for r, _, _ in scored]
     del scored  # the features and the built sources are not needed past this point
     t_scored = time.perf_counter()
-    for m in methods:
-        if RANKERS.get(m).needs_source_probs:
-            skipped = [r.candidate for r in results if r.scores[m].value is None]
-            if skipped:
-                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
-            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
-            if guessed:
-                notes.append(
-                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
-                )
-
+    notes += _head_notes(results, methods)
     notes += _line_notes(results, methods[0])
-
-    validation = None
-    if options.validate:
-        epochs = validation_epochs(options, splits)
-        if epochs > options.epochs:
-            notes.append(
-                f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
-                f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
-                "optimizer steps"
-            )
-        for r in results:
-            _finetune(r, data, replace(options, epochs=epochs), splits)
-        scoring_s = sum(r.scoring_s for r in results)
-        finetune_s = sum(r.finetune_s or 0.0 for r in results)
-        scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
-        finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
-        validation = {
-            "strategy": options.strategy,
-            "epochs": epochs,
-            "min_steps": MIN_STEPS,
-            "random_backbone_lr_mult": 1.0,
-            "folds": len(splits),
-            "kendall_tau": kendall_taus(results, methods),
-            "scoring_s": scoring_s,
-            "finetune_s": finetune_s,
-            "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
-            "scoring_cpu_s": scoring_cpu_s,
-            "finetune_cpu_s": finetune_cpu_s,
-            "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
-        }
+    validation = (
+        _validate(results, data, options, splits, methods, notes) if options.validate else None
+    )
     results = ranked(results, methods[0])
     timings = {
         "scoring_total_s": t_scored - t_start,
@@ -284,3 +243,73 @@ def rank_sources(options: RankOptions) -> RankResult:
         notes=notes,
         timings=timings,
     )
+
+
+def _check_validate(options: RankOptions) -> None:
+    """``--validate``'s options, before any slow work: the training ones, and a strategy
+    that fine-tunes each candidate as it is."""
+    options.train_config()  # --epochs, --batch-size... before any slow work
+    parse_strategy(options.strategy)
+    if options.strategy == "scratch":
+        raise ConfigError(
+            "--strategy scratch re-initialises every candidate, so --validate would "
+            "fine-tune the same network each time; use full, partial:K or linear (rank "
+            "a random initialisation as SPEC@none)"
+        )
+
+
+def _head_notes(results: list[CandidateResult], methods: list[str]) -> list[str]:
+    """Which scores that read the source's classifier head were skipped (no head) or
+    read a randomly initialised one."""
+    notes: list[str] = []
+    for m in methods:
+        if RANKERS.get(m).needs_source_probs:
+            skipped = [r.candidate for r in results if r.scores[m].value is None]
+            if skipped:
+                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
+            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
+            if guessed:
+                notes.append(
+                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
+                )
+    return notes
+
+
+def _validate(
+    results: list[CandidateResult],
+    data: LabeledData,
+    options: RankOptions,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    methods: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """``--validate``: fine-tune every candidate on ``splits`` (at least ``MIN_STEPS``
+    steps each, said in ``notes`` when that is more than ``--epochs``), Kendall's tau of
+    each score against that accuracy, and the seconds each way."""
+    epochs = validation_epochs(options, splits)
+    if epochs > options.epochs:
+        notes.append(
+            f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
+            f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
+            "optimizer steps"
+        )
+    for r in results:
+        _finetune(r, data, replace(options, epochs=epochs), splits)
+    scoring_s = sum(r.scoring_s for r in results)
+    finetune_s = sum(r.finetune_s or 0.0 for r in results)
+    scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
+    finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
+    return {
+        "strategy": options.strategy,
+        "epochs": epochs,
+        "min_steps": MIN_STEPS,
+        "random_backbone_lr_mult": 1.0,
+        "folds": len(splits),
+        "kendall_tau": kendall_taus(results, methods),
+        "scoring_s": scoring_s,
+        "finetune_s": finetune_s,
+        "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
+        "scoring_cpu_s": scoring_cpu_s,
+        "finetune_cpu_s": finetune_cpu_s,
+        "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
+    }
