@@ -238,9 +238,9 @@ def _train_on(
     source = _build_source(options, scratch=options.strategy == "scratch")
     plan = _plan(options, source)
     inputs = source.inputs.limited(options.max_length, source.spec)
-    for data in (train_data, val_data):
-        if data is not None:
-            inputs.check(data, where=options.data, model=source.spec)
+    inputs.check(train_data, where=options.data, model=source.spec)
+    if val_data is not None:
+        inputs.check(val_data, where=options.val or options.data, model=source.spec)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
@@ -250,9 +250,17 @@ def _train_on(
         raise ConfigError(inputs.why_one_process)
     speedups = accel.resolve(options, device)
     loaders = _loaders(
-        options, source, inputs, plan, model, train_data, val_data,
-        generator=generator, device=device, parallel=parallel, speedups=speedups,
-    )  # fmt: skip
+        options,
+        source,
+        inputs,
+        plan,
+        model,
+        (train_data, val_data),
+        generator=generator,
+        device=device,
+        parallel=parallel,
+        speedups=speedups,
+    )
     fit_model, train_loader, val_loader = loaders.model, loaders.train, loaders.val
     use_cache = loaders.cached
     _warn_few_steps(len(train_loader), config.epochs)
@@ -347,16 +355,17 @@ def _loaders(
     inputs: Inputs,
     plan: Plan,
     model: TargetModel,
-    train_data: LabeledData,
-    val_data: LabeledData | None,
+    split: tuple[LabeledData, LabeledData | None],
     *,
     generator: torch.Generator,
     device: torch.device,
     parallel: Parallel | None,
     speedups: accel.Accel,
 ) -> _Loaders:
-    """The model to train and its loaders: over cached features where the plan allows
-    (:mod:`headstart.train.cached_head`), else over the inputs themselves."""
+    """The model to train and its loaders over the ``(train, validation)`` split: over
+    cached features where the plan allows (:mod:`headstart.train.cached_head`), else over
+    the inputs themselves."""
+    train_data, val_data = split
     use_cache, why_not = _use_feature_cache(options, inputs, plan, parallel)
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
