@@ -204,6 +204,10 @@ class BuildOptions:
 class Source:
     """A built source: backbone, preprocessing, weights origin, and the removed head.
 
+    ``inputs`` (:mod:`headstart.sources.inputs`) is what the backbone takes, images or
+    texts: the layers above read data, build loaders and check data through it, never
+    asking which kind they have.
+
     ``arch`` is a spec that rebuilds the same architecture with random weights (for a
     ``file:`` source it is the architecture recorded in the file), so a run dir can be
     reloaded without the original weights or any download.
