@@ -169,9 +169,8 @@ class HeadstartClassifier(BaseEstimator):
 
     def _rows(self, inputs: Sequence[str | Path], top_k: int = 1) -> list[dict[str, Any]]:
         run = self._loaded()
-        if run.text is not None:  # a text model labels the strings themselves
-            return predict(run, [], texts=[str(t) for t in inputs], top_k=top_k)
-        return predict(run, inputs, top_k=top_k)
+        files, texts = run.inputs.predict_args(inputs)  # a text model labels the strings
+        return predict(run, files, texts=texts, top_k=top_k)
 
     def predict(self, inputs: Sequence[str | Path]) -> list[str]:
         """Labels of image files, or of texts for a text model."""

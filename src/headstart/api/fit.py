@@ -10,7 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from headstart.choose.recommend import recommend_for
 from headstart.choose.report import plot_curves, write_report_md
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.data.checks import data_checks
+from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import save_adapter
 from headstart.rundir import prepare_out, write_run
@@ -59,31 +60,13 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     if options.processes < 1:
         raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
     if options.processes > 1 and not in_launched_group():
-        if options.resume:
-            options = replace(options, out=options.resume)
-        else:  # every process must write to (and check) the same folder
-            options.train_config()
-            out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
-            options = replace(options, out=str(out))
-        return launch(fit, options, kind=kind)
+        return _launch_group(options, kind)
     parallel = Parallel.from_environment(options) if in_launched_group() else None
     main = parallel is None or parallel.is_main
     if parallel is not None and not (options.out or options.resume):
         raise ConfigError("several processes write one run dir: give it with --out")
-    saved: dict[str, Any] | None = None
-    if options.resume:
-        out = Path(options.resume)
-        checkpointer, saved = Checkpointer.open(out)
-        options = resumed_options(options, saved)
-        kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
-    else:
-        options.train_config()  # validates epochs, batch size... before any slow work
-        out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
-        if is_resumable(out) and not options.overwrite and main:
-            raise ConfigError(
-                f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "
-                f"continue it with --resume {out}, or start over with --overwrite"
-            )
+    start = _open_out(options, kind, main)
+    options, out, kind, saved = start.options, start.out, start.kind, start.saved
     if parallel is not None:
         parallel.check_batch(options.batch_size)
     if options.checkpoint_every < 0:
@@ -92,41 +75,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     checks = data_checks(data, train_data, val_data)  # warns about leakage before training
-    fingerprints = {
-        "train": train_data.fingerprint(),
-        "val": val_data.fingerprint() if val_data is not None else None,
-    }
-    recommendation: dict[str, Any] | None = None
-    if saved is not None:
-        if saved["fingerprints"] != fingerprints:
-            raise DataError(
-                f"--resume {out}: the data ({options.data}) changed since the checkpoint was "
-                "written; resume with the same data, or start over with --overwrite"
-            )
-        options = replace(options, **saved["resolved"])
-        recommendation = saved["recommendation"]
-    else:
-        requested = options
-        if options.strategy == AUTO:
-            # Measured on the training part only: the validation split stays unseen.
-            rec = recommend_for(options, train_data)
-            recommendation = rec.to_dict()
-            options = replace(options, **rec.options())
-        checkpointer = Checkpointer.create(
-            out,
-            {
-                "kind": kind,
-                "options": _saved_options(requested, out),
-                "resolved": {
-                    "strategy": options.strategy,
-                    "backbone_lr_mult": options.backbone_lr_mult,
-                    "head_epochs": options.head_epochs,
-                },
-                "recommendation": recommendation,
-                "fingerprints": fingerprints,
-            },
-            writer=main,
-        )
+    options, checkpointer, recommendation = _resolve(start, train_data, val_data, main)
     checkpointer.every = options.checkpoint_every
     checkpointer.writer = main
     if parallel is not None:  # nobody reads the checkpoint folder before it is ready
@@ -156,43 +105,157 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         raise
     if not main:  # only the main process writes the run dir
         return _result(out, trained, data.classes, {})
-    source, plan, metrics = trained.source, trained.plan, trained.metrics
     timings = dict(trained.timings)
     timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
-    meta: dict[str, Any] = {
+    data_meta = {
+        "train": train_data.describe(),
+        "val": val_data.describe() if val_data is not None else None,
+        "spec": options.data,
+        "checks": checks,
+    }
+    meta = _meta(options, kind, trained, data.classes, data_meta, recommendation, saved, timings)
+    run_dir = _write(out, options, trained, meta, timings, t_start, resumed=saved is not None)
+    checkpointer.remove()  # the run dir is complete: nothing left to resume
+    timings["total_s"] = time.perf_counter() - t_start
+    rows = trained.history.rows()
+    tracker.log_metrics({f"final_{k}": v for k, v in trained.metrics.items()}, step=len(rows))
+    tracker.log_artifacts(run_dir)
+    log.info("run dir: %s", run_dir)
+    return _result(run_dir, trained, data.classes, timings)
+
+
+def _launch_group(options: FitOptions, kind: str) -> FitResult:
+    """``--processes N``: spawn the group on one run dir and read its result back."""
+    if options.resume:
+        options = replace(options, out=options.resume)
+    else:  # every process must write to (and check) the same folder
+        options.train_config()
+        out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+        options = replace(options, out=str(out))
+    return launch(fit, options, kind=kind)
+
+
+@dataclass
+class _Start:
+    """Where a fit writes and what it starts from: a new run dir, or a stopped fit's
+    checkpoint (``saved``, with ``checkpointer`` open on it) and the options it had."""
+
+    options: FitOptions
+    out: Path
+    kind: str
+    saved: dict[str, Any] | None = None
+    checkpointer: Checkpointer | None = None
+
+
+def _open_out(options: FitOptions, kind: str, main: bool) -> _Start:
+    """The run dir to write: ``--resume``'s (its options and kind come back), or a new
+    one, refused when it holds a stopped fit's checkpoint (unless ``--overwrite``)."""
+    if options.resume:
+        out = Path(options.resume)
+        checkpointer, saved = Checkpointer.open(out)
+        options = resumed_options(options, saved)
+        kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
+        return _Start(options, out, kind, saved, checkpointer)
+    options.train_config()  # validates epochs, batch size... before any slow work
+    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+    if is_resumable(out) and not options.overwrite and main:
+        raise ConfigError(
+            f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "
+            f"continue it with --resume {out}, or start over with --overwrite"
+        )
+    return _Start(options, out, kind)
+
+
+def _resolve(
+    start: _Start, train_data: LabeledData, val_data: LabeledData | None, main: bool
+) -> tuple[FitOptions, Checkpointer, dict[str, Any] | None]:
+    """The options to train with (``--strategy auto`` resolved, or as the checkpoint
+    resolved it), the checkpointer and the recommendation.  A resumed fit whose data
+    changed is a :class:`DataError`."""
+    options, out = start.options, start.out
+    fingerprints = {
+        "train": train_data.fingerprint(),
+        "val": val_data.fingerprint() if val_data is not None else None,
+    }
+    if start.saved is not None:
+        assert start.checkpointer is not None
+        if start.saved["fingerprints"] != fingerprints:
+            raise DataError(
+                f"--resume {out}: the data ({options.data}) changed since the checkpoint was "
+                "written; resume with the same data, or start over with --overwrite"
+            )
+        options = replace(options, **start.saved["resolved"])
+        return options, start.checkpointer, start.saved["recommendation"]
+    requested = options
+    recommendation: dict[str, Any] | None = None
+    if options.strategy == AUTO:
+        # Measured on the training part only: the validation split stays unseen.
+        rec = recommend_for(options, train_data)
+        recommendation = rec.to_dict()
+        options = replace(options, **rec.options())
+    checkpointer = Checkpointer.create(
+        out,
+        {
+            "kind": start.kind,
+            "options": _saved_options(requested, out),
+            "resolved": {
+                "strategy": options.strategy,
+                "backbone_lr_mult": options.backbone_lr_mult,
+                "head_epochs": options.head_epochs,
+            },
+            "recommendation": recommendation,
+            "fingerprints": fingerprints,
+        },
+        writer=main,
+    )
+    return options, checkpointer, recommendation
+
+
+def _meta(
+    options: FitOptions,
+    kind: str,
+    trained: Trained,
+    classes: Sequence[str],
+    data: dict[str, Any],
+    recommendation: dict[str, Any] | None,
+    saved: dict[str, Any] | None,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """``headstart.json``: what was trained, on what, how, and how it went."""
+    source = trained.source
+    return {
         "kind": kind,
         "source": source.describe(),
-        "classes": list(data.classes),
+        "classes": list(classes),
         "preprocessing": source.preprocessing.to_dict(),
-        "plan": plan.to_dict(),
+        "plan": trained.plan.to_dict(),
         "dropout": options.dropout,
-        "data": {
-            "train": train_data.describe(),
-            "val": val_data.describe() if val_data is not None else None,
-            "spec": options.data,
-            "checks": checks,
-        },
-        "metrics": metrics,
+        "data": data,
+        "metrics": trained.metrics,
         "recommendation": recommendation,
         "resumed": saved is not None,
-        **(
-            {
-                "text": {
-                    **source.text.to_dict(),
-                    "max_length": trained.max_length,
-                    "text_col": options.text_col,
-                    "label_col": options.label_col,
-                }
-            }
-            if source.text is not None
-            else {}
-        ),
+        **trained.inputs.run_meta(text_col=options.text_col, label_col=options.label_col),
         "config": {k: v for k, v in asdict(options).items() if k != "progress"},
-        "timings": timings,
+        "timings": timings,  # the same dict: total_s is filled in as the run dir is written
         "feature_cache": trained.feature_cache,
         "augmentation": trained.augmentation,
         "accel": trained.speed,
     }
+
+
+def _write(
+    out: Path,
+    options: FitOptions,
+    trained: Trained,
+    meta: dict[str, Any],
+    timings: dict[str, float],
+    t_start: float,
+    *,
+    resumed: bool,
+) -> Path:
+    """Write the run dir: the model, ``meta``, the metrics, the source's own files, the
+    adapter, the curves and ``report.md``."""
+    source, plan = trained.source, trained.plan
     rows = trained.history.rows()
 
     def extras(folder: Path) -> None:
@@ -206,20 +269,14 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         write_report_md(meta, rows, folder / "report.md")
 
     kill_point("run:write")
-    run_dir = write_run(
+    return write_run(
         out,
         model=trained.model,
         meta=meta,
         metrics_rows=rows,
         extras=extras,
-        overwrite=options.overwrite or saved is not None,
+        overwrite=options.overwrite or resumed,
     )
-    checkpointer.remove()  # the run dir is complete: nothing left to resume
-    timings["total_s"] = time.perf_counter() - t_start
-    tracker.log_metrics({f"final_{k}": v for k, v in metrics.items()}, step=len(rows))
-    tracker.log_artifacts(run_dir)
-    log.info("run dir: %s", run_dir)
-    return _result(run_dir, trained, data.classes, timings)
 
 
 def _result(

@@ -8,24 +8,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from headstart._io import atomic_write_json, atomic_write_text
 from headstart.choose.report import plot_confusion
-from headstart.data.images import load_data
-from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
-from headstart.data.scan import scan_images
-from headstart.data.texts import TextData, load_labelled, loader_order, read_texts, text_loader
-from headstart.errors import ConfigError, DataError
+from headstart.data.labelled import LabeledData
+from headstart.errors import DataError
+from headstart.features.extract import in_item_order
 from headstart.runtime import resolve_device
+from headstart.sources.inputs import ToLabel
 from headstart.sources.target import LoadedRun, load_run
-from headstart.train.assemble import _loader
 from headstart.train.loop import Predictions, predict_loader
 
-if TYPE_CHECKING:
-    pass
 log = logging.getLogger(__name__)
 
 
@@ -58,62 +54,22 @@ def _as_run(run: str | Path | LoadedRun) -> LoadedRun:
 def _predict_data(
     run: LoadedRun, data: LabeledData, *, batch_size: int, device: str, workers: int = 0
 ) -> Predictions:
-    if run.text is not None:
-        return _predict_texts(run, data, batch_size=batch_size, device=device)
-    loader = _loader(
-        data,
-        run.preprocessing,
-        train=False,
-        augment="none",
-        batch_size=batch_size,
-        workers=workers,
-    )
-    dev = resolve_device(device)
-    run.model.to(dev)
-    try:
-        return predict_loader(run.model, loader, dev)
-    finally:
-        run.model.cpu()
-
-
-def _predict_texts(
-    run: LoadedRun, data: LabeledData, *, batch_size: int, device: str
-) -> Predictions:
-    """Predictions for texts, in the order of ``data`` (the loader groups by length)."""
-    assert run.text is not None
-    if not isinstance(data, TextData):
-        raise DataError(
-            f"{data.spec}: images, but {run.path} is a text model; give texts (a CSV, TSV or "
-            "JSONL with text and label columns, or a folder of .txt files per class)"
-        )
-    loader = text_loader(
-        data.texts(),
-        data.targets,
-        run.text.tokenizer,
-        max_length=int(run.meta.get("text", {}).get("max_length", run.text.max_length)),
-        batch_size=batch_size,
-        train=False,
-    )
+    """The run's predictions for ``data``, in the order of ``data`` (a text loader
+    groups by length: its rows are put back).  Raises :class:`DataError` for data of the
+    other kind (texts for an image model, images for a text model)."""
+    run.inputs.check(data, where=data.spec, model=str(run.path))
+    loader, order = run.inputs.eval_loader(data, batch_size=batch_size, workers=workers)
     dev = resolve_device(device)
     run.model.to(dev)
     try:
         preds = predict_loader(run.model, loader, dev)
     finally:
         run.model.cpu()
-    order = loader_order(loader)
-    probs = np.empty_like(preds.probs)
-    targets = np.empty_like(preds.targets)
-    probs[order], targets[order] = preds.probs, preds.targets
-    return Predictions(targets=targets, probs=probs, loss=preds.loss)
-
-
-def _text_columns(run: LoadedRun, text_col: str | None, label_col: str | None) -> dict[str, Any]:
-    """The columns to read: as given, else the ones the run was trained with."""
-    saved = run.meta.get("text") or {}
-    return {
-        "text_col": text_col or saved.get("text_col"),
-        "label_col": label_col or saved.get("label_col"),
-    }
+    return Predictions(
+        targets=in_item_order(preds.targets, order),
+        probs=in_item_order(preds.probs, order),
+        loss=preds.loss,
+    )
 
 
 def evaluate(
@@ -134,12 +90,9 @@ def evaluate(
     from sklearn.metrics import classification_report, confusion_matrix
 
     loaded = _as_run(run)
-    if loaded.text is not None:
-        labelled = load_labelled(
-            data, classes=loaded.classes, **_text_columns(loaded, text_col, label_col)
-        )
-    else:
-        labelled = load_data(data, classes=loaded.classes)
+    labelled = loaded.inputs.load(
+        data, classes=loaded.classes, **loaded.columns(text_col, label_col)
+    )
     if not len(labelled):
         raise DataError(f"{data}: no items to evaluate")
     preds = _predict_data(loaded, labelled, batch_size=batch_size, device=device)
@@ -210,70 +163,48 @@ def predict(
     listing them, or with ``skip_bad`` rows with an ``error`` and no label.
     """
     loaded = _as_run(run)
-    data: LabeledData
-    every: list[Path] = []  # image inputs, readable or not, in order
-    unreadable: dict[Path, str] = {}
-    if loaded.text is not None:
-        pairs = read_texts(inputs, text_col=_text_columns(loaded, text_col, None)["text_col"])
-        pairs += [(f"--text {i}", t) for i, t in enumerate(texts, start=1)]
-        if not pairs:
-            raise DataError("no texts given; pass --text TEXT or files of texts")
-        empty = [w for w, t in pairs if not t.strip()]
-        if empty:
-            raise DataError(f"empty text: {', '.join(empty[:10])}")
-        names = [w for w, _ in pairs]
-        data = TextData(
-            spec="predict",
-            classes=loaded.classes,
-            items=[t for _, t in pairs],
-            targets=np.full(len(pairs), UNLABELLED, dtype=np.int64),
-            rows=names,
-        )
-    else:
-        if texts:
-            raise ConfigError(f"--text: {loaded.path} is an image model; pass image files")
-        paths = list_inputs(inputs)
-        unreadable = {Path(c.path): str(c.problem) for c in scan_images(paths) if not c.ok}
-        if unreadable and not skip_bad:
-            listed = [f"{p} ({why})" for p, why in unreadable.items()]
-            raise DataError(
-                f"{len(unreadable)} unreadable image(s): {', '.join(listed[:10])}"
-                + (f" and {len(listed) - 10} more" if len(listed) > 10 else "")
-                + "; fix or remove them, or pass --skip-bad to label the others"
-            )
-        every = paths
-        paths = [p for p in paths if p not in unreadable]
-        if not paths:
-            raise DataError("none of the inputs is a readable image")
-        names = [str(p) for p in paths]
-        data = LabeledData(
-            spec="predict",
-            classes=loaded.classes,
-            items=list(paths),
-            targets=np.full(len(paths), UNLABELLED, dtype=np.int64),
-        )
-    preds = _predict_data(loaded, data, batch_size=batch_size, device=device)
-    k = max(1, min(top_k, len(loaded.classes)))
+    given = loaded.inputs.to_label(
+        inputs,
+        texts,
+        classes=loaded.classes,
+        text_col=loaded.columns(text_col, None)["text_col"],
+        skip_bad=skip_bad,
+        model=str(loaded.path),
+    )
+    preds = _predict_data(loaded, given.data, batch_size=batch_size, device=device)
+    out = _rows(loaded.classes, given, preds.probs, top_k)
+    if given.unreadable:  # --skip-bad: every input in order, the unreadable ones with why
+        labelled = {row["path"]: row for row in out}
+        out = [
+            {
+                "path": str(p),
+                "label": None,
+                "probability": None,
+                "top": [],
+                "error": given.unreadable[p],
+            }
+            if p in given.unreadable
+            else labelled[str(p)]
+            for p in given.every
+        ]
+    return out
+
+
+def _rows(
+    classes: list[str], given: ToLabel, probs: np.ndarray, top_k: int
+) -> list[dict[str, Any]]:
+    """One row per item: its name, what else it shows, its label and the ``top_k``."""
+    k = max(1, min(top_k, len(classes)))
     out: list[dict[str, Any]] = []
-    for i, (path, p) in enumerate(zip(names, preds.probs, strict=True)):
+    for path, shown, p in zip(given.names, given.shown, probs, strict=True):
         order = np.argsort(-p)[:k]
         out.append(
             {
                 "path": path,
-                **({"text": data.items[i]} if loaded.text is not None else {}),
-                "label": loaded.classes[int(order[0])],
+                **shown,
+                "label": classes[int(order[0])],
                 "probability": float(p[order[0]]),
-                "top": [
-                    {"label": loaded.classes[int(i)], "probability": float(p[i])} for i in order
-                ],
+                "top": [{"label": classes[int(i)], "probability": float(p[i])} for i in order],
             }
         )
-    if unreadable:  # --skip-bad: every input in order, the unreadable ones with why
-        labelled = {row["path"]: row for row in out}
-        out = [
-            {"path": str(p), "label": None, "probability": None, "top": [], "error": unreadable[p]}
-            if p in unreadable
-            else labelled[str(p)]
-            for p in every
-        ]
     return out

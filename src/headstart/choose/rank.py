@@ -28,7 +28,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
-from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from headstart.choose.candidates import (
     Candidate,
@@ -48,15 +50,14 @@ from headstart.choose.scores import (
 )
 from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData
-from headstart.data.texts import TextData
 from headstart.errors import ConfigError, DataError, HeadstartError
 from headstart.features.extract import Features, extract_features
 from headstart.plan.make import parse_strategy
 from headstart.runtime import seed_everything
-from headstart.sources import parse_source_spec
 from headstart.sources.base import Source
-from headstart.sources.hf import _is_vision
-from headstart.train.assemble import MIN_STEPS, _build_source, _max_length, load_training_data
+from headstart.sources.inputs import check_candidate
+from headstart.sources.kinds import check_known_kinds, check_one_kind
+from headstart.train.assemble import MIN_STEPS, _build_source, load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def _score_candidate(
     source = _build_source(
         replace(options, source=candidate.source, weights=candidate.weights), scratch=False
     )
-    _check_kind(candidate, source.text is not None, data)
+    check_candidate(source.inputs.kind, data, candidate.text)
     need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -98,7 +99,7 @@ def _score_candidate(
         with_source_logits=need_probs,
         workers=options.workers,
         progress=options.progress,
-        max_length=None if source.text is None else _max_length(options, source),
+        max_length=source.inputs.limited(options.max_length, source.spec).length,
     )
     features_s = time.perf_counter() - t0
     scores = score_features(features, methods=methods, seed=options.seed)
@@ -128,53 +129,6 @@ def _score_candidate(
         scoring_cpu_s=time.process_time() - cpu0,
     )
     return result, features, source
-
-
-def _kind_hint(spec: str) -> str | None:
-    """``"text"`` or ``"image"``: what kind of source ``spec`` builds, where that is known
-    without building it (an image family, or an ``hf:`` folder on disk); else None."""
-
-    family, name = parse_source_spec(spec)
-    if family in ("builtin", "timm", "torchvision"):
-        return "image"
-    if family == "hf":
-        folder = Path(name).expanduser()
-        if (folder / "config.json").is_file():
-            return "image" if _is_vision(folder) else "text"
-    return None
-
-
-def _check_not_mixed(candidates: list[Candidate]) -> None:
-    """One call ranks image sources on images or text encoders on texts, not both."""
-    kinds: dict[str, list[str]] = {}
-    for c in candidates:
-        kind = _kind_hint(c.source)
-        if kind is not None:
-            kinds.setdefault(kind, []).append(c.text)
-    if len(kinds) > 1:
-        raise ConfigError(
-            f"--sources mixes text encoders ({', '.join(kinds['text'])}) and image sources "
-            f"({', '.join(kinds['image'])}); rank one kind at a time, on data of that kind"
-        )
-
-
-def _check_kind(candidate: Candidate, text_source: bool, data: LabeledData) -> None:
-    """A text encoder needs texts, an image source images: name the candidate."""
-
-    texts = isinstance(data, TextData)
-    if text_source and not texts:
-        raise ConfigError(
-            f"--sources candidate {candidate.text!r} is a text encoder, but {data.spec} holds "
-            "images; rank text encoders on texts (a CSV, TSV or JSONL with text and label "
-            "columns, or a folder of .txt files per class), and every candidate of one call "
-            "on the same kind of data"
-        )
-    if not text_source and texts:
-        raise ConfigError(
-            f"--sources candidate {candidate.text!r} is an image source, but {data.spec} holds "
-            "texts; rank text encoders (hf:FOLDER) on texts, and every candidate of one call "
-            "on the same kind of data"
-        )
 
 
 def _add_random_references(
@@ -249,22 +203,13 @@ def rank_sources(options: RankOptions) -> RankResult:
     if not options.data:
         raise ConfigError("no target data given (DATA)")
     candidates = parse_candidates(options.sources)
-    _check_not_mixed(candidates)
+    check_one_kind([(c.source, c.text) for c in candidates])
     methods = parse_methods(options.method)
     if options.validate:
-        options.train_config()  # --epochs, --batch-size... before any slow work
-        parse_strategy(options.strategy)
-        if options.strategy == "scratch":
-            raise ConfigError(
-                "--strategy scratch re-initialises every candidate, so --validate would "
-                "fine-tune the same network each time; use full, partial:K or linear (rank "
-                "a random initialisation as SPEC@none)"
-            )
+        _check_validate(options)
     data = load_training_data(options)
-    for c in candidates:  # where known without building it, before any slow work
-        kind = _kind_hint(c.source)
-        if kind is not None:
-            _check_kind(c, kind == "text", data)
+    # where known without building it, before any slow work
+    check_known_kinds([(c.source, c.text) for c in candidates], data)
     unlabelled = int((data.targets < 0).sum())
     if unlabelled:
         raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
@@ -278,48 +223,11 @@ def rank_sources(options: RankOptions) -> RankResult:
     results = [r for r, _, _ in scored]
     del scored  # the features and the built sources are not needed past this point
     t_scored = time.perf_counter()
-    for m in methods:
-        if RANKERS.get(m).needs_source_probs:
-            skipped = [r.candidate for r in results if r.scores[m].value is None]
-            if skipped:
-                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
-            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
-            if guessed:
-                notes.append(
-                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
-                )
-
+    notes += _head_notes(results, methods)
     notes += _line_notes(results, methods[0])
-
-    validation = None
-    if options.validate:
-        epochs = validation_epochs(options, splits)
-        if epochs > options.epochs:
-            notes.append(
-                f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
-                f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
-                "optimizer steps"
-            )
-        for r in results:
-            _finetune(r, data, replace(options, epochs=epochs), splits)
-        scoring_s = sum(r.scoring_s for r in results)
-        finetune_s = sum(r.finetune_s or 0.0 for r in results)
-        scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
-        finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
-        validation = {
-            "strategy": options.strategy,
-            "epochs": epochs,
-            "min_steps": MIN_STEPS,
-            "random_backbone_lr_mult": 1.0,
-            "folds": len(splits),
-            "kendall_tau": kendall_taus(results, methods),
-            "scoring_s": scoring_s,
-            "finetune_s": finetune_s,
-            "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
-            "scoring_cpu_s": scoring_cpu_s,
-            "finetune_cpu_s": finetune_cpu_s,
-            "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
-        }
+    validation = (
+        _validate(results, data, options, splits, methods, notes) if options.validate else None
+    )
     results = ranked(results, methods[0])
     timings = {
         "scoring_total_s": t_scored - t_start,
@@ -335,3 +243,73 @@ def rank_sources(options: RankOptions) -> RankResult:
         notes=notes,
         timings=timings,
     )
+
+
+def _check_validate(options: RankOptions) -> None:
+    """``--validate``'s options, before any slow work: the training ones, and a strategy
+    that fine-tunes each candidate as it is."""
+    options.train_config()  # --epochs, --batch-size... before any slow work
+    parse_strategy(options.strategy)
+    if options.strategy == "scratch":
+        raise ConfigError(
+            "--strategy scratch re-initialises every candidate, so --validate would "
+            "fine-tune the same network each time; use full, partial:K or linear (rank "
+            "a random initialisation as SPEC@none)"
+        )
+
+
+def _head_notes(results: list[CandidateResult], methods: list[str]) -> list[str]:
+    """Which scores that read the source's classifier head were skipped (no head) or
+    read a randomly initialised one."""
+    notes: list[str] = []
+    for m in methods:
+        if RANKERS.get(m).needs_source_probs:
+            skipped = [r.candidate for r in results if r.scores[m].value is None]
+            if skipped:
+                notes.append(f"{m} skipped for {', '.join(skipped)}: {NO_SOURCE_HEAD}")
+            guessed = [r.candidate for r in results if "randomly initialised" in r.scores[m].note]
+            if guessed:
+                notes.append(
+                    f"{m} of {', '.join(guessed)} uses a randomly initialised classifier head"
+                )
+    return notes
+
+
+def _validate(
+    results: list[CandidateResult],
+    data: LabeledData,
+    options: RankOptions,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    methods: list[str],
+    notes: list[str],
+) -> dict[str, Any]:
+    """``--validate``: fine-tune every candidate on ``splits`` (at least ``MIN_STEPS``
+    steps each, said in ``notes`` when that is more than ``--epochs``), Kendall's tau of
+    each score against that accuracy, and the seconds each way."""
+    epochs = validation_epochs(options, splits)
+    if epochs > options.epochs:
+        notes.append(
+            f"--validate fine-tuned for {epochs} epochs, not --epochs {options.epochs}: "
+            f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
+            "optimizer steps"
+        )
+    for r in results:
+        _finetune(r, data, replace(options, epochs=epochs), splits)
+    scoring_s = sum(r.scoring_s for r in results)
+    finetune_s = sum(r.finetune_s or 0.0 for r in results)
+    scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
+    finetune_cpu_s = sum(r.finetune_cpu_s or 0.0 for r in results)
+    return {
+        "strategy": options.strategy,
+        "epochs": epochs,
+        "min_steps": MIN_STEPS,
+        "random_backbone_lr_mult": 1.0,
+        "folds": len(splits),
+        "kendall_tau": kendall_taus(results, methods),
+        "scoring_s": scoring_s,
+        "finetune_s": finetune_s,
+        "ratio": scoring_s / finetune_s if finetune_s > 0 else None,
+        "scoring_cpu_s": scoring_cpu_s,
+        "finetune_cpu_s": finetune_cpu_s,
+        "cpu_ratio": scoring_cpu_s / finetune_cpu_s if finetune_cpu_s > 0 else None,
+    }

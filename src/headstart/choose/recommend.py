@@ -49,10 +49,10 @@ from torch import nn
 from headstart.choose.scores import leep, linear_probe_accuracy
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
-from headstart.data.transforms import AUTO_AUGMENT, ImageDataset, make_transform, resolve_augment
-from headstart.features.extract import in_item_order, text_eval_loader
+from headstart.data.transforms import AUTO_AUGMENT, resolve_augment
+from headstart.features.extract import feature_loader, in_item_order
 from headstart.sources import Source, build_source
-from headstart.train.assemble import _max_length, build_options, load_training_data
+from headstart.train.assemble import build_options, load_training_data
 
 log = logging.getLogger(__name__)
 
@@ -222,16 +222,10 @@ def bn_shift(backbone: nn.Module, batches: list[torch.Tensor]) -> tuple[np.ndarr
 def _input_batches(
     source: Source, data: LabeledData, *, max_length: int, batch_size: int = 128
 ) -> tuple[list[torch.Tensor], np.ndarray | None]:
-    """The backbone's inputs for ``data`` in batches, and for texts the item index of each
-    row (texts are batched by length; images stay in order: None)."""
-    if source.text is not None:
-        loader, order = text_eval_loader(source, data, max_length=max_length, batch_size=batch_size)
-        return [x for x, _ in loader], order
-
-    transform = make_transform(source.preprocessing, train=False)
-    dataset = ImageDataset(data, transform, source.preprocessing.channels)
-    xs = [dataset[i][0] for i in range(len(dataset))]
-    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)], None
+    """The backbone's inputs for ``data`` in batches, and the item index of each row
+    (texts are batched by length; images stay in order: None)."""
+    loader, order = feature_loader(source, data, max_length=max_length, batch_size=batch_size)
+    return [x for x, _ in loader], order
 
 
 def measure(
@@ -310,75 +304,9 @@ def decide(
     The cases and plans are the articles', but for small + similar: the head trains
     alone first and the backbone then moves slowly, instead of staying frozen.
     """
-    by_class = m.min_per_class >= LARGE_PER_CLASS
-    by_params = (
-        m.examples_per_param >= LARGE_EXAMPLES_PER_PARAM and m.min_per_class >= LARGE_MIN_PER_CLASS
-    )
-    large = by_class or by_params
-    if m.leep_normalised is not None:
-        similar = m.leep_normalised >= SIMILAR_LEEP
-        sim_reason = (
-            f"{'similar' if similar else 'dissimilar'}: the source's own classifier "
-            f"{'explains' if similar else 'explains little of'} the target labels (LEEP "
-            f"{m.leep:.3f}, {m.leep_normalised:.0%} of the way from chance to perfect; "
-            f"similar from {SIMILAR_LEEP:.0%})"
-        )
-    else:
-        similar = m.probe_gain >= SIMILAR_PROBE_GAIN
-        sim_reason = (
-            f"{'similar' if similar else 'dissimilar'}: the source's frozen features "
-            f"{'beat' if similar else 'do not beat'} random features of the same network by "
-            f"{SIMILAR_PROBE_GAIN:.0%} or more probe accuracy (gain {m.probe_gain:+.3f})"
-        )
-    if by_class:
-        size_reason = (
-            f"large: the smallest class has {m.min_per_class} labelled examples (at least "
-            f"{LARGE_PER_CLASS})"
-        )
-    elif by_params:
-        size_reason = (
-            f"large for this network: {m.examples_per_param:.2g} labelled examples per "
-            f"trainable parameter (at least {LARGE_EXAMPLES_PER_PARAM:g}), and "
-            f"{m.min_per_class} or more in every class"
-        )
-    else:
-        size_reason = (
-            f"small: the smallest class has {m.min_per_class} labelled examples (fewer than "
-            f"{LARGE_PER_CLASS}) and there are {m.examples_per_param:.2g} per trainable "
-            f"parameter (fewer than {LARGE_EXAMPLES_PER_PARAM:g}, or a class under "
-            f"{LARGE_MIN_PER_CLASS})"
-        )
-    n = len(stage_names)
-    head = head_epochs_for(epochs)
-    plural = "s" if head != 1 else ""
-    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
-    if not large and similar:
-        case, strategy, mult = "small + similar", "full", 0.1
-        why = (
-            "the source's features already separate the classes, and a few labels could "
-            f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
-            "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
-            "beat both freezing and plain fine-tuning; freezing outright gives up what a "
-            "small rate can still adapt, Kornblith et al., CVPR 2019)"
-        )
-    elif not large and not similar:
-        k = max(1, math.ceil(n / 2))
-        case, strategy, mult, head = "small + dissimilar", f"partial:{k}", 0.1, 0
-        why = (
-            f"keep the generic early stages ({', '.join(stage_names[:k])}) as they are and "
-            f"adapt the later, task-specific ones ({', '.join(stage_names[k:])}) to the new "
-            "task: too few labels to move the whole network, too different a task to keep "
-            "all of it"
-        )
-    elif large and similar:
-        case, strategy, mult, head = "large + similar", "full", 0.1, 0
-        why = "enough data to fine-tune every stage, starting from useful weights (backbone /10)"
-    else:
-        case, strategy, mult, head = "large + dissimilar", "full", 1.0, 0
-        why = (
-            "enough data to retrain every stage and little to keep from the source: "
-            "fine-tune everything at the full rate"
-        )
+    large, size_reason = _size(m)
+    similar, sim_reason = _similarity(m)
+    case, strategy, mult, head, why = _plan_for(large, similar, stage_names, epochs)
     return Recommendation(
         case=case,
         strategy=strategy,
@@ -388,6 +316,106 @@ def decide(
         reasons=[size_reason, sim_reason, why],
         measurements=m,
         augment=resolve_augment(AUTO_AUGMENT, strategy),
+    )
+
+
+def _size(m: Measurements) -> tuple[bool, str]:
+    """Whether the data are large (per class, or per trainable parameter), and why."""
+    by_class = m.min_per_class >= LARGE_PER_CLASS
+    by_params = (
+        m.examples_per_param >= LARGE_EXAMPLES_PER_PARAM and m.min_per_class >= LARGE_MIN_PER_CLASS
+    )
+    if by_class:
+        return True, (
+            f"large: the smallest class has {m.min_per_class} labelled examples (at least "
+            f"{LARGE_PER_CLASS})"
+        )
+    if by_params:
+        return True, (
+            f"large for this network: {m.examples_per_param:.2g} labelled examples per "
+            f"trainable parameter (at least {LARGE_EXAMPLES_PER_PARAM:g}), and "
+            f"{m.min_per_class} or more in every class"
+        )
+    return False, (
+        f"small: the smallest class has {m.min_per_class} labelled examples (fewer than "
+        f"{LARGE_PER_CLASS}) and there are {m.examples_per_param:.2g} per trainable "
+        f"parameter (fewer than {LARGE_EXAMPLES_PER_PARAM:g}, or a class under "
+        f"{LARGE_MIN_PER_CLASS})"
+    )
+
+
+def _similarity(m: Measurements) -> tuple[bool, str]:
+    """Whether the target is similar to the source (by LEEP where the source has a
+    pretrained head, else by the probe gain over random features), and why."""
+    if m.leep_normalised is not None:
+        similar = m.leep_normalised >= SIMILAR_LEEP
+        return similar, (
+            f"{'similar' if similar else 'dissimilar'}: the source's own classifier "
+            f"{'explains' if similar else 'explains little of'} the target labels (LEEP "
+            f"{m.leep:.3f}, {m.leep_normalised:.0%} of the way from chance to perfect; "
+            f"similar from {SIMILAR_LEEP:.0%})"
+        )
+    similar = m.probe_gain >= SIMILAR_PROBE_GAIN
+    return similar, (
+        f"{'similar' if similar else 'dissimilar'}: the source's frozen features "
+        f"{'beat' if similar else 'do not beat'} random features of the same network by "
+        f"{SIMILAR_PROBE_GAIN:.0%} or more probe accuracy (gain {m.probe_gain:+.3f})"
+    )
+
+
+def _plan_for(
+    large: bool, similar: bool, stage_names: tuple[str, ...], epochs: int
+) -> tuple[str, str, float, int, str]:
+    """The case's name, strategy, backbone rate multiplier, head-only epochs and why."""
+    n = len(stage_names)
+    head = head_epochs_for(epochs)
+    plural = "s" if head != 1 else ""
+    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
+    if not large and similar:
+        return (
+            "small + similar",
+            "full",
+            0.1,
+            head,
+            (
+                "the source's features already separate the classes, and a few labels could "
+                f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
+                "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
+                "beat both freezing and plain fine-tuning; freezing outright gives up what a "
+                "small rate can still adapt, Kornblith et al., CVPR 2019)"
+            ),
+        )
+    if not large and not similar:
+        k = max(1, math.ceil(n / 2))
+        return (
+            "small + dissimilar",
+            f"partial:{k}",
+            0.1,
+            0,
+            (
+                f"keep the generic early stages ({', '.join(stage_names[:k])}) as they are and "
+                f"adapt the later, task-specific ones ({', '.join(stage_names[k:])}) to the new "
+                "task: too few labels to move the whole network, too different a task to keep "
+                "all of it"
+            ),
+        )
+    if similar:
+        return (
+            "large + similar",
+            "full",
+            0.1,
+            0,
+            ("enough data to fine-tune every stage, starting from useful weights (backbone /10)"),
+        )
+    return (
+        "large + dissimilar",
+        "full",
+        1.0,
+        0,
+        (
+            "enough data to retrain every stage and little to keep from the source: "
+            "fine-tune everything at the full rate"
+        ),
     )
 
 
@@ -408,10 +436,9 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
         options=replace(build, image_size=source.arch_options.get("image_size")),
     )
     random_source.preprocessing = source.preprocessing
-    max_length = 128
-    if source.text is not None:
-        max_length = _max_length(options, source)
-    m = measure(source, random_source, data, seed=options.seed, max_length=max_length)
+    # texts: --max-length, at most what the model takes; images: measure's default
+    max_length = source.inputs.limited(options.max_length, source.spec).length
+    m = measure(source, random_source, data, seed=options.seed, max_length=max_length or 128)
     rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
     log.info("%s", rec.describe())
     return rec

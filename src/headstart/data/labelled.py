@@ -9,7 +9,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image
@@ -77,6 +77,9 @@ class LabeledData:
     digests: dict[Path, str] = field(default_factory=dict, repr=False)
     skipped: list[tuple[str, str]] = field(default_factory=list, repr=False)
     _fingerprint: str | None = field(default=None, init=False, repr=False)
+    # what the items are: "images" here, "texts" for headstart.data.texts.TextData; a
+    # source's inputs (headstart.sources.inputs) check it against what they take
+    kind: ClassVar[str] = "images"
 
     def __post_init__(self) -> None:
         self.targets = np.asarray(self.targets, dtype=np.int64).reshape(-1)

@@ -9,7 +9,7 @@ Spec forms (:func:`load_text_data`):
 
 :func:`load_labelled` is the one entry the API uses: text files go here, everything
 else to :func:`headstart.data.images.load_data`.  Texts become one ``[N, 2, L]`` int64 tensor
-per batch (token ids and attention mask, see :class:`headstart.sources.base.TextInput`),
+per batch (token ids and attention mask, see :class:`headstart.sources.inputs.TextInputs`),
 truncated to ``max_length`` tokens and padded to the longest text of the batch only;
 training batches group texts of similar length (:class:`LengthGroupedBatches`).
 """
@@ -24,7 +24,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,6 +56,7 @@ class TextData(LabeledData):
     """Labelled texts: ``items`` are the texts, ``rows`` name each one in messages."""
 
     rows: list[str] = field(default_factory=list)
+    kind: ClassVar[str] = "texts"
 
     def name_of(self, i: int) -> str:
         return self.rows[i] if i < len(self.rows) else f"{self.spec}[{i}]"

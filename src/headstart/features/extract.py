@@ -2,8 +2,8 @@
 
 :func:`extract_features` is the one place that turns ``(Source, LabeledData)`` into a
 ``[N, D]`` feature matrix (and, on request, the source classifier's softmax outputs),
-for images and for texts (an ``hf:`` text encoder over :class:`~headstart.data.texts.TextData`:
-batched by length through :func:`text_eval_loader`, put back in item order).
+for images and for texts alike: the source's inputs (:mod:`headstart.sources.inputs`)
+build the loader, and rows a text loader batched by length are put back in item order.
 Ranking, recommending, embedding and the feature cache all start from its
 :class:`Features`.
 """
@@ -20,9 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from headstart.data.labelled import LabeledData
-from headstart.data.texts import DEFAULT_MAX_LENGTH, TextData, loader_order, text_loader
-from headstart.data.transforms import ImageDataset, make_transform
-from headstart.errors import ConfigError, DataError
+from headstart.errors import ConfigError
 from headstart.runtime import resolve_device
 from headstart.sources.base import Source
 
@@ -78,7 +76,7 @@ def extract_features(
     """Run ``source``'s backbone once over ``data`` and return the features.
 
     Images get the source's evaluation preprocessing (no augmentation); texts (a text
-    source and :class:`~headstart.data.texts.TextData`) are cut to ``max_length`` tokens
+    source and texts, :func:`feature_loader`) are cut to ``max_length`` tokens
     (default ``min(128, what the model takes)``) and batched by length, and the features
     come back in the items' order all the same.  The backbone
     (and the old head) run in eval mode without gradients, on ``device``, and are put
@@ -91,17 +89,9 @@ def extract_features(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1 (got {batch_size})")
-    order: np.ndarray | None = None
-    loader: DataLoader[Any]
-    if source.text is not None:
-        loader, order = text_eval_loader(
-            source, data, max_length=max_length, batch_size=batch_size, workers=workers
-        )
-    else:
-        _check_images(source, data)
-        pre = source.preprocessing
-        dataset = ImageDataset(data, make_transform(pre, train=False), pre.channels)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    loader, order = feature_loader(
+        source, data, max_length=max_length, batch_size=batch_size, workers=workers
+    )
     head = source.old_head if with_source_logits else None
     modules = [m for m in (source.backbone, head) if m is not None]
     dev = resolve_device(device)
@@ -139,46 +129,23 @@ def extract_features(
     )
 
 
-def _check_images(source: Source, data: LabeledData) -> None:
-
-    if isinstance(data, TextData):
-        raise DataError(
-            f"{data.spec}: texts, but {source.spec} is an image model; use a text source "
-            "(hf:FOLDER of a transformers text encoder)"
-        )
-
-
-def text_eval_loader(
+def feature_loader(
     source: Source,
     data: LabeledData,
     *,
     max_length: int | None = None,
     batch_size: int = 128,
     workers: int = 0,
-) -> tuple[DataLoader[Any], np.ndarray]:
-    """An evaluation loader of ``data``'s texts for text source ``source`` (longest
-    first, each text cut to ``max_length`` tokens, default ``min(128, what the model
-    takes)``), and the item index of each row it yields: rows computed from the loader,
-    in its order, go back to the items' order with :func:`in_item_order`."""
-
-    assert source.text is not None
-    if not isinstance(data, TextData):
-        raise DataError(
-            f"{data.spec}: images, but {source.spec} is a text model; give a CSV, TSV or "
-            "JSONL with text and label columns, or a folder of .txt files per class"
-        )
-    if max_length is None:
-        max_length = min(DEFAULT_MAX_LENGTH, source.text.max_length)
-    loader = text_loader(
-        data.texts(),
-        data.targets,
-        source.text.tokenizer,
-        max_length=max_length,
-        batch_size=batch_size,
-        train=False,
-        workers=workers,
-    )
-    return loader, loader_order(loader)
+) -> tuple[DataLoader[Any], np.ndarray | None]:
+    """An evaluation loader of ``data`` as ``source``'s backbone takes it (images: its
+    evaluation preprocessing; texts: longest first, each cut to ``max_length`` tokens,
+    default ``min(128, what the model takes)``), and the item index of each row it
+    yields (None: in item order): rows computed from the loader, in its order, go back to
+    the items' order with :func:`in_item_order`.  Raises :class:`DataError` for data of
+    the other kind."""
+    inputs = source.inputs.with_length(max_length)
+    inputs.check(data, where=data.spec, model=source.spec)
+    return inputs.eval_loader(data, batch_size=batch_size, workers=workers, decode_once=False)
 
 
 def in_item_order(rows: np.ndarray, order: np.ndarray | None) -> np.ndarray:

@@ -20,6 +20,7 @@ from torch import nn
 from headstart.data.transforms import Preprocessing
 from headstart.errors import SourceError
 from headstart.registry import Registry
+from headstart.sources.inputs import ImageInputs, Inputs, TextInputs
 
 __all__ = [
     "ADAPTERS",
@@ -28,7 +29,7 @@ __all__ = [
     "Preprocessing",
     "Source",
     "SourceAdapter",
-    "TextInput",
+    "TextInputs",
     "WeightsOrigin",
     "assign_by_prefix",
     "build_source",
@@ -72,24 +73,6 @@ class WeightsOrigin:
             missing_keys=tuple(d.get("missing_keys", ())),
             unexpected_keys=tuple(d.get("unexpected_keys", ())),
         )
-
-
-@dataclass(frozen=True)
-class TextInput:
-    """How texts become a text source's input: its tokenizer and its pooling.
-
-    A text backbone takes one ``[N, 2, L]`` int64 tensor per batch: token ids in
-    ``[:, 0]`` and the attention mask in ``[:, 1]`` (:mod:`headstart.data.texts` builds
-    it), so the training loop moves and feeds it like an image batch.
-    """
-
-    tokenizer: Any = field(compare=False, repr=False)
-    pooling: str = "mean"  # mean | cls | max over the last hidden states
-    max_length: int = 512  # the most tokens the model takes (position embeddings)
-    folder: str | None = None  # where the tokenizer and config came from
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"pooling": self.pooling, "model_max_length": self.max_length}
 
 
 RANDOM_WEIGHTS = WeightsOrigin(spec="none", description="random initialisation", pretrained=False)
@@ -221,6 +204,10 @@ class BuildOptions:
 class Source:
     """A built source: backbone, preprocessing, weights origin, and the removed head.
 
+    ``inputs`` (:mod:`headstart.sources.inputs`) is what the backbone takes, images or
+    texts: the layers above read data, build loaders and check data through it, never
+    asking which kind they have.
+
     ``arch`` is a spec that rebuilds the same architecture with random weights (for a
     ``file:`` source it is the architecture recorded in the file), so a run dir can be
     reloaded without the original weights or any download.
@@ -233,7 +220,7 @@ class Source:
     weights: WeightsOrigin
     old_head: nn.Module | None = None
     arch_options: dict[str, Any] = field(default_factory=dict)
-    text: TextInput | None = None  # set for text sources: inputs are tokenized texts
+    text: TextInputs | None = None  # set for text sources: inputs are tokenized texts
     lora_targets: tuple[str, ...] | None = None  # default LoRA target modules, if known
     # writes what rebuilds the architecture without the original files (config, tokenizer)
     save_files: Any = field(default=None, repr=False)
@@ -245,6 +232,12 @@ class Source:
     @property
     def stage_names(self) -> tuple[str, ...]:
         return self.backbone.stage_names
+
+    @property
+    def inputs(self) -> Inputs:
+        """What the backbone takes: its tokenized texts, or images prepared as
+        ``preprocessing`` says (read when asked: a scratch build may replace it)."""
+        return self.text if self.text is not None else ImageInputs(self.preprocessing)
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -36,9 +36,9 @@ from headstart.sources.base import (
     Backbone,
     BuildOptions,
     Source,
-    TextInput,
     WeightsOrigin,
 )
+from headstart.sources.inputs import TextInputs
 from headstart.weights.resolve import cache_dir
 
 __all__ = ["POOLINGS", "HfAdapter", "pool"]
@@ -384,7 +384,7 @@ class HfAdapter:
                 limit = min(limit, int(_read_json(st_config).get("max_seq_length") or limit))
             # text needs no image preprocessing; this placeholder keeps the run format
             pre = Preprocessing(input_size=(1, 1, 1), mean=(0.0,), std=(1.0,))
-            text = TextInput(
+            text = TextInputs(
                 tokenizer=tokenizer, pooling=pooling, max_length=limit, folder=str(folder)
             )
         backbone = Backbone(

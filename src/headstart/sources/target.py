@@ -9,7 +9,7 @@ filled from ``model.safetensors``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ from torch import nn
 from headstart.data.transforms import Preprocessing
 from headstart.errors import RunError
 from headstart.rundir import MODEL_FILE, read_meta
-from headstart.sources.base import Backbone, BuildOptions, TextInput, build_source
+from headstart.sources.base import Backbone, BuildOptions, build_source
+from headstart.sources.inputs import ImageInputs, Inputs, TextInputs
 
 
 class TargetModel(nn.Module):
@@ -54,7 +55,18 @@ class LoadedRun:
     model: TargetModel
     classes: list[str]
     preprocessing: Preprocessing
-    text: TextInput | None = None  # a text model's tokenizer and pooling
+    # what the model takes, prepared as it was trained (preprocessing, truncation length)
+    inputs: Inputs
+    text: TextInputs | None = None  # a text model's tokenizer and pooling
+
+    def columns(self, text_col: str | None, label_col: str | None) -> dict[str, str | None]:
+        """The columns to read texts and labels from: as given, else the ones the run was
+        trained with (an image run has none: all None unless given)."""
+        saved = self.meta.get("text") or {}
+        return {
+            "text_col": text_col or saved.get("text_col"),
+            "label_col": label_col or saved.get("label_col"),
+        }
 
 
 def load_run(path: str | os.PathLike[str]) -> LoadedRun:
@@ -82,11 +94,17 @@ def load_run(path: str | os.PathLike[str]) -> LoadedRun:
             f"{run / MODEL_FILE}: does not match {src['arch']} ({str(exc).splitlines()[0]})"
         ) from exc
     model.eval()
+    preprocessing = Preprocessing.from_dict(meta["preprocessing"])
+    inputs: Inputs = ImageInputs(preprocessing)
+    if source.text is not None:  # cut texts where training did
+        saved = meta.get("text", {}).get("max_length", source.text.max_length)
+        inputs = replace(source.text, length=int(saved))
     return LoadedRun(
         path=run,
         meta=meta,
         model=model,
         classes=list(meta["classes"]),
-        preprocessing=Preprocessing.from_dict(meta["preprocessing"]),
+        preprocessing=preprocessing,
         text=source.text,
+        inputs=inputs,
     )

@@ -12,32 +12,30 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from headstart._io import atomic_write_json
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.data.labelled import LabeledData, stratified_split
-from headstart.data.pipeline import preprocessed
-from headstart.data.sampling import EpochBatchSampler, SeededDataset, set_deterministic
-from headstart.data.texts import DEFAULT_MAX_LENGTH, TextData, load_labelled, text_loader
-from headstart.data.transforms import ImageDataset, make_transform, resolve_augment
+from headstart.data.sampling import set_deterministic
+from headstart.data.texts import load_labelled
+from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import lora_settings, merge_adapters
 from headstart.plan.make import Plan, check_head_epochs, format_plan, make_plan, parse_strategy
 from headstart.rundir import save_model
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
+from headstart.sources.inputs import ImageInputs, Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.checkpoint import Checkpointer
 from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, train
 from headstart.train.parallel import Parallel
 
-if TYPE_CHECKING:
-    pass
 log = logging.getLogger(__name__)
 
 
@@ -57,38 +55,21 @@ def _loader(
     seed: int = 0,
     parallel: Parallel | None = None,
 ) -> DataLoader[Any]:
-    transform = make_transform(
-        source_pre, train=train, augment=augment, allow_hflip=data.allow_hflip
-    )
-    dataset: Dataset[Any] = ImageDataset(data, transform, source_pre.channels)
-    if not train or augment == "none":  # the same tensor every epoch: prepare it once
-        dataset = _materialise(dataset, source_pre)
+    """An image loader as ``adapt`` (images only) builds them; see
+    :class:`headstart.sources.inputs.ImageInputs`."""
+    inputs = ImageInputs(source_pre)
     if not train:
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            # Its own generator: a loader without one draws its workers' base seed from
-            # torch's global generator, which would move dropout's stream with --workers.
-            generator=torch.Generator(),
-        )
+        return inputs.eval_loader(data, batch_size=batch_size, workers=workers)[0]
     world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
-    # BatchNorm cannot train on a batch of one example: drop a last (global) batch that
-    # would leave a process with fewer than two.
-    rest = len(data) % batch_size
-    drop_last = len(data) > batch_size and 0 < rest < 2 * world
-    # Order and augmentation are a function of (seed, epoch, position): the same with any
-    # number of workers or processes, and replayable mid-epoch (headstart.data.sampling).
-    sampler = EpochBatchSampler(
-        len(data), batch_size, seed=seed, drop_last=drop_last, rank=rank, world=world
-    )
-    return DataLoader(
-        SeededDataset(dataset),
-        batch_sampler=sampler,
-        num_workers=workers,
+    return inputs.train_loader(
+        data,
+        augment=augment,
+        batch_size=batch_size,
+        workers=workers,
         generator=generator,
-        persistent_workers=workers > 0,
+        seed=seed,
+        world=world,
+        rank=rank,
     )
 
 
@@ -97,12 +78,6 @@ AUTO = "auto"  # --strategy auto: measure, then choose (headstart.choose.recomme
 
 # Fewer optimizer steps than this rarely train a new head to convergence: say so.
 MIN_STEPS = 50
-
-
-def _materialise(dataset: Dataset[Any], pre: Any) -> Dataset[Any]:
-
-    assert isinstance(dataset, ImageDataset)
-    return preprocessed(dataset, pre.input_size)
 
 
 def _load_labelled(
@@ -192,6 +167,7 @@ class Trained:
     history: History
     metrics: dict[str, Any]
     timings: dict[str, float]
+    inputs: Inputs  # what the model took, as it took them (texts: the truncation length)
     feature_cache: dict[str, Any] | None = None  # headtrain: whether the cache was used / hit
     speed: dict[str, Any] | None = None  # precision, channels_last, compile, batch size used
     adapter: Any = None  # lora: the trained adapter (merged into the model already)
@@ -260,121 +236,34 @@ def _train_on(
         set_deterministic()
     generator = seed_everything(options.seed)
     source = _build_source(options, scratch=options.strategy == "scratch")
-    lora = None
-    if options.strategy == "lora":
-        lora = lora_settings(
-            r=options.lora_r,
-            alpha=options.lora_alpha,
-            dropout=options.lora_dropout,
-            targets=options.lora_targets,
-            default=source.lora_targets,
-        )
-    plan = make_plan(
-        options.strategy,
-        source.stage_names,
-        lr=options.lr,
-        backbone_lr_mult=options.backbone_lr_mult,
-        weight_decay=options.weight_decay,
-        leading_stages=source.backbone.leading_stages,
-        layer_decay=options.layer_decay,
-        lora=lora,
-        head_epochs=options.head_epochs,
-    )
-    _check_kind(options, source, train_data)
+    plan = _plan(options, source)
+    inputs = source.inputs.limited(options.max_length, source.spec)
+    inputs.check(train_data, where=options.data, model=source.spec)
+    if val_data is not None:
+        inputs.check(val_data, where=options.val or options.data, model=source.spec)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = parallel.device if parallel is not None else resolve_device(options.device)
-    if source.text is not None:
-        if parallel is not None:
-            raise ConfigError("--processes > 1 is for image sources; train text models in one")
-        assert isinstance(train_data, TextData)
-        use_cache, why_not = False, "a text model (the cache is for image backbones)"
-    else:
-        use_cache, why_not = cached_head.applies(options, plan)
-    if use_cache and parallel is not None:
-        use_cache, why_not = False, "several processes: each runs the backbone on its share"
+    if parallel is not None and inputs.why_one_process is not None:
+        raise ConfigError(inputs.why_one_process)
     speedups = accel.resolve(options, device)
-    fit_model: torch.nn.Module = model
-    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
-    cached = (
-        cached_head.prepare(
-            options, source, plan, model, train_data, val_data, generator=generator, device=device
-        )
-        if use_cache
-        else None
+    loaders = _loaders(
+        options,
+        source,
+        inputs,
+        plan,
+        model,
+        (train_data, val_data),
+        generator=generator,
+        device=device,
+        parallel=parallel,
+        speedups=speedups,
     )
-    if cached is not None and cached.model is None:  # partial:K: its prefix cannot be cached
-        use_cache, feature_cache = False, cached.info
-    max_length: int | None = None
-    if source.text is not None:
-        assert isinstance(train_data, TextData)
-        max_length = _max_length(options, source)
-        train_loader = text_loader(
-            train_data.texts(),
-            train_data.targets,
-            source.text.tokenizer,
-            max_length=max_length,
-            batch_size=options.batch_size,
-            train=True,
-            generator=generator,
-            workers=options.workers,
-            seed=options.seed,
-        )
-        val_loader = (
-            text_loader(
-                val_data.texts(),
-                val_data.targets,
-                source.text.tokenizer,
-                max_length=max_length,
-                batch_size=max(options.batch_size, EVAL_BATCH),
-                train=False,
-                workers=options.workers,
-            )
-            if isinstance(val_data, TextData) and len(val_data)
-            else None
-        )
-    elif use_cache:
-        assert cached is not None and cached.model is not None
-        assert cached.train_loader is not None
-        train_loader, val_loader = cached.train_loader, cached.val_loader
-        fit_model, feature_cache = cached.model, cached.info
-    else:
-        pre = source.preprocessing
-        fit_model = accel.wrap(model, speedups, device)
-        train_loader = _loader(
-            train_data,
-            pre,
-            train=True,
-            augment=options.augment,
-            batch_size=options.batch_size,
-            workers=options.workers,
-            generator=generator,
-            seed=options.seed,
-            parallel=parallel,
-        )
-        val_loader = (
-            _loader(
-                val_data,
-                pre,
-                train=False,
-                augment="none",
-                batch_size=max(options.batch_size, EVAL_BATCH),
-                workers=options.workers,
-            )
-            if val_data is not None and len(val_data)
-            else None
-        )
-    steps = len(train_loader) * config.epochs
-    if steps < MIN_STEPS:
-        log.warning(
-            "only %d optimizer steps (%d batches x %d epochs): the new head may not converge; "
-            "consider more --epochs, a smaller --batch-size or a higher --lr",
-            steps,
-            len(train_loader),
-            config.epochs,
-        )
+    fit_model, train_loader, val_loader = loaders.model, loaders.train, loaders.val
+    use_cache = loaders.cached
+    _warn_few_steps(len(train_loader), config.epochs)
     t_loaded = time.perf_counter()
     with cached_head.threads_for(fit_model) if use_cache else contextlib.nullcontext():
         history = train(
@@ -393,8 +282,139 @@ def _train_on(
     adapter = None
     if plan.lora is not None:
         adapter = merge_adapters(model.backbone)  # prediction runs on the merged weights
+    return Trained(
+        model,
+        source,
+        plan,
+        history,
+        _metrics(history),
+        {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded},
+        inputs,
+        feature_cache=loaders.feature_cache,
+        speed={**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None,
+        adapter=adapter,
+        max_length=inputs.length,
+        augmentation=_augmentation(
+            requested_augment, options.augment, loaders.feature_cache, inputs
+        ),
+    )
+
+
+def _plan(options: FitOptions, source: Source) -> Plan:
+    """The plan ``options.strategy`` makes for ``source``'s stages (LoRA's settings with
+    the source's default target modules)."""
+    lora = None
+    if options.strategy == "lora":
+        lora = lora_settings(
+            r=options.lora_r,
+            alpha=options.lora_alpha,
+            dropout=options.lora_dropout,
+            targets=options.lora_targets,
+            default=source.lora_targets,
+        )
+    return make_plan(
+        options.strategy,
+        source.stage_names,
+        lr=options.lr,
+        backbone_lr_mult=options.backbone_lr_mult,
+        weight_decay=options.weight_decay,
+        leading_stages=source.backbone.leading_stages,
+        layer_decay=options.layer_decay,
+        lora=lora,
+        head_epochs=options.head_epochs,
+    )
+
+
+@dataclass
+class _Loaders:
+    """What trains: the model (the target model, sped up, or the head on cached
+    features), its loaders, and what ``headstart.json`` says of the feature cache."""
+
+    model: torch.nn.Module
+    train: DataLoader[Any]
+    val: DataLoader[Any] | None
+    feature_cache: dict[str, Any]
+    cached: bool = False  # the model is the head on cached features
+
+
+def _use_feature_cache(
+    options: FitOptions, inputs: Inputs, plan: Plan, parallel: Parallel | None
+) -> tuple[bool, str]:
+    """Whether the head trains on cached features, and why not when it does not."""
+    if inputs.why_no_feature_cache is not None:
+        return False, inputs.why_no_feature_cache
+    use_cache, why_not = cached_head.applies(options, plan)
+    if use_cache and parallel is not None:
+        return False, "several processes: each runs the backbone on its share"
+    return use_cache, why_not
+
+
+def _loaders(
+    options: FitOptions,
+    source: Source,
+    inputs: Inputs,
+    plan: Plan,
+    model: TargetModel,
+    split: tuple[LabeledData, LabeledData | None],
+    *,
+    generator: torch.Generator,
+    device: torch.device,
+    parallel: Parallel | None,
+    speedups: accel.Accel,
+) -> _Loaders:
+    """The model to train and its loaders over the ``(train, validation)`` split: over
+    cached features where the plan allows (:mod:`headstart.train.cached_head`), else over
+    the inputs themselves."""
+    train_data, val_data = split
+    use_cache, why_not = _use_feature_cache(options, inputs, plan, parallel)
+    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
+    if use_cache:
+        cached = cached_head.prepare(
+            options, source, plan, model, train_data, val_data, generator=generator, device=device
+        )
+        if cached.model is not None:
+            assert cached.train_loader is not None
+            return _Loaders(
+                cached.model, cached.train_loader, cached.val_loader, cached.info, cached=True
+            )
+        feature_cache = cached.info  # partial:K: its prefix cannot be cached
+    fit_model = accel.wrap(model, speedups, device) if inputs.speedups else model
+    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
+    train_loader = inputs.train_loader(
+        train_data,
+        augment=options.augment,
+        batch_size=options.batch_size,
+        workers=options.workers,
+        generator=generator,
+        seed=options.seed,
+        world=world,
+        rank=rank,
+    )
+    val_loader = None
+    if val_data is not None and len(val_data):
+        val_loader, _ = inputs.eval_loader(
+            val_data, batch_size=max(options.batch_size, EVAL_BATCH), workers=options.workers
+        )
+    return _Loaders(fit_model, train_loader, val_loader, feature_cache)
+
+
+def _warn_few_steps(batches: int, epochs: int) -> None:
+    """Fewer than :data:`MIN_STEPS` optimizer steps rarely train a new head: say so."""
+    steps = batches * epochs
+    if steps < MIN_STEPS:
+        log.warning(
+            "only %d optimizer steps (%d batches x %d epochs): the new head may not converge; "
+            "consider more --epochs, a smaller --batch-size or a higher --lr",
+            steps,
+            batches,
+            epochs,
+        )
+
+
+def _metrics(history: History) -> dict[str, Any]:
+    """The best epoch's metrics, as ``headstart.json`` records them."""
     best = history.best()
-    metrics = {
+    return {
         "best_epoch": history.best_epoch,
         "epochs_run": len(history.epochs),
         "stopped_early": history.stopped_early,
@@ -404,31 +424,15 @@ def _train_on(
         "val_acc": best.val_acc,
         "val_f1": best.val_f1,
     }
-    timings = {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded}
-    speed = {**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None
-    augmentation = _augmentation(requested_augment, options.augment, feature_cache, source)
-    return Trained(
-        model,
-        source,
-        plan,
-        history,
-        metrics,
-        timings,
-        feature_cache=feature_cache,
-        speed=speed,
-        adapter=adapter,
-        max_length=max_length,
-        augmentation=augmentation,
-    )
 
 
 def _augmentation(
-    requested: str, resolved: str, feature_cache: dict[str, Any], source: Source
+    requested: str, resolved: str, feature_cache: dict[str, Any], inputs: Inputs
 ) -> dict[str, Any]:
     """What ``--augment`` asked for, the augmentation the training inputs really got, and
     why (``headstart.json``, report.md and compare say it)."""
-    if source.text is not None:
-        return {"requested": requested, "applied": "none", "why": "texts are not augmented"}
+    if inputs.why_not_augmented is not None:
+        return {"requested": requested, "applied": "none", "why": inputs.why_not_augmented}
     views = int(feature_cache.get("views", 0)) if feature_cache.get("used") else 0
     if resolved != "none" and feature_cache.get("used") and views == 0:
         applied, why = (
@@ -448,34 +452,3 @@ def _augmentation(
     else:
         applied, why = resolved, f"--augment {requested}"
     return {"requested": requested, "applied": applied, "why": why}
-
-
-def _max_length(options: FitOptions, source: Source) -> int:
-    """``--max-length`` (default 128), at most what the text model takes."""
-    assert source.text is not None
-    if options.max_length is None:
-        return min(DEFAULT_MAX_LENGTH, source.text.max_length)
-    if options.max_length > source.text.max_length:
-        log.warning(
-            "--max-length %d: %s takes at most %d tokens; using %d",
-            options.max_length,
-            source.spec,
-            source.text.max_length,
-            source.text.max_length,
-        )
-    return min(options.max_length, source.text.max_length)
-
-
-def _check_kind(options: FitOptions, source: Source, data: LabeledData) -> None:
-    """A text source needs text data, an image source images: say which is which."""
-    is_text = isinstance(data, TextData)
-    if source.text is not None and not is_text:
-        raise DataError(
-            f"{options.data}: images, but {source.spec} is a text model; give a CSV, TSV or "
-            "JSONL with text and label columns, or a folder of .txt files per class"
-        )
-    if source.text is None and is_text:
-        raise DataError(
-            f"{options.data}: texts, but {source.spec} is an image model; use a text source, "
-            "e.g. --source hf:FOLDER of a transformers text encoder"
-        )
