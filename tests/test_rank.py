@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 
 from headstart.choose.scores import (
-    CLEARLY_ABOVE_Z,
-    HALF_SAMPLES,
     NO_SOURCE_HEAD,
     RANKERS,
     _logme_fit,
-    compare_features,
     knn_accuracy,
     knn_correct,
     leep,
@@ -24,6 +21,7 @@ from headstart.choose.scores import (
     score_features,
     score_source,
 )
+from headstart.choose.vs_random import CLEARLY_ABOVE_Z, HALF_SAMPLES, compare_features
 from headstart.data.images import load_data
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError

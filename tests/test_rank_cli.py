@@ -105,7 +105,7 @@ def test_kendall_tau_against_scipy_and_undefined_cases() -> None:
 
 
 def test_a_source_not_clearly_above_random_init_ranks_below_it() -> None:
-    from headstart.choose.scores import Comparison
+    from headstart.choose.vs_random import Comparison
 
     matched = _result("matched", -0.2, [0.8])
     random = replace(_result("random", -0.55, [0.5]), random_init=True)

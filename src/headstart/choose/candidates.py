@@ -11,12 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from headstart.choose.scores import (
-    CLEARLY_ABOVE_Z,
-    RANKERS,
-    Comparison,
-    ScoreResult,
-)
+from headstart.choose.scores import RANKERS, ScoreResult
+from headstart.choose.vs_random import CLEARLY_ABOVE_Z, Comparison
 from headstart.errors import ConfigError
 from headstart.sources import parse_source_spec
 from headstart.weights.resolve import parse_weights

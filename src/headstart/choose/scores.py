@@ -25,6 +25,11 @@ once over the target data) and is *higher-is-better*:
   layer; a source without one is skipped with a note.
 - ``knn`` and ``linear-probe`` — cross-validated accuracy of a k-nearest-neighbour
   classifier and of a logistic regression on the standardised features (scikit-learn).
+
+The four are registered by name in :data:`RANKERS`; :func:`score_features` runs the
+chosen ones on features already extracted, :func:`score_source` extracts them first.
+A score against a baseline's (the random-initialisation line) is
+:mod:`headstart.choose.vs_random`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -43,6 +48,23 @@ from headstart.errors import ConfigError, DataError
 from headstart.features.extract import Features, extract_features
 from headstart.registry import Registry
 from headstart.sources.base import Source
+
+__all__ = [
+    "KNN_METRICS",
+    "NO_SOURCE_HEAD",
+    "RANKERS",
+    "Ranker",
+    "ScoreResult",
+    "knn_accuracy",
+    "knn_correct",
+    "leep",
+    "leep_per_item",
+    "linear_probe_accuracy",
+    "linear_probe_correct",
+    "logme",
+    "score_features",
+    "score_source",
+]
 
 log = logging.getLogger(__name__)
 
@@ -334,7 +356,8 @@ class Ranker:
     """A named transferability score: ``score(features, seed)``, higher is better.
 
     ``per_item(features, seed)``, where the score is a mean over the examples, gives the
-    examples' terms [N] (for :func:`compare_features`' paired standard error)."""
+    examples' terms [N] (for the paired standard error of
+    :func:`headstart.choose.vs_random.compare_features`)."""
 
     score: Callable[[Features, int], float]
     summary: str
@@ -472,119 +495,3 @@ def score_source(
                     note="the source's classifier head is randomly initialised",
                 )
     return results
-
-
-# How many standard errors above a baseline a score must be to count as better than it:
-# the one-sided 95% point of the normal distribution.
-CLEARLY_ABOVE_Z = 1.645
-
-
-# Random halves for the standard error of a score that is not a mean over examples.
-HALF_SAMPLES = 20
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One method's score of a candidate minus a baseline's, on the same examples.
-
-    ``se`` is the standard error of that difference, from the examples' paired terms
-    (``how="per item"``) or from random halves of the data (``how="half samples"``);
-    the candidate is ``above`` the baseline when the difference is positive by more
-    than :data:`CLEARLY_ABOVE_Z` standard errors.
-    """
-
-    difference: float
-    se: float
-    how: str
-
-    @property
-    def above(self) -> bool:
-        return self.difference > 0 and self.difference > CLEARLY_ABOVE_Z * self.se
-
-    @property
-    def z(self) -> float | None:
-        return None if self.se <= 0 else self.difference / self.se
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "z": self.z, "above": self.above}
-
-
-def compare_features(
-    candidate: Features,
-    baseline: Features,
-    method: str,
-    *,
-    seed: int = 0,
-    scored: tuple[ScoreResult | None, ScoreResult | None] = (None, None),
-) -> Comparison | None:
-    """``method``'s score on ``candidate`` minus its score on ``baseline`` (features of
-    the same examples, in the same order), with the standard error of the difference.
-
-    A score that is a mean over examples (LEEP, k-NN and linear-probe accuracy) pairs
-    the examples' terms: the mean of the differences, and their standard deviation over
-    sqrt(N).  LogME is not such a mean; its standard error is the delete-d jackknife's
-    with d = N/2 (Shao & Wu, Ann. Statist. 1989), over :data:`HALF_SAMPLES` random
-    stratified halves: the spread of the halves' differences around their mean, times
-    ``(N - d) / d``.  ``scored``: the two sides' results of :func:`score_features`
-    for ``method``, where already computed, so that their value and per-example terms
-    are not computed again.  None when ``method`` needs class probabilities one side
-    lacks.
-    Raises :class:`ConfigError` when the two do not describe the same examples.
-    """
-    ranker = RANKERS.get(method)
-    if ranker.needs_source_probs and (
-        candidate.source_probs is None or baseline.source_probs is None
-    ):
-        return None
-    if not np.array_equal(candidate.targets, baseline.targets):
-        raise ConfigError("compare_features: the two feature sets are not of the same examples")
-    n = len(candidate.targets)
-    sides = list(zip((candidate, baseline), scored, strict=True))
-    if ranker.per_item is not None:
-        per_item = ranker.per_item
-        ours, theirs = (
-            per_item(f, seed) if done is None or done.terms is None else done.terms
-            for f, done in sides
-        )
-        diff = ours - theirs
-        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-        return Comparison(difference=float(diff.mean()), se=se, how="per item")
-    ours_value, theirs_value = (
-        ranker.score(f, seed) if done is None or done.value is None else done.value
-        for f, done in sides
-    )
-    full = ours_value - theirs_value
-    diffs = []
-    kept = 0
-    for half in _halves(candidate.targets, seed):
-        kept = len(half)
-        diffs.append(
-            ranker.score(_subset(candidate, half), seed)
-            - ranker.score(_subset(baseline, half), seed)
-        )
-    if len(diffs) < 2:
-        return Comparison(difference=float(full), se=math.inf, how="half samples")
-    spread = np.asarray(diffs)
-    se = math.sqrt(kept / (n - kept) * float(((spread - spread.mean()) ** 2).mean()))
-    return Comparison(difference=float(full), se=se, how="half samples")
-
-
-def _halves(targets: np.ndarray, seed: int) -> list[np.ndarray]:
-    """:data:`HALF_SAMPLES` random halves of the examples, each keeping every class;
-    none where a class has fewer than 2 examples (no half could keep it and leave it)."""
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    counts = np.unique(targets, return_counts=True)[1]
-    if len(targets) < 4 or counts.min() < 2:
-        return []
-    splitter = StratifiedShuffleSplit(n_splits=HALF_SAMPLES, train_size=0.5, random_state=seed)
-    return [kept for kept, _ in splitter.split(targets, targets)]
-
-
-def _subset(features: Features, rows: np.ndarray) -> Features:
-    probs = features.source_probs
-    return Features(
-        features=features.features[rows],
-        targets=features.targets[rows],
-        source_probs=None if probs is None else probs[rows],
-    )
