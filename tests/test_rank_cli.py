@@ -76,7 +76,7 @@ def test_methods_all_alias_and_unknown() -> None:
 
 
 def _result(name: str, score: float | None, accs: list[float]) -> CandidateResult:
-    from headstart.choose.scores import ScoreResult
+    from headstart.choose.rankers import ScoreResult
 
     return CandidateResult(
         candidate=name,

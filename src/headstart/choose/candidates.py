@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.choose.scores import RANKERS, ScoreResult
+from headstart.choose.rankers import RANKERS, ScoreResult
 from headstart.choose.vs_random import CLEARLY_ABOVE_Z, Comparison
 from headstart.errors import ConfigError
 from headstart.sources import parse_source_spec

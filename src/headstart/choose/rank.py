@@ -40,7 +40,8 @@ from headstart.choose.candidates import (
     ranked,
 )
 from headstart.choose.rank_validate import _finetune, _folds, kendall_taus, validation_epochs
-from headstart.choose.scores import NO_SOURCE_HEAD, RANKERS, score_features
+from headstart.choose.rankers import RANKERS, score_features
+from headstart.choose.scores import NO_SOURCE_HEAD
 from headstart.choose.vs_random import compare_features
 from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData

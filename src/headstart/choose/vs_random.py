@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from headstart.choose.scores import RANKERS, ScoreResult
+from headstart.choose.rankers import RANKERS, ScoreResult
 from headstart.errors import ConfigError
 from headstart.features.extract import Features
 
