@@ -1,4 +1,4 @@
-"""The transferability scores by name: the registry ``rank`` and ``recommend`` draw on, and
+"""The transferability scores by name: the registry ``rank --method`` chooses from, and
 the running of the chosen ones on a source's features, each timed.
 
 Each :class:`Ranker` wraps a function of :mod:`headstart.choose.scores` as a function of
