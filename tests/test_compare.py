@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from scipy.stats import t as student_t
 
-from headstart.choose.compare import FoldScore, compare, summarise
-from headstart.choose.comparison import format_table
+from headstart.choose.compare import compare
+from headstart.choose.comparison import FoldScore, format_table, summarise
 from headstart.config.options import CompareOptions
 from headstart.errors import ConfigError, DataError
 

@@ -9,21 +9,17 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from headstart.choose.rankers import RANKERS, score_features, score_source
 from headstart.choose.scores import (
-    CLEARLY_ABOVE_Z,
-    HALF_SAMPLES,
     NO_SOURCE_HEAD,
-    RANKERS,
     _logme_fit,
-    compare_features,
     knn_accuracy,
     knn_correct,
     leep,
     linear_probe_accuracy,
     logme,
-    score_features,
-    score_source,
 )
+from headstart.choose.vs_random import CLEARLY_ABOVE_Z, HALF_SAMPLES, compare_features
 from headstart.data.images import load_data
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError

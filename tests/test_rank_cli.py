@@ -76,7 +76,7 @@ def test_methods_all_alias_and_unknown() -> None:
 
 
 def _result(name: str, score: float | None, accs: list[float]) -> CandidateResult:
-    from headstart.choose.scores import ScoreResult
+    from headstart.choose.rankers import ScoreResult
 
     return CandidateResult(
         candidate=name,
@@ -105,7 +105,7 @@ def test_kendall_tau_against_scipy_and_undefined_cases() -> None:
 
 
 def test_a_source_not_clearly_above_random_init_ranks_below_it() -> None:
-    from headstart.choose.scores import Comparison
+    from headstart.choose.vs_random import Comparison
 
     matched = _result("matched", -0.2, [0.8])
     random = replace(_result("random", -0.55, [0.5]), random_init=True)

@@ -11,15 +11,23 @@ from typing import Any
 
 import numpy as np
 
-from headstart.choose.scores import (
-    CLEARLY_ABOVE_Z,
-    RANKERS,
-    Comparison,
-    ScoreResult,
-)
+from headstart.choose.rankers import RANKERS, ScoreResult
+from headstart.choose.vs_random import CLEARLY_ABOVE_Z, Comparison
 from headstart.errors import ConfigError
 from headstart.sources import parse_source_spec
 from headstart.weights.resolve import parse_weights
+
+__all__ = [
+    "METHOD_ALIASES",
+    "Candidate",
+    "CandidateResult",
+    "RankResult",
+    "format_rank",
+    "line_notes",
+    "parse_candidates",
+    "parse_methods",
+    "ranked",
+]
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +224,7 @@ def ranked(candidates: list[CandidateResult], method: str) -> list[CandidateResu
     return sorted(candidates, key=key)
 
 
-def _line_notes(results: list[CandidateResult], method: str) -> list[str]:
+def line_notes(results: list[CandidateResult], method: str) -> list[str]:
     """What the random-initialisation line says, by ``method``: which pretrained sources
     are no better than random weights of their own network."""
     notes = []
@@ -278,27 +286,35 @@ def format_rank(result: RankResult) -> str:
             row += f"  {acc:>14}  {c.finetune_s or 0.0:>11.1f}"
         lines.append(row)
     lines += [f"note: {n}" for n in result.notes]
-    v = result.validation
-    if v is not None:
-        lines.append(
-            f"validation: {v['strategy']} fine-tuning, {v['epochs']} epochs, accuracy on the "
-            f"held-out folds of {v['folds']}-fold cross-validation (a random candidate's "
-            "backbone trains at the head's rate)"
-        )
-        for m, t in v["kendall_tau"].items():
-            if t["tau"] is None:
-                lines.append(f"  Kendall's tau, {m} vs accuracy: - ({t['note']})")
-            else:
-                lines.append(
-                    f"  Kendall's tau, {m} vs accuracy: {t['tau']:+.2f} (p = {t['p_value']:.2f}, "
-                    f"{len(result.candidates)} candidates; {m}'s scores alone, without the "
-                    f"random-initialisation line: {t['score_tau']:+.2f})"
-                )
-        ratio = "-" if v["ratio"] is None else f"{v['ratio']:.1%}"
-        cpu_ratio = "-" if v.get("cpu_ratio") is None else f"{v['cpu_ratio']:.1%}"
-        lines.append(
-            f"  time: scoring all {v['scoring_s']:.1f}s, fine-tuning all {v['finetune_s']:.1f}s "
-            f"(scoring costs {ratio} of fine-tuning); CPU time {v['scoring_cpu_s']:.1f}s vs "
-            f"{v['finetune_cpu_s']:.1f}s ({cpu_ratio})"
-        )
+    lines += _validation_lines(result)
     return "\n".join(lines)
+
+
+def _validation_lines(result: RankResult) -> list[str]:
+    """With ``--validate``: how the candidates were fine-tuned, Kendall's tau per method,
+    and what scoring cost next to fine-tuning."""
+    v = result.validation
+    if v is None:
+        return []
+    lines = [
+        f"validation: {v['strategy']} fine-tuning, {v['epochs']} epochs, accuracy on the "
+        f"held-out folds of {v['folds']}-fold cross-validation (a random candidate's "
+        "backbone trains at the head's rate)"
+    ]
+    for m, t in v["kendall_tau"].items():
+        if t["tau"] is None:
+            lines.append(f"  Kendall's tau, {m} vs accuracy: - ({t['note']})")
+        else:
+            lines.append(
+                f"  Kendall's tau, {m} vs accuracy: {t['tau']:+.2f} (p = {t['p_value']:.2f}, "
+                f"{len(result.candidates)} candidates; {m}'s scores alone, without the "
+                f"random-initialisation line: {t['score_tau']:+.2f})"
+            )
+    ratio = "-" if v["ratio"] is None else f"{v['ratio']:.1%}"
+    cpu_ratio = "-" if v.get("cpu_ratio") is None else f"{v['cpu_ratio']:.1%}"
+    lines.append(
+        f"  time: scoring all {v['scoring_s']:.1f}s, fine-tuning all {v['finetune_s']:.1f}s "
+        f"(scoring costs {ratio} of fine-tuning); CPU time {v['scoring_cpu_s']:.1f}s vs "
+        f"{v['finetune_cpu_s']:.1f}s ({cpu_ratio})"
+    )
+    return lines

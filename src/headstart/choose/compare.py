@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from headstart.choose.comparison import (
     CompareResult,
     FoldScore,
-    _config,
+    run_config,
     summarise,
     write_comparison,
 )
@@ -37,6 +37,8 @@ from headstart.plan.make import parse_strategy
 from headstart.rundir import prepare_out
 from headstart.train.assemble import AUTO, check_options, load_training_data, train_on
 from headstart.train.tracking import Tracker, open_tracker
+
+__all__ = ["compare"]
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,7 @@ def compare(options: CompareOptions) -> CompareResult:
 
 
 def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
-    from sklearn.model_selection import StratifiedKFold
-
+    """Check everything a fold could trip on, train every fold, then write and log."""
     t0 = time.perf_counter()
     strategies = _strategies(options.strategies)
     if options.folds < 2:
@@ -110,6 +111,21 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
         check_options(_as_strategy(options, strategy))
     data = load_training_data(options)
     checks = data_checks(data, data, None)
+    _check_fold_sizes(data, options)
+    fractions = _fractions(options.label_fractions)
+    tracker.start(out.name, {"kind": "compare", **run_config(options)})
+    scores = _cross_validate(options, data, strategies, fractions, tracker)
+    result = CompareResult(
+        out_dir=out, scores=scores, summary=summarise(scores), data_checks=checks
+    )
+    result.timings["total_s"] = time.perf_counter() - t0
+    write_comparison(result, options)
+    _log_results(result, tracker)
+    return result
+
+
+def _check_fold_sizes(data: LabeledData, options: CompareOptions) -> None:
+    """Raises :class:`DataError` when a class has fewer examples than there are folds."""
     smallest = int(np.bincount(data.targets).min())
     if smallest < options.folds:
         worst = data.classes[int(np.bincount(data.targets).argmin())]
@@ -117,11 +133,20 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
             f"{options.data}: class {worst!r} has {smallest} examples, fewer than "
             f"--folds {options.folds}; use fewer folds or add data"
         )
-    fractions = _fractions(options.label_fractions)
-    tracker.start(out.name, {"kind": "compare", **_config(options)})
+
+
+def _cross_validate(
+    options: CompareOptions,
+    data: LabeledData,
+    strategies: list[str],
+    fractions: list[float],
+    tracker: Tracker,
+) -> list[FoldScore]:
+    """Every strategy trained on every fold of every repeat, at every share of labels."""
+    from sklearn.model_selection import StratifiedKFold
+
     scores: list[FoldScore] = []
     total = options.seeds * options.folds * len(strategies) * len(fractions)
-    done = 0
     for repeat in range(options.seeds):
         seed = options.seed + repeat
         splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
@@ -132,62 +157,81 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
                 train_data = data.subset(
                     idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
                 )
-                per_class = len(idx) / len(data.classes)
                 for strategy in strategies:
-                    fold_options = replace(
-                        _as_strategy(options, strategy), seed=seed, select="last", patience=None
-                    )
-                    chosen = case = ""
-                    t_measure = time.perf_counter()
-                    if strategy == AUTO:
-                        fold_options, chosen, case = _recommended(fold_options, train_data)
-                    # auto's time includes its measuring: that is what choosing costs
-                    measure_s = time.perf_counter() - t_measure
-                    where = f"{strategy}/" + (f"r{repeat}/" if options.seeds > 1 else "")
-                    where += f"fold{fold + 1}/" + (f"labels{fraction:g}/" if fraction < 1 else "")
-                    trained = train_on(
-                        fold_options,
-                        train_data,
-                        test_data,
-                        on_epoch=tracker.epoch_logger(where),
-                    )
-                    done += 1
-                    m = trained.metrics
-                    scores.append(
-                        FoldScore(
-                            strategy=strategy,
-                            repeat=repeat,
-                            fold=fold,
-                            accuracy=float(m["val_acc"]),
-                            macro_f1=float(m["val_f1"]),
-                            seconds=trained.timings["train_s"] + measure_s,
-                            n_train=len(train_data),
-                            n_test=len(test_data),
-                            curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
-                            fraction=fraction,
-                            labels_per_class=per_class,
-                            chosen=chosen,
-                            case=case,
-                            augment=(trained.augmentation or {}).get("applied", ""),
-                        )
-                    )
-                    log.info(
-                        "[%d/%d] repeat %d fold %d labels %g %-10s accuracy %.3f (%.1fs)",
-                        done,
-                        total,
-                        repeat,
-                        fold + 1,
-                        fraction,
-                        f"auto->{chosen}" if chosen else strategy,
-                        m["val_acc"],
-                        trained.timings["train_s"],
-                    )
-    result = CompareResult(
-        out_dir=out, scores=scores, summary=summarise(scores), data_checks=checks
+                    at = _Fold(repeat, fold, fraction, seed, len(scores) + 1, total)
+                    score = _train_fold(options, strategy, at, train_data, test_data, tracker)
+                    scores.append(score)
+    return scores
+
+
+@dataclass(frozen=True)
+class _Fold:
+    """Where one training run sits in the cross-validation: for its score, the prefix of
+    its tracked metrics and its log line."""
+
+    repeat: int
+    fold: int  # 0-based; shown 1-based
+    fraction: float  # the share of the fold's training labels
+    seed: int
+    step: int  # this run's number, from 1, of ``steps``
+    steps: int
+
+
+def _train_fold(
+    options: CompareOptions,
+    strategy: str,
+    at: _Fold,
+    train_data: LabeledData,
+    test_data: LabeledData,
+    tracker: Tracker,
+) -> FoldScore:
+    """``strategy`` trained on ``train_data`` and scored on ``test_data`` at the last epoch;
+    for auto, the strategy recommended for ``train_data`` alone."""
+    fold_options = replace(
+        _as_strategy(options, strategy), seed=at.seed, select="last", patience=None
     )
-    result.timings["total_s"] = time.perf_counter() - t0
-    write_comparison(result, options)
-    for i, s in enumerate(scores):
+    chosen = case = ""
+    t_measure = time.perf_counter()
+    if strategy == AUTO:
+        fold_options, chosen, case = _recommended(fold_options, train_data)
+    # auto's time includes its measuring: that is what choosing costs
+    measure_s = time.perf_counter() - t_measure
+    where = f"{strategy}/" + (f"r{at.repeat}/" if options.seeds > 1 else "")
+    where += f"fold{at.fold + 1}/" + (f"labels{at.fraction:g}/" if at.fraction < 1 else "")
+    trained = train_on(fold_options, train_data, test_data, on_epoch=tracker.epoch_logger(where))
+    m = trained.metrics
+    log.info(
+        "[%d/%d] repeat %d fold %d labels %g %-10s accuracy %.3f (%.1fs)",
+        at.step,
+        at.steps,
+        at.repeat,
+        at.fold + 1,
+        at.fraction,
+        f"auto->{chosen}" if chosen else strategy,
+        m["val_acc"],
+        trained.timings["train_s"],
+    )
+    return FoldScore(
+        strategy=strategy,
+        repeat=at.repeat,
+        fold=at.fold,
+        accuracy=float(m["val_acc"]),
+        macro_f1=float(m["val_f1"]),
+        seconds=trained.timings["train_s"] + measure_s,
+        n_train=len(train_data),
+        n_test=len(test_data),
+        curve=tuple(float(e.val_acc or 0.0) for e in trained.history.epochs),
+        fraction=at.fraction,
+        labels_per_class=len(train_data) / len(train_data.classes),
+        chosen=chosen,
+        case=case,
+        augment=(trained.augmentation or {}).get("applied", ""),
+    )
+
+
+def _log_results(result: CompareResult, tracker: Tracker) -> None:
+    """Each fold's accuracy (all labels) and each strategy's summary, then the files."""
+    for i, s in enumerate(result.scores):
         if s.fraction == 1.0:
             tracker.log_metrics({f"{s.strategy}/accuracy": s.accuracy}, step=i)
     for summary in result.summary:
@@ -199,8 +243,7 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
                 f"{summary.strategy}/seconds_per_fold": summary.seconds,
             }
         )
-    tracker.log_artifacts(out)
-    return result
+    tracker.log_artifacts(result.out_dir)
 
 
 def _as_strategy(options: CompareOptions, strategy: str) -> CompareOptions:

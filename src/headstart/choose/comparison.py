@@ -1,6 +1,6 @@
 """A comparison's results: the fold scores, their summary per strategy (mean, spread, a
-t interval), and what ``compare`` writes of them (the table, ``compare.md``/``.html``,
-``compare.json``, the plots).
+t interval), and what ``compare`` prints and writes of them (the table, ``compare.csv``,
+``compare.md``/``.html``, ``compare.json``, the plots).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,8 +20,20 @@ from headstart._io import atomic_path, atomic_write_json, atomic_write_text
 from headstart.choose.report import benefits, benefits_table, check_lines, html_page, plot_lines
 from headstart.config.options import CompareOptions
 
-if TYPE_CHECKING:
-    pass
+__all__ = [
+    "CompareResult",
+    "FoldScore",
+    "StrategySummary",
+    "augmentation_line",
+    "auto_choices",
+    "format_table",
+    "mean_curves",
+    "run_config",
+    "summarise",
+    "tally",
+    "write_comparison",
+]
+
 log = logging.getLogger(__name__)
 
 
@@ -52,6 +64,8 @@ def augmentation_line(summary: list[StrategySummary]) -> list[str]:
 
 
 def format_table(summary: list[StrategySummary]) -> str:
+    """The summary as printed, best first: accuracy, macro-F1, the paired difference from
+    the best with its 95% interval, seconds per fold; then what auto chose, if any."""
     best = summary[0].strategy
     lines = [
         f"{'strategy':<12} {'accuracy':>17} {'macro-F1':>9} {'vs ' + best:>26} {'s/fold':>7}",
@@ -245,6 +259,8 @@ def mean_curves(result: CompareResult) -> dict[str, tuple[list[float], list[floa
 
 
 def write_comparison(result: CompareResult, options: CompareOptions) -> None:
+    """``compare.csv``, the plots, ``compare.md``, ``compare.html`` and ``compare.json``
+    into ``result.out_dir``, each written atomically."""
     folder = result.out_dir
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -284,12 +300,14 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     images = [folder / n for n in ("compare.png", "curves.png", "labels.png")]
     page = html_page(title, markdown_text, [p for p in images if p.is_file()])
     atomic_write_text(folder / "compare.html", page)
-    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": _config(options)})
+    atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": run_config(options)})
     log.info("comparison written to %s", folder)
 
 
 @dataclass(frozen=True)
 class FoldScore:
+    """One strategy trained on one fold's training part, scored on its held-out part."""
+
     strategy: str
     repeat: int
     fold: int
@@ -308,6 +326,9 @@ class FoldScore:
 
 @dataclass(frozen=True)
 class StrategySummary:
+    """One strategy over all its folds (all labels): mean +- std, and its paired
+    difference from the best with a 95% interval (Nadeau & Bengio's corrected t)."""
+
     strategy: str
     mean: float
     std: float
@@ -323,6 +344,8 @@ class StrategySummary:
 
 @dataclass
 class CompareResult:
+    """What ``compare`` returns: every fold's score and the summary, best first."""
+
     out_dir: Path
     scores: list[FoldScore]
     summary: list[StrategySummary]
@@ -393,5 +416,6 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
     return out
 
 
-def _config(options: CompareOptions) -> dict[str, Any]:
+def run_config(options: CompareOptions) -> dict[str, Any]:
+    """The comparison's options as recorded in ``compare.json`` and the tracked run."""
     return {k: v for k, v in asdict(options).items() if k != "progress"}

@@ -36,18 +36,26 @@ from headstart.choose.candidates import (
     Candidate,
     CandidateResult,
     RankResult,
-    _line_notes,
     parse_candidates,
     parse_methods,
     ranked,
 )
-from headstart.choose.rank_validate import _finetune, _folds, kendall_taus, validation_epochs
-from headstart.choose.scores import (
-    NO_SOURCE_HEAD,
-    RANKERS,
-    compare_features,
-    score_features,
+from headstart.choose.candidates import (
+    line_notes as _line_notes,
 )
+from headstart.choose.rank_validate import (
+    finetune_on_folds as _finetune,
+)
+from headstart.choose.rank_validate import (
+    kendall_taus,
+    validation_epochs,
+)
+from headstart.choose.rank_validate import (
+    validation_folds as _folds,
+)
+from headstart.choose.rankers import RANKERS, score_features
+from headstart.choose.scores import NO_SOURCE_HEAD
+from headstart.choose.vs_random import compare_features
 from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError, HeadstartError

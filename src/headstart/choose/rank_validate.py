@@ -19,10 +19,19 @@ from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.train.assemble import MIN_STEPS, train_on
 
+__all__ = ["finetune_on_folds", "kendall_taus", "validation_epochs", "validation_folds"]
+
 log = logging.getLogger(__name__)
 
 
-def _folds(data: LabeledData, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def validation_folds(
+    data: LabeledData, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``folds`` stratified folds of ``data`` as (train, held-out) indices.
+
+    Raises :class:`ConfigError` for fewer than 2 folds and :class:`DataError` when a
+    class has fewer examples than there are folds.
+    """
     from sklearn.model_selection import StratifiedKFold
 
     if folds < 2:
@@ -52,13 +61,14 @@ def validation_epochs(options: RankOptions, splits: list[tuple[np.ndarray, np.nd
     return max(options.epochs, math.ceil(MIN_STEPS / max(batches, 1)))
 
 
-def _finetune(
+def finetune_on_folds(
     result: CandidateResult,
     data: LabeledData,
     options: RankOptions,
     splits: list[tuple[np.ndarray, np.ndarray]],
 ) -> None:
-
+    """Fine-tune ``result``'s candidate on each fold's training part and record its
+    held-out accuracy per fold, the seconds and the CPU seconds, in ``result``."""
     fold_options = replace(
         options,
         source=result.source,

@@ -1,7 +1,11 @@
-"""Plots and the short markdown report a run dir carries."""
+"""What is drawn and written for people: the plots, a run dir's ``report.md``, the three
+benefits of transfer (start, slope, asymptote), and ``headstart report`` over several runs.
+Also the standalone HTML page that ``report`` and ``compare`` write beside their markdown.
+"""
 
 from __future__ import annotations
 
+import csv
 import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -13,6 +17,19 @@ import numpy as np
 from headstart._io import atomic_path, atomic_write_text
 from headstart.errors import RunError
 from headstart.rundir import read_meta
+
+__all__ = [
+    "Benefits",
+    "benefits",
+    "benefits_table",
+    "check_lines",
+    "html_page",
+    "plot_confusion",
+    "plot_curves",
+    "plot_lines",
+    "report_runs",
+    "write_report_md",
+]
 
 
 def _pyplot() -> Any:
@@ -336,44 +353,13 @@ def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     benefits of each, with gains over the scratch run when one is among them.
 
     Writes ``curves.png``, ``report.md`` and a standalone ``report.html`` into ``out``.
+    Raises :class:`RunError` when no runs are given or a run has no validation curve.
     """
-    import csv
-
     if not runs:
         raise RunError("no runs given; pass run dirs written by fit or pretrain")
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    entries: list[tuple[str, list[float], dict[str, Any]]] = []
-    for run in runs:
-        path = Path(run)
-        meta = read_meta(path)
-        with open(path / "metrics.csv", newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        curve = [float(r["val_acc"]) for r in rows if r.get("val_acc")]
-        if not curve:
-            raise RunError(
-                f"{path}: has no validation curve (trained with --val-fraction 0); "
-                "fit with a validation split to report on it"
-            )
-        name = meta["plan"]["strategy"]
-        entries.append(
-            (
-                name,
-                curve,
-                {
-                    "run": str(path),
-                    "source": meta["source"]["spec"],
-                    "reinitialise": meta["plan"]["reinitialise"],
-                },
-            )
-        )
-    counts: dict[str, int] = {}
-    for name, _, _ in entries:
-        counts[name] = counts.get(name, 0) + 1
-    labelled = [
-        (f"{name} ({Path(info['run']).name})" if counts[name] > 1 else name, curve, info)
-        for name, curve, info in entries
-    ]
+    labelled = _labelled([_read_curve(Path(run)) for run in runs])
     baseline = next((label for label, _, info in labelled if info["reinitialise"]), None)
     named = [(label, benefits(curve)) for label, curve, _ in labelled]
     plot_lines(
@@ -382,6 +368,59 @@ def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         title="validation accuracy per epoch",
         xlabel="epoch",
     )
+    markdown_text = _runs_markdown(labelled, named, baseline)
+    atomic_write_text(folder / "report.md", markdown_text)
+    page = html_page("headstart report", markdown_text, [folder / "curves.png"])
+    atomic_write_text(folder / "report.html", page)
+    return {
+        "out_dir": str(folder),
+        "baseline": baseline,
+        "runs": [
+            {"label": label, **info, **b.to_dict()}
+            for (label, _, info), (_, b) in zip(labelled, named, strict=True)
+        ],
+    }
+
+
+# A run as report_runs reads it: its strategy (later its label), its validation accuracy
+# per epoch, and what the report says of it (run dir, source, whether from scratch).
+_Curve = tuple[str, list[float], dict[str, Any]]
+
+
+def _read_curve(path: Path) -> _Curve:
+    """A run dir's strategy, validation curve (``metrics.csv``) and facts for the report."""
+    meta = read_meta(path)
+    with open(path / "metrics.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    curve = [float(r["val_acc"]) for r in rows if r.get("val_acc")]
+    if not curve:
+        raise RunError(
+            f"{path}: has no validation curve (trained with --val-fraction 0); "
+            "fit with a validation split to report on it"
+        )
+    info = {
+        "run": str(path),
+        "source": meta["source"]["spec"],
+        "reinitialise": meta["plan"]["reinitialise"],
+    }
+    return meta["plan"]["strategy"], curve, info
+
+
+def _labelled(entries: list[_Curve]) -> list[_Curve]:
+    """The runs named by strategy, with the run dir's name added where two share one."""
+    counts: dict[str, int] = {}
+    for name, _, _ in entries:
+        counts[name] = counts.get(name, 0) + 1
+    return [
+        (f"{name} ({Path(info['run']).name})" if counts[name] > 1 else name, curve, info)
+        for name, curve, info in entries
+    ]
+
+
+def _runs_markdown(
+    labelled: list[_Curve], named: list[tuple[str, Benefits]], baseline: str | None
+) -> str:
+    """``report.md``: the runs, the three benefits of each, the plot."""
     lines = [
         "# headstart report: what the pretraining bought",
         "",
@@ -403,15 +442,4 @@ def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
         "![validation accuracy per epoch](curves.png)",
         "",
     ]
-    markdown_text = "\n".join(lines)
-    atomic_write_text(folder / "report.md", markdown_text)
-    page = html_page("headstart report", markdown_text, [folder / "curves.png"])
-    atomic_write_text(folder / "report.html", page)
-    return {
-        "out_dir": str(folder),
-        "baseline": baseline,
-        "runs": [
-            {"label": label, **info, **b.to_dict()}
-            for (label, _, info), (_, b) in zip(labelled, named, strict=True)
-        ],
-    }
+    return "\n".join(lines)

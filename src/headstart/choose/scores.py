@@ -25,24 +25,33 @@ once over the target data) and is *higher-is-better*:
   layer; a source without one is skipped with a note.
 - ``knn`` and ``linear-probe`` — cross-validated accuracy of a k-nearest-neighbour
   classifier and of a logistic regression on the standardised features (scikit-learn).
+
+Here they are plain functions of arrays.  :mod:`headstart.choose.rankers` registers them by
+name and runs them on a source's features; :mod:`headstart.choose.vs_random` sets a score
+against a baseline's.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
-from headstart.features.extract import Features, extract_features
-from headstart.registry import Registry
-from headstart.sources.base import Source
+
+__all__ = [
+    "KNN_METRICS",
+    "NO_SOURCE_HEAD",
+    "knn_accuracy",
+    "knn_correct",
+    "leep",
+    "leep_per_item",
+    "linear_probe_accuracy",
+    "linear_probe_correct",
+    "logme",
+]
 
 log = logging.getLogger(__name__)
 
@@ -327,264 +336,3 @@ def _held_out_correct(
     from sklearn.model_selection import cross_val_predict
 
     return (cross_val_predict(model, f, y, cv=splits) == y).astype(np.float64)
-
-
-@dataclass(frozen=True)
-class Ranker:
-    """A named transferability score: ``score(features, seed)``, higher is better.
-
-    ``per_item(features, seed)``, where the score is a mean over the examples, gives the
-    examples' terms [N] (for :func:`compare_features`' paired standard error)."""
-
-    score: Callable[[Features, int], float]
-    summary: str
-    needs_source_probs: bool = False
-    per_item: Callable[[Features, int], np.ndarray] | None = None
-
-
-RANKERS: Registry[Ranker] = Registry("ranking method", ConfigError)
-
-
-RANKERS.register(
-    "logme",
-    Ranker(
-        score=lambda f, seed: logme(f.features, f.targets),
-        summary="LogME: evidence of a Bayesian linear model on the features (You et al. 2021)",
-    ),
-)
-
-
-RANKERS.register(
-    "leep",
-    Ranker(
-        score=lambda f, seed: leep(f.source_probs, f.targets),
-        summary="LEEP: target likelihood from the source classifier's outputs (Nguyen et al. 2020)",
-        needs_source_probs=True,
-        per_item=lambda f, seed: leep_per_item(f.source_probs, f.targets),
-    ),
-)
-
-
-RANKERS.register(
-    "knn",
-    Ranker(
-        score=lambda f, seed: knn_accuracy(f.features, f.targets, seed=seed),
-        summary="cross-validated accuracy of a 5-nearest-neighbour classifier (cosine)",
-        per_item=lambda f, seed: knn_correct(f.features, f.targets, seed=seed),
-    ),
-)
-
-
-RANKERS.register(
-    "linear-probe",
-    Ranker(
-        score=lambda f, seed: linear_probe_accuracy(f.features, f.targets, seed=seed),
-        summary="cross-validated accuracy of a logistic regression on the features",
-        per_item=lambda f, seed: linear_probe_correct(f.features, f.targets, seed=seed),
-    ),
-)
-
-
-@dataclass(frozen=True)
-class ScoreResult:
-    """One method's score of one source: ``value`` (None when skipped, ``note`` says
-    why), and the seconds the method took on features already extracted."""
-
-    value: float | None
-    seconds: float
-    note: str = ""
-    # the examples' terms [N] of a score that is their mean (Ranker.per_item), kept for
-    # compare_features; not part of the record
-    terms: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "seconds": self.seconds, "note": self.note}
-
-
-def _method_names(methods: Sequence[str] | None) -> list[str]:
-    if isinstance(methods, str):  # a lone name would otherwise be read letter by letter
-        methods = [methods]
-    names = list(dict.fromkeys(methods)) if methods else RANKERS.names()
-    for name in names:
-        RANKERS.get(name)  # raises, listing the valid names
-    return names
-
-
-def score_features(
-    features: Features, *, methods: Sequence[str] | None = None, seed: int = 0
-) -> dict[str, ScoreResult]:
-    """Each of ``methods`` (default: all registered) on ``features``, timed.
-
-    A method that needs the source's class probabilities gets ``value=None`` and a note
-    when ``features.source_probs`` is None.  Other errors propagate.
-    """
-    results: dict[str, ScoreResult] = {}
-    for name in _method_names(methods):
-        ranker = RANKERS.get(name)
-        if ranker.needs_source_probs and features.source_probs is None:
-            results[name] = ScoreResult(value=None, seconds=0.0, note=f"skipped: {NO_SOURCE_HEAD}")
-            continue
-        t0 = time.perf_counter()
-        if ranker.per_item is not None:
-            terms = ranker.per_item(features, seed)
-            results[name] = ScoreResult(
-                value=float(terms.mean()), seconds=time.perf_counter() - t0, terms=terms
-            )
-        else:
-            value = ranker.score(features, seed)
-            results[name] = ScoreResult(value=value, seconds=time.perf_counter() - t0)
-    return results
-
-
-def score_source(
-    source: Source,
-    data: LabeledData,
-    *,
-    methods: Sequence[str] | None = None,
-    seed: int = 0,
-    batch_size: int = 128,
-    device: str = "cpu",
-    progress: bool = True,
-) -> dict[str, ScoreResult]:
-    """Extract ``source``'s features of ``data`` once, then run each of ``methods``.
-
-    ``seconds`` in each result is the method alone; the one feature extraction they
-    share is not in it (time :func:`extract_features` and :func:`score_features`
-    separately to see both).  Raises :class:`ConfigError` for an unknown method.
-    """
-    names = _method_names(methods)
-    need_probs = any(RANKERS.get(n).needs_source_probs for n in names)
-    features = extract_features(
-        source,
-        data,
-        batch_size=batch_size,
-        device=device,
-        with_source_logits=need_probs,
-        progress=progress,
-    )
-    results = score_features(features, methods=names, seed=seed)
-    if need_probs and source.old_head is not None and not source.weights.pretrained:
-        for name in names:
-            if RANKERS.get(name).needs_source_probs:
-                results[name] = ScoreResult(
-                    value=results[name].value,
-                    seconds=results[name].seconds,
-                    note="the source's classifier head is randomly initialised",
-                )
-    return results
-
-
-# How many standard errors above a baseline a score must be to count as better than it:
-# the one-sided 95% point of the normal distribution.
-CLEARLY_ABOVE_Z = 1.645
-
-
-# Random halves for the standard error of a score that is not a mean over examples.
-HALF_SAMPLES = 20
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One method's score of a candidate minus a baseline's, on the same examples.
-
-    ``se`` is the standard error of that difference, from the examples' paired terms
-    (``how="per item"``) or from random halves of the data (``how="half samples"``);
-    the candidate is ``above`` the baseline when the difference is positive by more
-    than :data:`CLEARLY_ABOVE_Z` standard errors.
-    """
-
-    difference: float
-    se: float
-    how: str
-
-    @property
-    def above(self) -> bool:
-        return self.difference > 0 and self.difference > CLEARLY_ABOVE_Z * self.se
-
-    @property
-    def z(self) -> float | None:
-        return None if self.se <= 0 else self.difference / self.se
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "z": self.z, "above": self.above}
-
-
-def compare_features(
-    candidate: Features,
-    baseline: Features,
-    method: str,
-    *,
-    seed: int = 0,
-    scored: tuple[ScoreResult | None, ScoreResult | None] = (None, None),
-) -> Comparison | None:
-    """``method``'s score on ``candidate`` minus its score on ``baseline`` (features of
-    the same examples, in the same order), with the standard error of the difference.
-
-    A score that is a mean over examples (LEEP, k-NN and linear-probe accuracy) pairs
-    the examples' terms: the mean of the differences, and their standard deviation over
-    sqrt(N).  LogME is not such a mean; its standard error is the delete-d jackknife's
-    with d = N/2 (Shao & Wu, Ann. Statist. 1989), over :data:`HALF_SAMPLES` random
-    stratified halves: the spread of the halves' differences around their mean, times
-    ``(N - d) / d``.  ``scored``: the two sides' results of :func:`score_features`
-    for ``method``, where already computed, so that their value and per-example terms
-    are not computed again.  None when ``method`` needs class probabilities one side
-    lacks.
-    Raises :class:`ConfigError` when the two do not describe the same examples.
-    """
-    ranker = RANKERS.get(method)
-    if ranker.needs_source_probs and (
-        candidate.source_probs is None or baseline.source_probs is None
-    ):
-        return None
-    if not np.array_equal(candidate.targets, baseline.targets):
-        raise ConfigError("compare_features: the two feature sets are not of the same examples")
-    n = len(candidate.targets)
-    sides = list(zip((candidate, baseline), scored, strict=True))
-    if ranker.per_item is not None:
-        per_item = ranker.per_item
-        ours, theirs = (
-            per_item(f, seed) if done is None or done.terms is None else done.terms
-            for f, done in sides
-        )
-        diff = ours - theirs
-        se = float(diff.std(ddof=1) / math.sqrt(n)) if n > 1 else math.inf
-        return Comparison(difference=float(diff.mean()), se=se, how="per item")
-    ours_value, theirs_value = (
-        ranker.score(f, seed) if done is None or done.value is None else done.value
-        for f, done in sides
-    )
-    full = ours_value - theirs_value
-    diffs = []
-    kept = 0
-    for half in _halves(candidate.targets, seed):
-        kept = len(half)
-        diffs.append(
-            ranker.score(_subset(candidate, half), seed)
-            - ranker.score(_subset(baseline, half), seed)
-        )
-    if len(diffs) < 2:
-        return Comparison(difference=float(full), se=math.inf, how="half samples")
-    spread = np.asarray(diffs)
-    se = math.sqrt(kept / (n - kept) * float(((spread - spread.mean()) ** 2).mean()))
-    return Comparison(difference=float(full), se=se, how="half samples")
-
-
-def _halves(targets: np.ndarray, seed: int) -> list[np.ndarray]:
-    """:data:`HALF_SAMPLES` random halves of the examples, each keeping every class;
-    none where a class has fewer than 2 examples (no half could keep it and leave it)."""
-    from sklearn.model_selection import StratifiedShuffleSplit
-
-    counts = np.unique(targets, return_counts=True)[1]
-    if len(targets) < 4 or counts.min() < 2:
-        return []
-    splitter = StratifiedShuffleSplit(n_splits=HALF_SAMPLES, train_size=0.5, random_state=seed)
-    return [kept for kept, _ in splitter.split(targets, targets)]
-
-
-def _subset(features: Features, rows: np.ndarray) -> Features:
-    probs = features.source_probs
-    return Features(
-        features=features.features[rows],
-        targets=features.targets[rows],
-        source_probs=None if probs is None else probs[rows],
-    )

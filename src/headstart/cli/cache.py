@@ -11,12 +11,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from headstart.cli.output import _human
+from headstart.cli.output import print_human
+
+__all__ = ["add_cache_parser"]
 
 log = logging.getLogger("headstart")
 
 
-def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+def add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     """``headstart cache list|verify|path|add|convert|clear``: the weights cache."""
     folder = argparse.ArgumentParser(add_help=False)
     folder.add_argument(
@@ -32,15 +34,28 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "checked (size and sha256, recorded in NAME.sha256.json) and reused.",
     )
     actions = p.add_subparsers(dest="cache_action", metavar="ACTION", required=True)
-
     q = actions.add_parser(
         "list", parents=[common, folder], help="the files in the cache (nothing is hashed)"
     )
     q.set_defaults(handler=_cmd_cache_list)
+    _add_verify_parser(actions, [common, folder])
+    _add_path_parser(actions, [common, folder])
+    _add_add_parser(actions, [common, folder])
+    _add_convert_parser(actions, [common])
+    q = actions.add_parser(
+        "clear",
+        parents=[common, folder],
+        help="delete the cached weights and features (with --yes)",
+    )
+    q.add_argument("--yes", action="store_true", help="really delete")
+    q.set_defaults(handler=_cmd_cache_clear)
 
+
+def _add_verify_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``cache verify [NAME...]``."""
     q = actions.add_parser(
         "verify",
-        parents=[common, folder],
+        parents=parents,
         help="hash every file again; damaged ones are an error",
         description="Hash the cached files again and check each against the hash recorded "
         "when it was stored, or the hash in its name (NAME-HASH.pth). A damaged file is "
@@ -49,7 +64,10 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("names", metavar="NAME", nargs="*", help="only these (as list names them)")
     q.set_defaults(handler=_cmd_cache_verify)
 
-    q = actions.add_parser("path", parents=[common, folder], help="print the cache folder")
+
+def _add_path_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``cache path [--for SPEC]``."""
+    q = actions.add_parser("path", parents=parents, help="print the cache folder")
     q.add_argument(
         "--for",
         dest="spec",
@@ -58,9 +76,12 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     q.set_defaults(handler=_cmd_cache_path)
 
+
+def _add_add_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``cache add FILE --for SPEC``."""
     q = actions.add_parser(
         "add",
-        parents=[common, folder],
+        parents=parents,
         help="put a file you downloaded where headstart looks for SPEC's weights",
         description="Check FILE (published hash, completeness, safe to load) and copy it to "
         "where the resolver looks for SPEC's weights: for a machine without network.",
@@ -75,9 +96,12 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     q.set_defaults(handler=_cmd_cache_add)
 
+
+def _add_convert_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
+    """``cache convert FILE [--out PATH]``: no --cache-dir, it writes beside FILE."""
     q = actions.add_parser(
         "convert",
-        parents=[common],
+        parents=parents,
         help="rewrite a TRUSTED .pth as safetensors (may run its pickled code)",
         description="Rewrite a checkpoint as safetensors, which loads without running any "
         "code. A file headstart refuses (pickled objects) is read with "
@@ -87,14 +111,6 @@ def _add_cache_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     q.add_argument("file", metavar="FILE", help="a .pth / .pt / .bin checkpoint you trust")
     q.add_argument("--out", default=None, help="where to write (default FILE.safetensors)")
     q.set_defaults(handler=_cmd_cache_convert)
-
-    q = actions.add_parser(
-        "clear",
-        parents=[common, folder],
-        help="delete the cached weights and features (with --yes)",
-    )
-    q.add_argument("--yes", action="store_true", help="really delete")
-    q.set_defaults(handler=_cmd_cache_clear)
 
 
 def _entry_lines(entries: Sequence[Any]) -> list[str]:
@@ -120,7 +136,9 @@ def _cmd_cache_list(args: argparse.Namespace) -> dict[str, Any]:
         f"{'x'.join(map(str, e.meta.get('shape', [])))}  {e.meta.get('data')}"
         for e in features
     ]
-    _human(args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries), *feature_lines])
+    print_human(
+        args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries), *feature_lines]
+    )
     return {
         "cache_dir": str(cache_dir(args.cache_dir)),
         "entries": [e.to_dict() for e in entries],
@@ -138,7 +156,7 @@ def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
         "cache_dir": str(cache_dir(args.cache_dir)),
         "entries": [e.to_dict() for e in entries],
     }
-    _human(args, _entry_lines(entries))
+    print_human(args, _entry_lines(entries))
     damaged = [e.name for e in entries if e.status == "damaged"]
     if damaged:
         if args.json:  # the report still goes to stdout; the exit code says it failed
@@ -157,9 +175,9 @@ def _cmd_cache_path(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.spec:
         remote = location_for(args.spec, args.cache_dir)
-        _human(args, [str(remote.dest)])
+        print_human(args, [str(remote.dest)])
         return {"spec": args.spec, "path": str(remote.dest), "url": remote.url}
-    _human(args, [str(cache_dir(args.cache_dir))])
+    print_human(args, [str(cache_dir(args.cache_dir))])
     return {"cache_dir": str(cache_dir(args.cache_dir))}
 
 
@@ -169,7 +187,7 @@ def _cmd_cache_add(args: argparse.Namespace) -> dict[str, Any]:
 
     remote = location_for(args.spec, args.cache_dir)
     dest = add_to_cache(args.file, remote, spec=args.spec)
-    _human(args, [f"{args.file} -> {dest}"])
+    print_human(args, [f"{args.file} -> {dest}"])
     return {"spec": args.spec, "path": str(dest)}
 
 
@@ -177,7 +195,7 @@ def _cmd_cache_convert(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.weights.cache import convert_to_safetensors
 
     dest = convert_to_safetensors(args.file, args.out)
-    _human(args, [f"written: {dest}"])
+    print_human(args, [f"written: {dest}"])
     return {"path": str(dest)}
 
 
@@ -192,10 +210,10 @@ def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:
     files = f"{len(removed)} file{'' if len(removed) == 1 else 's'}"
     if not args.yes and removed:
         size = sum(p.stat().st_size for p in removed) / 2**20
-        _human(args, [str(p) for p in removed], stream=sys.stderr)
+        print_human(args, [str(p) for p in removed], stream=sys.stderr)
         raise ConfigError(
             f"nothing deleted: {files} ({size:.1f} MB) in {cache_dir(args.cache_dir)}; run "
             "again with --yes to delete them"
         )
-    _human(args, [f"deleted {files} from {cache_dir(args.cache_dir)}"])
+    print_human(args, [f"deleted {files} from {cache_dir(args.cache_dir)}"])
     return {"cache_dir": str(cache_dir(args.cache_dir)), "deleted": [str(p) for p in removed]}

@@ -7,8 +7,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+__all__ = ["print_human"]
 
-def _human(args: argparse.Namespace, lines: Sequence[str], stream: Any = None) -> None:
+
+def print_human(args: argparse.Namespace, lines: Sequence[str], stream: Any = None) -> None:
     """Results for people: stdout normally, stderr when stdout is reserved for JSON."""
     if args.quiet and stream is None:
         return
