@@ -10,6 +10,7 @@ from torch import nn
 
 from headstart.plan.lora import add_adapters, is_adapter_parameter
 from headstart.plan.make import Plan
+from headstart.plan.strategies import BatchNorm
 
 
 def _frozen_indices(model: Any, plan: Plan) -> list[int]:
@@ -70,7 +71,7 @@ def set_train_mode(model: Any, plan: Plan, training: bool = True) -> None:
     """``model.train(training)``, but frozen stages always stay in eval mode."""
     model.train(training)
     # LoRA trains as the model does (dropout on); its frozen weights cannot move anyway
-    if training and plan.frozen_stages and plan.lora is None:
+    if training and plan.bn_mode is BatchNorm.FROZEN_EVAL:
         frozen = _frozen_indices(model, plan)
         if len(frozen) == model.backbone.num_stages:
             model.backbone.eval()

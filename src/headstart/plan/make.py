@@ -6,7 +6,7 @@ returns the optimizer's parameter groups (frozen parameters are not in any group
 :func:`set_train_mode` puts the model in training mode except the frozen stages, which
 stay in eval mode so BatchNorm statistics and dropout do not move.
 
-Strategies (DESIGN.md "Strategies"):
+Strategies (their records: :mod:`headstart.plan.strategies`):
 
 - ``linear``: the whole backbone frozen, only the new head trains.
 - ``partial:K``: the first K stages frozen; later stages at the backbone rate.
@@ -31,12 +31,12 @@ epochs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from headstart.errors import ConfigError
-from headstart.registry import Registry
+from headstart.plan.strategies import STRATEGIES, BackboneRate, BatchNorm, parse_strategy
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Plan:
     reinitialise: bool  # scratch: the backbone starts from random weights
     head_lr: float
     backbone_lr: float  # 0.0 when the whole backbone is frozen
-    bn_mode: str  # "frozen stages in eval mode" / "all train"
+    bn_mode: BatchNorm  # what BatchNorm and dropout do in the backbone
     weight_decay: float
     layer_decay: float = 1.0  # stage i trains at backbone_lr * layer_decay**(last - i)
     lora: dict[str, Any] | None = None  # lora: r, alpha, dropout, target_modules
@@ -59,6 +59,7 @@ class Plan:
         d = asdict(self)
         d["frozen_stages"] = list(self.frozen_stages)
         d["trainable_stages"] = list(self.trainable_stages)
+        d["bn_mode"] = self.bn_mode.value
         return d
 
     @classmethod
@@ -70,7 +71,7 @@ class Plan:
             reinitialise=bool(d["reinitialise"]),
             head_lr=float(d["head_lr"]),
             backbone_lr=float(d["backbone_lr"]),
-            bn_mode=str(d["bn_mode"]),
+            bn_mode=BatchNorm.parse(str(d["bn_mode"])),
             weight_decay=float(d["weight_decay"]),
             layer_decay=float(d.get("layer_decay", 1.0)),
             lora=dict(d["lora"]) if d.get("lora") else None,
@@ -80,64 +81,6 @@ class Plan:
     @property
     def num_frozen(self) -> int:
         return len(self.frozen_stages)
-
-
-# A strategy maps (K or None, number of stages) -> (frozen count, reinitialise, same rate).
-_Rule = Callable[[int | None, int], tuple[int, bool, bool]]
-
-
-STRATEGIES: Registry[_Rule] = Registry("strategy")
-
-
-def _linear(k: int | None, n: int) -> tuple[int, bool, bool]:
-    return n, False, False
-
-
-def _full(k: int | None, n: int) -> tuple[int, bool, bool]:
-    return 0, False, False
-
-
-def _scratch(k: int | None, n: int) -> tuple[int, bool, bool]:
-    return 0, True, True
-
-
-def _partial(k: int | None, n: int) -> tuple[int, bool, bool]:
-    assert k is not None
-    return k, False, False
-
-
-STRATEGIES.register("linear", _linear)
-
-
-STRATEGIES.register("partial", _partial)
-
-
-STRATEGIES.register("full", _full)
-
-
-STRATEGIES.register("scratch", _scratch)
-
-
-# lora: every stage's own weights frozen; the adapters train at the base rate
-STRATEGIES.register("lora", _linear)
-
-
-_TAKES_K = {"partial"}
-
-
-def parse_strategy(text: str) -> tuple[str, int | None]:
-    """``"partial:2"`` -> ``("partial", 2)``; ``"full"`` -> ``("full", None)``."""
-    name, _, arg = str(text).partition(":")
-    valid = ", ".join(n + (":K" if n in _TAKES_K else "") for n in STRATEGIES.names())
-    if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {text!r}; valid: {valid}")
-    if name in _TAKES_K:
-        if not arg.isdigit():
-            raise ConfigError(f"strategy {text!r}: give the number of frozen stages, e.g. {name}:2")
-        return name, int(arg)
-    if arg:
-        raise ConfigError(f"strategy {name!r} takes no argument (got {text!r}); valid: {valid}")
-    return name, None
 
 
 def make_plan(
@@ -166,9 +109,10 @@ def make_plan(
     if not 0 < layer_decay <= 1:
         raise ConfigError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
     name, k = parse_strategy(strategy)
+    record = STRATEGIES.get(name)
     check_head_epochs(name, head_epochs)
     n = len(stage_names)
-    lead = leading_stages if name == "partial" else 0
+    lead = leading_stages if record.leading else 0
     if k is not None and not 1 <= k < n - lead:
         kinds = f"{', '.join(stage_names[:lead])} and " if lead else ""
         raise ConfigError(
@@ -176,18 +120,18 @@ def make_plan(
             f"K must be 1..{n - lead - 1}, partial:K freezing {kinds}the next K "
             "(use 'linear' to freeze all of them)"
         )
-    if name == "lora" and not (lora and lora.get("target_modules")):
+    if record.adapters and not (lora and lora.get("target_modules")):
         raise ConfigError(
-            "strategy 'lora' needs target modules: pass --lora-targets NAME,NAME (names of "
+            f"strategy {name!r} needs target modules: pass --lora-targets NAME,NAME (names of "
             "Linear layers, e.g. query,value for BERT); hf: sources know their defaults"
         )
-    frozen, reinit, same_rate = STRATEGIES.get(name)((k + lead) if k is not None else None, n)
+    frozen = record.frozen((k + lead) if k is not None else None, n)
     trainable = tuple(stage_names[frozen:])
-    if name == "lora":
-        backbone_lr = lr  # the adapters' rate
+    if record.adapters:
+        backbone_lr = lr  # the adapters' rate (record.rate is BASE)
     elif not trainable:
         backbone_lr = 0.0
-    elif same_rate:
+    elif record.rate is BackboneRate.BASE:
         backbone_lr = lr
     else:
         backbone_lr = lr * backbone_lr_mult
@@ -195,19 +139,13 @@ def make_plan(
         strategy=strategy,
         frozen_stages=tuple(stage_names[:frozen]),
         trainable_stages=trainable,
-        reinitialise=reinit,
+        reinitialise=record.reinitialise,
         head_lr=lr,
         backbone_lr=backbone_lr,
-        bn_mode=(
-            "base weights frozen, dropout on (adapters train)"
-            if name == "lora"
-            else "frozen stages in eval mode"
-            if frozen
-            else "all stages train"
-        ),
+        bn_mode=record.batchnorm if frozen else BatchNorm.ALL_TRAIN,
         weight_decay=weight_decay,
         layer_decay=layer_decay if trainable else 1.0,
-        lora=dict(lora) if name == "lora" and lora else None,
+        lora=dict(lora) if record.adapters and lora else None,
         head_epochs=head_epochs,
     )
 
@@ -217,10 +155,10 @@ def check_head_epochs(strategy: str, head_epochs: int, epochs: int | None = None
     some of the backbone (``strategy``: a name as :func:`parse_strategy` returns it)."""
     if head_epochs < 0:
         raise ConfigError(f"--head-epochs must be >= 0 (got {head_epochs})")
-    if head_epochs and strategy == "linear":
+    if head_epochs and not STRATEGIES.get(strategy).trains_backbone:
         raise ConfigError(
-            "--head-epochs: the linear strategy trains only the head in every epoch already; "
-            "use it with full, partial:K or lora (or drop --head-epochs)"
+            f"--head-epochs: the {strategy} strategy trains only the head in every epoch "
+            "already; use it with full, partial:K or lora (or drop --head-epochs)"
         )
     if head_epochs and epochs is not None and head_epochs >= epochs:
         raise ConfigError(
@@ -238,7 +176,7 @@ def head_phase(plan: Plan) -> Plan:
         frozen_stages=stages,
         trainable_stages=(),
         backbone_lr=0.0,
-        bn_mode="frozen stages in eval mode",
+        bn_mode=BatchNorm.FROZEN_EVAL,
         layer_decay=1.0,
         lora=None,
         head_epochs=0,
@@ -270,7 +208,7 @@ def format_plan(plan: Plan) -> str:
             if plan.layer_decay != 1.0
             else []
         ),
-        f"  batchnorm: {plan.bn_mode}; weight decay {plan.weight_decay:g}",
+        f"  batchnorm: {plan.bn_mode.describe()}; weight decay {plan.weight_decay:g}",
         *(
             [
                 f"  first:     {plan.head_epochs} epoch{'s' if plan.head_epochs > 1 else ''} "
