@@ -9,8 +9,8 @@ import pytest
 
 from headstart.choose.recommend import Measurements, decide
 from headstart.config.options import FitOptions
-from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError
+from headstart.plan.strategies import resolve_augment
 from tests.conftest import run_cli
 
 

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from headstart.config.train import TrainConfig
 from headstart.errors import ConfigError
 from headstart.plan.apply import apply_plan, set_train_mode
-from headstart.plan.make import Plan, format_plan, make_plan, parse_strategy
+from headstart.plan.make import Plan, format_plan, make_plan
+from headstart.plan.strategies import parse_strategy
 from headstart.sources import build_source
 from headstart.sources.target import TargetModel
 from headstart.train.loop import train

@@ -52,9 +52,9 @@ from headstart.config.options import AdaptOptions
 from headstart.config.train import TrainConfig
 from headstart.data.images import load_data
 from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
-from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError, DataError
 from headstart.plan.make import Plan, format_plan, make_plan
+from headstart.plan.strategies import resolve_augment, strategy_of
 from headstart.rundir import prepare_out, write_run
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources.base import Source
@@ -462,7 +462,7 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     check_options(options)
     data = _load(options)
     generator = seed_everything(options.seed)
-    source = _build_source(options, scratch=options.strategy == "scratch")
+    source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
     plan = _plan(options, source)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))

@@ -23,9 +23,9 @@ from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import save_adapter
+from headstart.plan.strategies import is_auto, strategy_of
 from headstart.rundir import prepare_out, write_run
 from headstart.train.assemble import (
-    AUTO,
     Trained,
     _default_out,
     _split,
@@ -188,7 +188,7 @@ def _resolve(
         return options, start.checkpointer, start.saved["recommendation"]
     requested = options
     recommendation: dict[str, Any] | None = None
-    if options.strategy == AUTO:
+    if is_auto(options.strategy):
         # Measured on the training part only: the validation split stays unseen.
         rec = recommend_for(options, train_data)
         recommendation = rec.to_dict()
@@ -355,6 +355,6 @@ def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
 
 def pretrain(options: PretrainOptions) -> FitResult:
     """Train ``options.source`` from scratch on a source data set; returns the run."""
-    if options.strategy != "scratch" or options.weights != "none":
+    if not strategy_of(options.strategy).reinitialise or options.weights != "none":
         raise ConfigError("pretrain trains from scratch: strategy scratch, weights none")
     return fit(options, kind="pretrain")

@@ -33,9 +33,9 @@ from headstart.config.options import CompareOptions
 from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
-from headstart.plan.make import parse_strategy
+from headstart.plan.strategies import is_auto, parse_strategy, strategy_of
 from headstart.rundir import prepare_out
-from headstart.train.assemble import AUTO, check_options, load_training_data, train_on
+from headstart.train.assemble import check_options, load_training_data, train_on
 from headstart.train.tracking import Tracker, open_tracker
 
 __all__ = ["compare"]
@@ -48,7 +48,7 @@ def _strategies(text: str) -> list[str]:
     if not names:
         raise ConfigError("--strategies is empty; e.g. --strategies linear,full,scratch")
     for name in names:
-        if name != AUTO:
+        if not is_auto(name):
             parse_strategy(name)
     if len(set(names)) != len(names):
         raise ConfigError(f"--strategies names a strategy twice: {text}")
@@ -192,7 +192,7 @@ def _train_fold(
     )
     chosen = case = ""
     t_measure = time.perf_counter()
-    if strategy == AUTO:
+    if is_auto(strategy):
         fold_options, chosen, case = _recommended(fold_options, train_data)
     # auto's time includes its measuring: that is what choosing costs
     measure_s = time.perf_counter() - t_measure
@@ -249,7 +249,7 @@ def _log_results(result: CompareResult, tracker: Tracker) -> None:
 def _as_strategy(options: CompareOptions, strategy: str) -> CompareOptions:
     """``options`` for one of the compared strategies: ``--head-epochs`` applies to those
     that train the backbone (``linear`` trains only the head anyway)."""
-    linear = strategy != AUTO and parse_strategy(strategy)[0] == "linear"
+    linear = not is_auto(strategy) and not strategy_of(strategy).trains_backbone
     return replace(options, strategy=strategy, head_epochs=0 if linear else options.head_epochs)
 
 

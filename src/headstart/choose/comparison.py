@@ -19,6 +19,7 @@ import numpy as np
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text
 from headstart.choose.report import benefits, benefits_table, check_lines, html_page, plot_lines
 from headstart.config.options import CompareOptions
+from headstart.plan.strategies import reinitialises
 
 __all__ = [
     "CompareResult",
@@ -116,7 +117,7 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
         lines += ["## Data checks", "", *check_lines(result.data_checks), ""]
     curves = mean_curves(result)
     named = [(name, benefits(mean)) for name, (mean, _) in curves.items()]
-    baseline = "scratch" if "scratch" in curves else None
+    baseline = next((name for name in curves if reinitialises(name)), None)
     lines += [
         "## The three benefits of transfer",
         "",
@@ -167,7 +168,7 @@ def _verdict(result: CompareResult) -> str:
             f" It is not clearly better than {', '.join(tied)}: their intervals include 0, "
             "so more folds, seeds or data would be needed to separate them."
         )
-    if best.strategy == "scratch" and len(result.summary) > 1:
+    if reinitialises(best.strategy) and len(result.summary) > 1:
         if not tied:
             text += (
                 " Every use of the pretrained source is clearly worse than training from "

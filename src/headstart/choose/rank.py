@@ -60,7 +60,7 @@ from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError, HeadstartError
 from headstart.features.extract import Features, extract_features
-from headstart.plan.make import parse_strategy
+from headstart.plan.strategies import parse_strategy, strategy_of
 from headstart.runtime import seed_everything
 from headstart.sources.base import Source
 from headstart.sources.inputs import check_candidate
@@ -258,7 +258,7 @@ def _check_validate(options: RankOptions) -> None:
     that fine-tunes each candidate as it is."""
     options.train_config()  # --epochs, --batch-size... before any slow work
     parse_strategy(options.strategy)
-    if options.strategy == "scratch":
+    if strategy_of(options.strategy).reinitialise:
         raise ConfigError(
             "--strategy scratch re-initialises every candidate, so --validate would "
             "fine-tune the same network each time; use full, partial:K or linear (rank "

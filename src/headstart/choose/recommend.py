@@ -49,8 +49,9 @@ from torch import nn
 from headstart.choose.scores import leep, linear_probe_accuracy
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
-from headstart.data.transforms import AUTO_AUGMENT, resolve_augment
+from headstart.data.transforms import AUTO_AUGMENT
 from headstart.features.extract import feature_loader, in_item_order
+from headstart.plan.strategies import resolve_augment
 from headstart.sources import Source, build_source
 from headstart.train.assemble import build_options, load_training_data
 

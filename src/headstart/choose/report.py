@@ -16,6 +16,7 @@ import numpy as np
 
 from headstart._io import atomic_path, atomic_write_text
 from headstart.errors import RunError
+from headstart.plan.strategies import BatchNorm
 from headstart.rundir import read_meta
 
 __all__ = [
@@ -191,7 +192,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         ),
         f"- head: new Linear({src['feature_dim']}, {len(meta['classes'])}) at lr "
         f"{plan['head_lr']:g}",
-        f"- BatchNorm: {plan['bn_mode']}",
+        f"- BatchNorm: {BatchNorm.parse(plan['bn_mode']).describe()}",
         *_augmentation_lines(meta.get("augmentation")),
         "",
         *_recommendation_lines(meta.get("recommendation")),

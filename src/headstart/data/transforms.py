@@ -88,23 +88,6 @@ AUGMENTS = ("light", "none")
 AUTO_AUGMENT = "auto"  # --augment auto: none for linear, light when the backbone trains
 
 
-def resolve_augment(augment: str, strategy: str) -> str:
-    """``--augment`` as it applies to ``strategy``: ``auto`` becomes ``none`` for
-    ``linear`` and ``light`` for the strategies that train the backbone.
-
-    ``linear`` follows the linear-evaluation protocol (Kornblith, Shlens & Le, 2019; the
-    linear probes of CLIP): the head is fitted on the features of un-augmented images, so
-    the frozen backbone runs once (the feature cache) and the head comes out the same with
-    or without the cache.  Fine-tuning a backbone on a small data set needs augmentation
-    against over-fitting, hence ``light`` there.
-    """
-    if augment == AUTO_AUGMENT:
-        return "none" if strategy == "linear" else "light"
-    if augment not in AUGMENTS:
-        raise ConfigError(f"--augment {augment!r}; valid: {AUTO_AUGMENT}, {', '.join(AUGMENTS)}")
-    return augment
-
-
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "Strategy",
     "is_auto",
     "parse_strategy",
+    "reinitialises",
     "resolve_augment",
     "strategy_of",
 ]
@@ -170,6 +171,12 @@ def parse_strategy(text: str) -> tuple[str, int | None]:
     if arg:
         raise ConfigError(f"strategy {name!r} takes no argument (got {text!r}); valid: {valid}")
     return name, None
+
+
+def reinitialises(text: str) -> bool:
+    """Whether ``--strategy text`` trains from random weights (scratch): the baseline the
+    others are measured against.  ``auto`` is no strategy of its own: False."""
+    return not is_auto(text) and strategy_of(text).reinitialise
 
 
 def strategy_of(text: str) -> Strategy:

@@ -22,10 +22,10 @@ from headstart.config.options import FitOptions, PretrainOptions
 from headstart.data.labelled import LabeledData, stratified_split
 from headstart.data.sampling import set_deterministic
 from headstart.data.texts import load_labelled
-from headstart.data.transforms import resolve_augment
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import lora_settings, merge_adapters
-from headstart.plan.make import Plan, check_head_epochs, format_plan, make_plan, parse_strategy
+from headstart.plan.make import Plan, check_head_epochs, format_plan, make_plan
+from headstart.plan.strategies import is_auto, parse_strategy, resolve_augment, strategy_of
 from headstart.rundir import save_model
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
@@ -71,9 +71,6 @@ def _loader(
         world=world,
         rank=rank,
     )
-
-
-AUTO = "auto"  # --strategy auto: measure, then choose (headstart.choose.recommend)
 
 
 # Fewer optimizer steps than this rarely train a new head to convergence: say so.
@@ -179,7 +176,7 @@ def check_options(options: FitOptions) -> None:
     """Fail on a typo in the strategy or source before any slow work."""
     if not options.data:
         raise ConfigError("no training data given (DATA)")
-    if options.strategy != AUTO:
+    if not is_auto(options.strategy):
         name, _ = parse_strategy(options.strategy)
         check_head_epochs(name, options.head_epochs, options.epochs)
     parse_source_spec(options.source)
@@ -235,7 +232,7 @@ def _train_on(
     if options.deterministic:
         set_deterministic()
     generator = seed_everything(options.seed)
-    source = _build_source(options, scratch=options.strategy == "scratch")
+    source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
     plan = _plan(options, source)
     inputs = source.inputs.limited(options.max_length, source.spec)
     inputs.check(train_data, where=options.data, model=source.spec)
@@ -304,7 +301,7 @@ def _plan(options: FitOptions, source: Source) -> Plan:
     """The plan ``options.strategy`` makes for ``source``'s stages (LoRA's settings with
     the source's default target modules)."""
     lora = None
-    if options.strategy == "lora":
+    if strategy_of(options.strategy).adapters:
         lora = lora_settings(
             r=options.lora_r,
             alpha=options.lora_alpha,
