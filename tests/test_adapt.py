@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from headstart.api.adapt import (
+from headstart.api.adapt import load_unlabelled
+from headstart.errors import ConfigError, DataError
+from headstart.train.domain import (
     DomainClassifier,
     annealed_lr,
     coral_loss,
     dann_lambda,
     grad_reverse,
-    load_unlabelled,
 )
-from headstart.errors import ConfigError, DataError
 from tests.conftest import run_cli
 
 

@@ -88,52 +88,10 @@ class HeadstartClassifier(BaseEstimator):
         mlflow_uri: str | None = _DEFAULTS.mlflow_uri,
         tensorboard: str | None = _DEFAULTS.tensorboard,
     ) -> None:
-        self.source = source
-        self.weights = weights
-        self.strategy = strategy
-        self.epochs = epochs
-        self.lr = lr
-        self.backbone_lr_mult = backbone_lr_mult
-        self.weight_decay = weight_decay
-        self.batch_size = batch_size
-        self.val = val
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.patience = patience
-        self.select = select
-        self.augment = augment
-        self.image_size = image_size
-        self.arch = arch
-        self.dropout = dropout
-        self.label_smoothing = label_smoothing
-        self.warmup_epochs = warmup_epochs
-        self.workers = workers
-        self.feature_cache = feature_cache
-        self.feature_cache_views = feature_cache_views
-        self.device = device
-        self.cache_dir = cache_dir
-        self.precision = precision
-        self.channels_last = channels_last
-        self.compile = compile
-        self.strict = strict
-        self.out = out
-        self.overwrite = overwrite
-        self.skip_bad = skip_bad
-        self.layer_decay = layer_decay
-        self.head_epochs = head_epochs
-        self.lora_r = lora_r
-        self.lora_alpha = lora_alpha
-        self.lora_dropout = lora_dropout
-        self.lora_targets = lora_targets
-        self.text_col = text_col
-        self.label_col = label_col
-        self.max_length = max_length
-        self.progress = progress
-        self.checkpoint_every = checkpoint_every
-        self.deterministic = deterministic
-        self.processes = processes
-        self.mlflow_uri = mlflow_uri
-        self.tensorboard = tensorboard
+        # scikit-learn's rule: store every parameter as given, check nothing here
+        for name, value in locals().items():
+            if name != "self":
+                setattr(self, name, value)
 
     def options(self, data: str | Path) -> FitOptions:
         """The :class:`FitOptions` that ``fit(data)`` runs with."""

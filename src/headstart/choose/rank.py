@@ -36,22 +36,16 @@ from headstart.choose.candidates import (
     Candidate,
     CandidateResult,
     RankResult,
+    line_notes,
     parse_candidates,
     parse_methods,
     ranked,
 )
-from headstart.choose.candidates import (
-    line_notes as _line_notes,
-)
 from headstart.choose.rank_validate import (
-    finetune_on_folds as _finetune,
-)
-from headstart.choose.rank_validate import (
+    finetune_on_folds,
     kendall_taus,
     validation_epochs,
-)
-from headstart.choose.rank_validate import (
-    validation_folds as _folds,
+    validation_folds,
 )
 from headstart.choose.rankers import RANKERS, score_features
 from headstart.choose.scores import NO_SOURCE_HEAD
@@ -221,7 +215,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     unlabelled = int((data.targets < 0).sum())
     if unlabelled:
         raise DataError(f"{options.data}: {unlabelled} items have no label; rank needs labels")
-    splits = _folds(data, options.folds, options.seed) if options.validate else []
+    splits = validation_folds(data, options.folds, options.seed) if options.validate else []
 
     notes: list[str] = []
     scored = [_score_candidate(c, data, options, methods) for c in candidates]
@@ -232,7 +226,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     del scored  # the features and the built sources are not needed past this point
     t_scored = time.perf_counter()
     notes += _head_notes(results, methods)
-    notes += _line_notes(results, methods[0])
+    notes += line_notes(results, methods[0])
     validation = (
         _validate(results, data, options, splits, methods, notes) if options.validate else None
     )
@@ -302,7 +296,7 @@ def _validate(
             "optimizer steps"
         )
     for r in results:
-        _finetune(r, data, replace(options, epochs=epochs), splits)
+        finetune_on_folds(r, data, replace(options, epochs=epochs), splits)
     scoring_s = sum(r.scoring_s for r in results)
     finetune_s = sum(r.finetune_s or 0.0 for r in results)
     scoring_cpu_s = sum(r.scoring_cpu_s for r in results)
