@@ -54,11 +54,11 @@ from headstart.plan.strategies import resolve_augment, strategy_of
 from headstart.rundir import prepare_out, write_run
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources.base import Source
+from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train.assemble import (
     _build_source,
     _default_out,
-    _loader,
     _split,
     check_options,
     load_training_data,
@@ -189,24 +189,22 @@ def _plan(options: AdaptOptions, source: Source) -> Plan:
 
 
 def _loaders(
-    options: AdaptOptions, data: _Data, pre: Any, generator: torch.Generator
+    options: AdaptOptions, data: _Data, inputs: Inputs, generator: torch.Generator
 ) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any] | None, DataLoader[Any] | None]:
     """The labelled, target, validation and --eval loaders."""
     seed = options.seed
 
     def training(items: LabeledData, generator: torch.Generator, seed: int) -> DataLoader[Any]:
-        return _loader(
-            items, pre, train=True, augment=options.augment, batch_size=options.batch_size,
+        return inputs.train_loader(
+            items, augment=options.augment, batch_size=options.batch_size,
             workers=options.workers, generator=generator, seed=seed,
         )  # fmt: skip
 
     def evaluation(items: LabeledData | None) -> DataLoader[Any] | None:
         if items is None or not len(items):
             return None
-        return _loader(
-            items, pre, train=False, augment="none",
-            batch_size=max(options.batch_size, EVAL_BATCH), workers=options.workers,
-        )  # fmt: skip
+        batch_size = max(options.batch_size, EVAL_BATCH)
+        return inputs.eval_loader(items, batch_size=batch_size, workers=options.workers)[0]
 
     return (
         training(data.train, generator, seed),
@@ -240,7 +238,7 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     device = resolve_device(options.device)
     domain.to(device)
     source_loader, target_loader, val_loader, eval_loader = _loaders(
-        options, data, source.preprocessing, generator
+        options, data, source.inputs, generator
     )
     objective = DomainObjective(options, model, domain, plan, target_loader, eval_loader, device)
     t_loaded = time.perf_counter()

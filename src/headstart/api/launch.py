@@ -114,7 +114,6 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
 
 
 def _read_result(options: FitOptions, kind: str) -> FitResult:
-
     assert options.out is not None
     run = load_run(options.out)
     import csv

@@ -164,7 +164,6 @@ class FitOptions:
     )
 
     def train_config(self) -> TrainConfig:
-
         return TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,

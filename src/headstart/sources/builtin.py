@@ -131,7 +131,6 @@ class BuiltinAdapter:
         return sorted(BUILTIN_MODELS)
 
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
-
         if name not in BUILTIN_MODELS:
             raise unknown_name("builtin", name, BUILTIN_MODELS)
         spec = BUILTIN_MODELS[name]

@@ -88,7 +88,6 @@ class FileAdapter:
         return []
 
     def build(self, name: str, *, weights: str, options: BuildOptions) -> Source:
-
         path = Path(name).expanduser()
         if not path.exists():
             raise SourceError(

@@ -29,7 +29,7 @@ from headstart.plan.strategies import is_auto, parse_strategy, resolve_augment, 
 from headstart.rundir import save_model
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
-from headstart.sources.inputs import ImageInputs, Inputs
+from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.checkpoint import Checkpointer
@@ -41,36 +41,6 @@ log = logging.getLogger(__name__)
 
 def _default_out(kind: str) -> str:
     return str(Path("runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}")
-
-
-def _loader(
-    data: LabeledData,
-    source_pre: Any,
-    *,
-    train: bool,
-    augment: str,
-    batch_size: int,
-    workers: int,
-    generator: torch.Generator | None = None,
-    seed: int = 0,
-    parallel: Parallel | None = None,
-) -> DataLoader[Any]:
-    """An image loader as ``adapt`` (images only) builds them; see
-    :class:`headstart.sources.inputs.ImageInputs`."""
-    inputs = ImageInputs(source_pre)
-    if not train:
-        return inputs.eval_loader(data, batch_size=batch_size, workers=workers)[0]
-    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
-    return inputs.train_loader(
-        data,
-        augment=augment,
-        batch_size=batch_size,
-        workers=workers,
-        generator=generator,
-        seed=seed,
-        world=world,
-        rank=rank,
-    )
 
 
 # Fewer optimizer steps than this rarely train a new head to convergence: say so.

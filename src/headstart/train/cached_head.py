@@ -306,8 +306,9 @@ def _loaders(
         return t.view(len(feats), *shape) if shape is not None else t
 
     targets = torch.as_tensor(train_data.targets, dtype=torch.int64)
-    # As headstart.train.assemble._loader: the same batches in the same order (a function of the
-    # seed and the epoch), and no last batch of one example (BatchNorm cannot train on it).
+    # As the image loader (headstart.sources.inputs.ImageInputs.train_loader): the same batches
+    # in the same order (a function of the seed and the epoch), and no last batch of one
+    # example (BatchNorm cannot train on it).
     n, bs = len(train_data), options.batch_size
     sampler = EpochBatchSampler(n, bs, seed=options.seed, drop_last=n > bs and 0 < n % bs < 2)
     train_loader: DataLoader[Any] = DataLoader(
