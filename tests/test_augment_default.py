@@ -10,7 +10,7 @@ import pytest
 from headstart.choose.recommend import Measurements, decide
 from headstart.config.options import FitOptions
 from headstart.errors import ConfigError
-from headstart.plan.strategies import resolve_augment
+from headstart.config.strategies import resolve_augment
 from tests.conftest import run_cli
 
 

@@ -7,10 +7,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from headstart.config.train import TrainConfig
+from headstart.config.options import FitOptions
 from headstart.errors import ConfigError
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan, format_plan, make_plan
-from headstart.plan.strategies import parse_strategy
+from headstart.config.strategies import parse_strategy
 from headstart.sources import build_source
 from headstart.sources.target import TargetModel
 from headstart.train.loop import train
@@ -197,8 +198,8 @@ def test_head_epochs_restart_the_schedule_for_the_plan() -> None:
 def test_head_epochs_are_checked() -> None:
     with pytest.raises(ConfigError, match="linear strategy trains only the head"):
         make_plan("linear", STAGES, head_epochs=1)
-    with pytest.raises(ConfigError, match="head-epochs must be >= 0"):
-        make_plan("full", STAGES, head_epochs=-1)
+    with pytest.raises(ConfigError, match="head-epochs must be at least 0"):
+        FitOptions(strategy="full", head_epochs=-1)  # ranges: checked with the options
     with pytest.raises(ConfigError, match="fewer than --epochs 2"):
         _fit(_model(), make_plan("full", STAGES, head_epochs=2), epochs=2)
     plan = make_plan("partial:1", STAGES, head_epochs=3)

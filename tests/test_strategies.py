@@ -7,7 +7,7 @@ import pytest
 
 from headstart.errors import ConfigError
 from headstart.plan.make import Plan, make_plan
-from headstart.plan.strategies import (
+from headstart.config.strategies import (
     STRATEGIES,
     BackboneRate,
     BatchNorm,

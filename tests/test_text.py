@@ -243,8 +243,8 @@ def test_layer_decay_gives_earlier_stages_smaller_rates(tiny_bert: Path) -> None
             "backbone@embeddings": 2.5e-5,
         }
     )
-    with pytest.raises(ConfigError, match="--layer-decay"):
-        make_plan("full", source.stage_names, layer_decay=0.0)
+    with pytest.raises(ConfigError, match="--layer-decay"):  # checked with the options
+        FitOptions(strategy="full", layer_decay=0.0)
 
 
 def test_lora_trains_only_adapters_and_head_and_the_run_predicts_identically(

@@ -46,11 +46,11 @@ from torch.utils.data import DataLoader
 from headstart.api.predict import evaluate
 from headstart.choose.report import plot_curves, write_report_md
 from headstart.config.options import AdaptOptions
+from headstart.config.strategies import resolve_augment, strategy_of
 from headstart.data.images import load_data
 from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
 from headstart.errors import ConfigError, DataError
 from headstart.plan.make import Plan, format_plan, make_plan
-from headstart.plan.strategies import resolve_augment, strategy_of
 from headstart.rundir import prepare_out, write_run
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources.base import Source
@@ -141,8 +141,6 @@ def _check(options: AdaptOptions) -> None:
         raise ConfigError(f"--method {options.method!r}; valid: {', '.join(METHODS)}")
     if not options.target:
         raise ConfigError("--target: give the unlabelled target-domain images (a folder)")
-    if options.coral_weight < 0:
-        raise ConfigError(f"--coral-weight must be >= 0 (got {options.coral_weight})")
 
 
 @dataclass
@@ -157,8 +155,8 @@ class _Data:
 
 
 def _load(options: AdaptOptions) -> _Data:
-    data = load_training_data(options)
-    train_data, val_data = _split(options, data)
+    data = load_training_data(options.fit_options())
+    train_data, val_data = _split(options.fit_options(), data)
     target = load_unlabelled(options.target, allow_hflip=data.allow_hflip)
     eval_data = (
         load_data(
@@ -220,15 +218,18 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     report the target accuracy."""
     t_start = time.perf_counter()
     _check(options)
-    # adapt keeps the last epoch (no target label may choose one) and shows no bar
-    config = replace(options.train_config(), select="last", patience=None, progress=False)
+    # adapt keeps the last epoch (no target label may choose one: AdaptOptions.FIT_FIXED)
+    # and shows no bar
+    config = replace(options.fit_options().train_config(), progress=False)
     # --augment auto: light for the strategies that train the backbone (as fit)
-    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
+    options = options.replace(augment=resolve_augment(options.augment, options.strategy))
     out = prepare_out(options.out or _default_out("adapt"), overwrite=options.overwrite)
-    check_options(options)
+    check_options(options.fit_options())
     data = _load(options)
     generator = seed_everything(options.seed)
-    source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
+    source = _build_source(
+        options.fit_options(), scratch=strategy_of(options.strategy).reinitialise
+    )
     plan = _plan(options, source)
     log.info("source: %s (%s)", source.spec, source.weights.description)
     log.info("%s", format_plan(plan))
@@ -310,6 +311,11 @@ def _meta(
             "lr_annealing": f"lr0/(1+{ANNEAL_ALPHA:g} p)^{ANNEAL_BETA:g}",
         },
         "metrics": metrics,
-        "config": {k: v for k, v in asdict(options).items() if k != "progress"},
+        # a fit's config (what the run dir's readers expect) with adapt's own fields
+        "config": {
+            k: v
+            for k, v in {**asdict(options.fit_options()), **asdict(options)}.items()
+            if k != "progress"
+        },
         "timings": timings,
     }

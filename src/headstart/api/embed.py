@@ -93,8 +93,6 @@ def embed(options: EmbedOptions) -> EmbedResult:
     """Run ``options.source``'s backbone over ``options.data`` and write ``options.out``."""
     t0 = time.perf_counter()
     out = _check_out(options)
-    if options.batch_size < 1:
-        raise ConfigError(f"--batch-size must be at least 1 (got {options.batch_size})")
     data = load_data(options.data)
     build = build_options(options)
     source = build_source(options.source, weights=options.weights, options=build)

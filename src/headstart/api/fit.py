@@ -19,11 +19,11 @@ from headstart.api.result import FitResult
 from headstart.choose.recommend import recommend_for
 from headstart.choose.report import plot_curves, write_report_md
 from headstart.config.options import FitOptions, PretrainOptions
+from headstart.config.strategies import is_auto
 from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import save_adapter
-from headstart.plan.strategies import is_auto, strategy_of
 from headstart.rundir import prepare_out, write_run
 from headstart.train.assemble import (
     Trained,
@@ -57,8 +57,6 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
 
 def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     t_start = time.perf_counter()
-    if options.processes < 1:
-        raise ConfigError(f"--processes must be at least 1 (got {options.processes})")
     if options.processes > 1 and not in_launched_group():
         return _launch_group(options, kind)
     parallel = Parallel.from_environment(options) if in_launched_group() else None
@@ -69,8 +67,6 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     options, out, kind, saved = start.options, start.out, start.kind, start.saved
     if parallel is not None:
         parallel.check_batch(options.batch_size)
-    if options.checkpoint_every < 0:
-        raise ConfigError(f"--checkpoint-every must be 0 or more (got {options.checkpoint_every})")
     check_options(options)
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
@@ -355,6 +351,4 @@ def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
 
 def pretrain(options: PretrainOptions) -> FitResult:
     """Train ``options.source`` from scratch on a source data set; returns the run."""
-    if not strategy_of(options.strategy).reinitialise or options.weights != "none":
-        raise ConfigError("pretrain trains from scratch: strategy scratch, weights none")
-    return fit(options, kind="pretrain")
+    return fit(options.fit_options(), kind="pretrain")

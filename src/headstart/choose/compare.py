@@ -29,11 +29,11 @@ from headstart.choose.comparison import (
     write_comparison,
 )
 from headstart.choose.recommend import recommend_for
-from headstart.config.options import CompareOptions
+from headstart.config.options import CompareOptions, FitOptions
+from headstart.config.strategies import is_auto, parse_strategy, strategy_of
 from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
-from headstart.plan.strategies import is_auto, parse_strategy, strategy_of
 from headstart.rundir import prepare_out
 from headstart.train.assemble import check_options, load_training_data, train_on
 from headstart.train.tracking import Tracker, open_tracker
@@ -98,18 +98,13 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     """Check everything a fold could trip on, train every fold, then write and log."""
     t0 = time.perf_counter()
     strategies = _strategies(options.strategies)
-    if options.folds < 2:
-        raise ConfigError(f"--folds must be at least 2 (got {options.folds})")
-    if options.seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1 (got {options.seeds})")
-    options.train_config()
     out = prepare_out(
         options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
         overwrite=options.overwrite,
     )
     for strategy in strategies:
         check_options(_as_strategy(options, strategy))
-    data = load_training_data(options)
+    data = load_training_data(_as_strategy(options, strategies[0]))
     checks = data_checks(data, data, None)
     _check_fold_sizes(data, options)
     fractions = _fractions(options.label_fractions)
@@ -187,9 +182,8 @@ def _train_fold(
 ) -> FoldScore:
     """``strategy`` trained on ``train_data`` and scored on ``test_data`` at the last epoch;
     for auto, the strategy recommended for ``train_data`` alone."""
-    fold_options = replace(
-        _as_strategy(options, strategy), seed=at.seed, select="last", patience=None
-    )
+    # the held-out fold validates; its last epoch is scored (CompareOptions.FIT_FIXED)
+    fold_options = _as_strategy(options, strategy).replace(seed=at.seed)
     chosen = case = ""
     t_measure = time.perf_counter()
     if is_auto(strategy):
@@ -246,16 +240,14 @@ def _log_results(result: CompareResult, tracker: Tracker) -> None:
     tracker.log_artifacts(result.out_dir)
 
 
-def _as_strategy(options: CompareOptions, strategy: str) -> CompareOptions:
-    """``options`` for one of the compared strategies: ``--head-epochs`` applies to those
-    that train the backbone (``linear`` trains only the head anyway)."""
+def _as_strategy(options: CompareOptions, strategy: str) -> FitOptions:
+    """The fit options for one of the compared strategies: ``--head-epochs`` applies to
+    those that train the backbone (``linear`` trains only the head anyway)."""
     linear = not is_auto(strategy) and not strategy_of(strategy).trains_backbone
-    return replace(options, strategy=strategy, head_epochs=0 if linear else options.head_epochs)
+    return options.fit_options(strategy=strategy, head_epochs=0 if linear else options.head_epochs)
 
 
-def _recommended(
-    options: CompareOptions, train_data: LabeledData
-) -> tuple[CompareOptions, str, str]:
+def _recommended(options: FitOptions, train_data: LabeledData) -> tuple[FitOptions, str, str]:
     """``options`` with the plan that recommend picks for this fold, and its label."""
 
     rec = recommend_for(options, train_data)

@@ -19,7 +19,7 @@ import numpy as np
 from headstart._io import atomic_path, atomic_write_json, atomic_write_text
 from headstart.choose.report import benefits, benefits_table, check_lines, html_page, plot_lines
 from headstart.config.options import CompareOptions
-from headstart.plan.strategies import reinitialises
+from headstart.config.strategies import reinitialises
 
 __all__ = [
     "CompareResult",

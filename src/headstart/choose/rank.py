@@ -51,10 +51,10 @@ from headstart.choose.rankers import RANKERS, score_features
 from headstart.choose.scores import NO_SOURCE_HEAD
 from headstart.choose.vs_random import compare_features
 from headstart.config.options import RankOptions
+from headstart.config.strategies import strategy_of
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError, HeadstartError
 from headstart.features.extract import Features, extract_features
-from headstart.plan.strategies import parse_strategy, strategy_of
 from headstart.runtime import seed_everything
 from headstart.sources.base import Source
 from headstart.sources.inputs import check_candidate
@@ -87,7 +87,7 @@ def _score_candidate(
     # is scored with the very weights --validate then fine-tunes.
     seed_everything(options.seed)
     source = _build_source(
-        replace(options, source=candidate.source, weights=candidate.weights), scratch=False
+        options.fit_options(source=candidate.source, weights=candidate.weights), scratch=False
     )
     check_candidate(source.inputs.kind, data, candidate.text)
     need_probs = any(RANKERS.get(m).needs_source_probs for m in methods)
@@ -209,7 +209,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     methods = parse_methods(options.method)
     if options.validate:
         _check_validate(options)
-    data = load_training_data(options)
+    data = load_training_data(options.fit_options())
     # where known without building it, before any slow work
     check_known_kinds([(c.source, c.text) for c in candidates], data)
     unlabelled = int((data.targets < 0).sum())
@@ -250,8 +250,6 @@ def rank_sources(options: RankOptions) -> RankResult:
 def _check_validate(options: RankOptions) -> None:
     """``--validate``'s options, before any slow work: the training ones, and a strategy
     that fine-tunes each candidate as it is."""
-    options.train_config()  # --epochs, --batch-size... before any slow work
-    parse_strategy(options.strategy)
     if strategy_of(options.strategy).reinitialise:
         raise ConfigError(
             "--strategy scratch re-initialises every candidate, so --validate would "

@@ -16,7 +16,7 @@ import numpy as np
 from headstart.choose.candidates import CandidateResult, ranked
 from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData
-from headstart.errors import ConfigError, DataError
+from headstart.errors import DataError
 from headstart.train.assemble import MIN_STEPS, train_on
 
 __all__ = ["finetune_on_folds", "kendall_taus", "validation_epochs", "validation_folds"]
@@ -34,8 +34,6 @@ def validation_folds(
     """
     from sklearn.model_selection import StratifiedKFold
 
-    if folds < 2:
-        raise ConfigError(f"--folds must be at least 2 (got {folds})")
     counts = np.bincount(data.targets, minlength=len(data.classes))
     if int(counts.min()) < folds:
         worst = data.classes[int(counts.argmin())]
@@ -69,13 +67,8 @@ def finetune_on_folds(
 ) -> None:
     """Fine-tune ``result``'s candidate on each fold's training part and record its
     held-out accuracy per fold, the seconds and the CPU seconds, in ``result``."""
-    fold_options = replace(
-        options,
-        source=result.source,
-        weights=result.weights,
-        select="last",  # picking the best epoch on the held-out fold would flatter it
-        patience=None,
-    )
+    # the held-out fold validates and its last epoch is scored (RankOptions.FIT_FIXED)
+    fold_options = options.fit_options(source=result.source, weights=result.weights)
     if result.random_init:
         # A random backbone has nothing to preserve: it trains at the head's rate, as
         # `fit --strategy scratch` would train it, not at the slower rate that protects

@@ -47,11 +47,11 @@ import torch
 from torch import nn
 
 from headstart.choose.scores import leep, linear_probe_accuracy
-from headstart.config.options import FitOptions
+from headstart.config.fields import Augment
+from headstart.config.options import FitOptions, RecommendOptions
+from headstart.config.strategies import resolve_augment
 from headstart.data.labelled import LabeledData
-from headstart.data.transforms import AUTO_AUGMENT
 from headstart.features.extract import feature_loader, in_item_order
-from headstart.plan.strategies import resolve_augment
 from headstart.sources import Source, build_source
 from headstart.train.assemble import build_options, load_training_data
 
@@ -316,7 +316,7 @@ def decide(
         head_epochs=head,
         reasons=[size_reason, sim_reason, why],
         measurements=m,
-        augment=resolve_augment(AUTO_AUGMENT, strategy),
+        augment=resolve_augment(Augment.AUTO, strategy),
     )
 
 
@@ -420,10 +420,10 @@ def _plan_for(
     )
 
 
-def recommend(options: FitOptions) -> Recommendation:
+def recommend(options: RecommendOptions | FitOptions) -> Recommendation:
     """Load ``options.data`` (images or texts) and ``options.source``, measure, decide."""
-
-    return recommend_for(options, load_training_data(options))
+    fit = options.fit_options()
+    return recommend_for(fit, load_training_data(fit))
 
 
 def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from headstart._io import atomic_path, atomic_write_text
+from headstart.config.strategies import BatchNorm
 from headstart.errors import RunError
-from headstart.plan.strategies import BatchNorm
 from headstart.rundir import read_meta
 
 __all__ = [

@@ -18,12 +18,7 @@ _TYPES: dict[str, Callable[[str], Any]] = {"str": str, "int": int, "float": floa
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per field: ``backbone_lr_mult`` -> ``--backbone-lr-mult``; ``data`` positional."""
-    not_flags: frozenset[str] = getattr(cls, "NOT_FLAGS", frozenset())
-    fields = [
-        f
-        for f in dataclasses.fields(cls)
-        if f.metadata.get("cli", True) and f.name not in not_flags
-    ]
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
     for f in fields:
         meta = f.metadata
         help_text = meta.get("help", "")
@@ -50,7 +45,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                 shown = f" (alone: {meta['const']})"
             parser.add_argument(
                 flag,
-                type=_TYPES[type_name],
+                type=_TYPES.get(type_name, str),  # enums and strategies: parsed by the options
                 default=f.default,
                 metavar=metavar,
                 help=help_text + shown,
@@ -61,10 +56,10 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
 def options_from(cls: type, args: argparse.Namespace) -> Any:
     """The options dataclass from parsed flags; progress bars only on a terminal."""
     names = {f.name for f in dataclasses.fields(cls)}
-    options = cls(**{k: v for k, v in vars(args).items() if k in names})
+    given = {k: v for k, v in vars(args).items() if k in names}
     if "progress" in names:
-        options.progress = not args.quiet and sys.stderr.isatty()
-    return options
+        given["progress"] = not args.quiet and sys.stderr.isatty()
+    return cls(**given)
 
 
 def common_flags() -> argparse.ArgumentParser:

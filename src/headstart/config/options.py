@@ -1,167 +1,95 @@
-"""The options of each command, as typed dataclasses: the CLI's flags are their fields.
+"""Each command's options: the groups of :mod:`headstart.config.groups` it takes, composed.
 
-Kept free of heavy imports so that ``headstart --help`` and argument errors are quick.
+The CLI's flags of a command are its fields in kebab-case.  A command that runs fits
+(``compare``, ``rank --validate``, ``adapt``, ``recommend``'s measurements) hands them
+:meth:`Command.fit_options`: its own values for the fit's fields, ``FIT_FIXED`` (what the
+command decides for every fit it runs, with the reason beside it), and fit's defaults for
+the rest.  Kept free of heavy imports so that ``headstart --help`` and argument errors
+are quick.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from headstart.config.fields import Checked, Precision, Select, option
+from headstart.config.groups import (
+    Adapters,
+    Device,
+    FeatureCaching,
+    Finetuning,
+    Holdout,
+    Inputs,
+    Loading,
+    Model,
+    Output,
+    Regularisation,
+    Resumable,
+    Schedule,
+    Seed,
+    Speed,
+    Stopping,
+    Texts,
+    Tracking,
+    Transfer,
+)
+from headstart.config.strategies import StrategyName
 from headstart.config.train import TrainConfig
 
+__all__ = [
+    "AdaptOptions",
+    "Command",
+    "CompareOptions",
+    "EmbedOptions",
+    "FitOptions",
+    "PretrainOptions",
+    "RankOptions",
+    "RecommendOptions",
+]
 
-def _opt(help: str, **kw: Any) -> Any:
-    """A dataclass field carrying its CLI help text (the CLI maps fields 1:1 to flags)."""
-    default = kw.pop("default")
-    return field(default=default, metadata={"help": help, **kw})
+
+@dataclass(frozen=True, kw_only=True)
+class Command(Checked):
+    """A command's options (groups composed by inheritance; fields in reverse base order)."""
+
+    # what the command decides for every fit it runs (fields of FitOptions)
+    FIT_FIXED: ClassVar[dict[str, Any]] = {}
+
+    def fit_options(self, **changes: Any) -> FitOptions:
+        """The options of a fit this command runs: its own values for the fit's fields,
+        then ``FIT_FIXED``, then ``changes``; fit's defaults for the rest."""
+        names = {f.name for f in dataclasses.fields(FitOptions)}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
+        return FitOptions(**{**own, **self.FIT_FIXED, **changes})
 
 
-@dataclass
-class FitOptions:
-    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case.
-
-    A command's subclass names the inherited fields that are not its flags in
-    ``NOT_FLAGS`` (they keep these defaults), and redeclares a field only to change it.
-    """
-
-    data: str = _opt(
-        "training data: a folder (one sub-folder per class), a CSV "
-        "(path,label) or builtin:digits[?classes=0-4&per_class=10]; texts: a CSV, TSV or "
-        "JSONL with text and label columns, or a folder of .txt files per class",
-        default="",
-    )
-    source: str = _opt(
-        "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME, file:RUN_DIR or "
-        "hf:FOLDER_OR_HUB_ID (transformers encoders, texts or images)",
-        default="builtin:digits-cnn",
-    )
-    weights: str = _opt(
-        "default (the zoo's weights), none (random), a weights file, or a URL "
-        "(http(s)://...[#sha256=HEX]) fetched into the cache",
-        default="default",
-    )
-    strategy: str = _opt(
-        "linear | partial:K | full | scratch | lora | auto (measure the data, then choose)",
-        default="linear",
-    )
-    epochs: int = _opt("training epochs", default=10)
-    lr: float = _opt("base learning rate (the new head's)", default=1e-3)
-    backbone_lr_mult: float = _opt(
-        "backbone learning rate = lr x this (full, partial)", default=0.1
-    )
-    weight_decay: float = _opt("AdamW weight decay (not on biases and norms)", default=0.01)
-    batch_size: int = _opt("batch size", default=32)
-    val: str | None = _opt("validation data (same forms as DATA) instead of a split", default=None)
-    val_fraction: float = _opt("fraction of DATA held out for validation (0: none)", default=0.2)
-    seed: int = _opt("seed for the split, initialisation, shuffling and augmentation", default=0)
-    patience: int | None = _opt(
-        "stop after this many epochs without a better validation accuracy", default=None
-    )
-    select: str = _opt("keep the 'best' epoch on validation or the 'last'", default="best")
-    augment: str = _opt(
-        "training augmentation: auto (none for linear, as in linear evaluation; light for "
-        "the strategies that train the backbone), light or none",
-        default="auto",
-    )
-    image_size: int | None = _opt("override the source's input size (square)", default=None)
-    arch: str | None = _opt(
-        "architecture of a file: source that does not record it, e.g. timm:resnet18", default=None
-    )
-    dropout: float = _opt("dropout before the new head", default=0.0)
-    label_smoothing: float = _opt("label smoothing of the loss", default=0.0)
-    warmup_epochs: float = _opt("linear warm-up before the cosine decay, in epochs", default=1.0)
-    workers: int = _opt("data loader worker processes", default=0)
-    feature_cache: bool = _opt(
-        "linear: run the frozen backbone once and train the head on its cached features "
-        "(kept in the cache folder's features/, reused across runs and folds); partial:K: "
-        "the same for the first K (frozen) stages' output; "
-        "--no-feature-cache runs the backbone every epoch",
-        default=True,
-    )
-    feature_cache_views: int = _opt(
-        "with --augment light and the feature cache: cache K augmented views of each "
-        "training image (epoch e uses view e mod K); 0: linear trains its head on "
-        "un-augmented features, partial:K runs its frozen stages every epoch",
-        default=0,
-    )
-    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
-    cache_dir: str | None = _opt(
-        "weights cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
-    )
-    precision: str = _opt(
-        "auto (bf16 autocast on a CUDA GPU that supports it, else fp32), fp32 or bf16",
-        default="auto",
-    )
-    channels_last: bool = _opt("channels_last memory layout on a CUDA GPU", default=True)
-    compile: bool = _opt("torch.compile the model before training", default=False)
-    strict: bool = _opt(
-        "any weights key mismatch beyond the old output layer is an error", default=False
-    )
-    out: str | None = _opt("run dir to write (default runs/KIND-TIMESTAMP)", default=None)
-    overwrite: bool = _opt("replace an existing --out", default=False)
-    skip_bad: bool = _opt(
-        "leave out unreadable images and pictures found under two labels (counted in the "
-        "run's report) instead of stopping",
-        default=False,
-    )
-    layer_decay: float = _opt(
-        "full, partial: each earlier stage trains at this times the next one's rate (1: off)",
-        default=1.0,
-    )
-    head_epochs: int = _opt(
-        "full, partial, lora: train only the new head (backbone frozen) for the first N "
-        "epochs, then the plan (linear probing then fine-tuning, fastai's freeze_epochs)",
-        default=0,
-    )
-    lora_r: int = _opt("lora: rank of the adapters", default=8)
-    lora_alpha: int = _opt("lora: scaling alpha (the update is scaled by alpha / r)", default=16)
-    lora_dropout: float = _opt("lora: dropout on the adapters' input", default=0.1)
-    lora_targets: str | None = _opt(
-        "lora: comma-separated module names to adapt (default per architecture, e.g. "
-        "query,value for BERT)",
-        default=None,
-    )
-    text_col: str | None = _opt(
-        "texts: the text column (default: text, sentence, review, content or document)",
-        default=None,
-    )
-    label_col: str | None = _opt(
-        "texts: the label column (default: label, labels, class or category)", default=None
-    )
-    max_length: int | None = _opt(
-        "texts: truncate to this many tokens (default 128, or less if the model takes less)",
-        default=None,
-    )
-    progress: bool = _opt("show progress bars", default=True, cli=False)
-    resume: str | None = _opt(
-        "continue the stopped fit whose --out was RUN from its last checkpoint, with the "
-        "options saved there (DATA and other flags may be left out)",
-        default=None,
-    )
-    checkpoint_every: int = _opt(
-        "also checkpoint every N optimizer steps (0: only at the end of each epoch)", default=0
-    )
-    deterministic: bool = _opt(
-        "use only deterministic algorithms (torch.use_deterministic_algorithms)", default=False
-    )
-    processes: int = _opt(
-        "data-parallel processes on this machine (Accelerate; gloo on CPU, NCCL on GPUs); "
-        "--batch-size stays the global batch",
-        default=1,
-    )
-    mlflow_uri: str | None = _opt(
-        "log params, per-epoch metrics and the run's files to this MLflow tracking URI, "
-        "e.g. file:./mlruns or http://host:5000",
-        default=None,
-        metavar="URI",
-    )
-    tensorboard: str | None = _opt(
-        "write TensorBoard events (params, per-epoch metrics, plots) under this folder",
-        default=None,
-        const="runs/tensorboard",
-        metavar="DIR",
-    )
+# The bases are listed last group first: a dataclass orders inherited fields from the
+# last base to the first, and that order is the order of the flags in --help.
+@dataclass(frozen=True, kw_only=True)
+class FitOptions(
+    Command,
+    Tracking,
+    Resumable,
+    Output,
+    Adapters,
+    Speed,
+    FeatureCaching,
+    Device,
+    Loading,
+    Texts,
+    Seed,
+    Regularisation,
+    Stopping,
+    Holdout,
+    Finetuning,
+    Schedule,
+    Transfer,
+    Model,
+    Inputs,
+):
+    """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -177,248 +105,241 @@ class FitOptions:
         )
 
 
-@dataclass
-class PretrainOptions(FitOptions):
+@dataclass(frozen=True, kw_only=True)
+class PretrainOptions(
+    Command,
+    Tracking,
+    Resumable,
+    Output,
+    Speed,
+    FeatureCaching,
+    Device,
+    Loading,
+    Texts,
+    Seed,
+    Regularisation,
+    Stopping,
+    Holdout,
+    Schedule,
+    Inputs,
+):
     """``headstart pretrain``: train a source from scratch (``--source file:OUT`` then)."""
 
-    source: str = _opt(
+    FIT_FIXED: ClassVar[dict[str, Any]] = {"weights": "none", "strategy": "scratch"}
+
+    source: str = option(
         "the architecture to train from scratch, e.g. builtin:digits-cnn",
         default="builtin:digits-cnn",
     )
-    weights: str = _opt("starting weights (none: from scratch)", default="none", cli=False)
-    strategy: str = _opt(
-        "scratch trains everything from random weights", default="scratch", cli=False
-    )
-    epochs: int = _opt("training epochs", default=20)
+    epochs: int = option("training epochs", default=20, at_least=1)
 
 
-# Fit flags that only a fit's own run uses (resumable checkpoints, several processes,
-# experiment tracking), and LoRA's; commands that take neither list them in NOT_FLAGS.
-_RUN_CONTROL = frozenset(
-    {"resume", "checkpoint_every", "deterministic", "processes", "mlflow_uri", "tensorboard"}
-)
-
-
-_LORA = frozenset({"lora_r", "lora_alpha", "lora_dropout", "lora_targets"})
-
-
-@dataclass
-class CompareOptions(FitOptions):
+@dataclass(frozen=True, kw_only=True)
+class CompareOptions(
+    Command,
+    Tracking,
+    Adapters,
+    Speed,
+    FeatureCaching,
+    Device,
+    Loading,
+    Texts,
+    Seed,
+    Regularisation,
+    Finetuning,
+    Schedule,
+    Model,
+    Inputs,
+):
     """``headstart compare``: the same folds for every strategy, mean +- std each."""
 
-    # Fit's flags that mean nothing here (they keep fit's defaults).
-    NOT_FLAGS: ClassVar[frozenset[str]] = frozenset(
-        {"strategy", "val", "patience", "resume", "checkpoint_every", "processes"}
-    )
+    # Each fold's held-out part is its validation set, and its last epoch is scored
+    # (picking the best epoch on the test fold would flatter every score).
+    FIT_FIXED: ClassVar[dict[str, Any]] = {"val_fraction": 0.0, "select": Select.LAST}
 
-    strategies: str = _opt(
+    strategies: str = option(
         "comma-separated strategies to compare; auto: in each fold, recommend from that "
         "fold's training part only, then train its pick",
         default="linear,partial:2,full,scratch",
     )
-    folds: int = _opt("stratified k-fold cross-validation folds", default=5)
-    seeds: int = _opt("repeat the k folds with this many shuffles (seed, seed+1, ...)", default=1)
-    out: str | None = _opt(
+    folds: int = option("stratified k-fold cross-validation folds", default=5, at_least=2)
+    seeds: int = option(
+        "repeat the k folds with this many shuffles (seed, seed+1, ...)", default=1, at_least=1
+    )
+    out: str | None = option(
         "folder for compare.csv/.md/.html/.json and plots (default runs/compare-TIMESTAMP)",
         default=None,
     )
-    # Not meaningful here: each fold's held-out part is the validation set, and the last
-    # epoch is scored (picking the best epoch on the test fold would flatter every score).
-    val_fraction: float = _opt("", default=0.0, cli=False)
-    select: str = _opt("", default="last", cli=False)
-    label_fractions: str = _opt(
+    overwrite: bool = option("replace an existing --out", default=False)
+    label_fractions: str = option(
         "also train on these shares of each training fold's labels, for a plot of accuracy "
         "against labels per class, e.g. 0.1,0.25,0.5,1",
         default="1",
     )
 
 
-@dataclass
-class RecommendOptions(FitOptions):
-    """``headstart recommend``: the fit options that matter for measuring, no training."""
+@dataclass(frozen=True, kw_only=True)
+class RecommendOptions(Command, Device, Loading, Texts, Seed, Model, Inputs):
+    """``headstart recommend``: the options that matter for measuring; nothing trains."""
 
-    # Fit's flags that mean nothing here (they keep fit's defaults).
-    NOT_FLAGS: ClassVar[frozenset[str]] = (
-        frozenset(
-            {
-                "epochs",
-                "backbone_lr_mult",
-                "weight_decay",
-                "batch_size",
-                "val",
-                "val_fraction",
-                "patience",
-                "select",
-                "augment",
-                "dropout",
-                "label_smoothing",
-                "warmup_epochs",
-                "workers",
-                "feature_cache",
-                "feature_cache_views",
-                "precision",
-                "channels_last",
-                "compile",
-                "out",
-                "overwrite",
-                "layer_decay",
-                "head_epochs",
-            }
-        )
-        | _RUN_CONTROL
-        | _LORA
-    )
+    FIT_FIXED: ClassVar[dict[str, Any]] = {"strategy": "auto"}
 
-    lr: float = _opt("base learning rate the proposed plan starts from", default=1e-3)
-    strategy: str = _opt("", default="auto", cli=False)
+    lr: float = option("base learning rate the proposed plan starts from", default=1e-3, above=0)
 
 
-@dataclass
-class RankOptions(FitOptions):
+@dataclass(frozen=True, kw_only=True)
+class RankOptions(
+    Command,
+    Adapters,
+    Speed,
+    FeatureCaching,
+    Device,
+    Loading,
+    Texts,
+    Seed,
+    Regularisation,
+    Finetuning,
+    Schedule,
+    Transfer,
+    Inputs,
+):
     """``headstart rank``: score candidate sources without fine-tuning; ``--validate``
     also fine-tunes each briefly (the training flags below are for that)."""
 
-    # Fit's flags that mean nothing here (they keep fit's defaults).
-    # --sources names the candidates (SPEC@WEIGHTS), so no --source / --weights.
-    NOT_FLAGS: ClassVar[frozenset[str]] = (
-        frozenset(
-            {
-                "source",
-                "weights",
-                "val",
-                "patience",
-                "out",
-                "overwrite",
-            }
-        )
-        | _RUN_CONTROL
-    )
+    # Each fold's held-out part is the validation set, and the last epoch is scored.
+    FIT_FIXED: ClassVar[dict[str, Any]] = {"val_fraction": 0.0, "select": Select.LAST}
 
-    data: str = _opt(
+    data: str = option(
         "labelled target data to score the candidates on: a folder (one sub-folder per "
         "class), a CSV (path,label) or builtin:digits[?classes=5-9&per_class=20]; for hf: "
         "text encoders, labelled texts as fit takes them",
         default="",
     )
-    sources: str = _opt(
+    sources: str = option(
         "comma-separated candidates, each SPEC or SPEC@WEIGHTS (WEIGHTS as for --weights: "
         "default, none, a file or a URL), e.g. builtin:digits-cnn,builtin:digits-cnn@none",
         default="",
     )
-    method: str = _opt(
+    method: str = option(
         "logme, leep, knn, probe (linear probe), a comma-separated list, or all; the table "
         "is ranked by the first",
         default="all",
     )
-    validate: bool = _opt(
+    validate: bool = option(
         "also fine-tune every candidate on --folds folds and report Kendall's tau between "
         "each score and the held-out accuracy, and the seconds of both",
         default=False,
     )
-    random_init: bool = _opt(
+    random_init: bool = option(
         "also score each candidate network randomly initialised (SPEC@none) when it is not "
         "listed: a pretrained source must score clearly above it (by more than the score's "
         "noise) to rank above it",
         default=True,
     )
-    folds: int = _opt("stratified folds for --validate", default=5)
-    strategy: str = _opt("how --validate fine-tunes: full, partial:K, linear", default="full")
-    epochs: int = _opt(
+    folds: int = option("stratified folds for --validate", default=5, at_least=2)
+    strategy: str = option(
+        parse=StrategyName,
+        help="how --validate fine-tunes: full, partial:K, linear",
+        default="full",
+    )
+    epochs: int = option(
         "training epochs of each --validate fine-tuning (more on small folds: at least 50 "
         "optimizer steps)",
         default=10,
+        at_least=1,
     )
-    # Each fold's held-out part is the validation set, and the last epoch is scored.
-    val_fraction: float = _opt("", default=0.0, cli=False)
-    select: str = _opt("", default="last", cli=False)
 
 
-@dataclass
-class AdaptOptions(FitOptions):
+@dataclass(frozen=True, kw_only=True)
+class AdaptOptions(
+    Command,
+    Output,
+    Device,
+    Loading,
+    Seed,
+    Regularisation,
+    Holdout,
+    Schedule,
+    Transfer,
+    Model,
+    Inputs,
+):
     """``headstart adapt``: labelled source-domain DATA, unlabelled --target images."""
 
-    # Fit's flags that mean nothing here (they keep fit's defaults).
-    NOT_FLAGS: ClassVar[frozenset[str]] = (
-        frozenset(
-            {
-                "patience",
-                "feature_cache_views",
-                "compile",
-                "layer_decay",
-                "head_epochs",
-                "text_col",
-                "label_col",
-                "max_length",
-            }
-        )
-        | _RUN_CONTROL
-        | _LORA
-    )
+    # The last epoch is kept (no target labels to choose by); the lr is annealed instead.
+    # adapt's objective needs the images themselves each epoch: no cached head, and the
+    # domain classifier's gradient reversal is kept in fp32.
+    FIT_FIXED: ClassVar[dict[str, Any]] = {
+        "select": Select.LAST,
+        "patience": None,
+        "feature_cache": False,
+        "precision": Precision.FP32,
+        "channels_last": False,
+    }
 
-    data: str = _opt(
+    data: str = option(
         "labelled source-domain data: a folder (one sub-folder per class), a CSV or builtin:...",
         default="",
     )
-    target: str = _opt(
+    target: str = option(
         "unlabelled target-domain images: a folder (searched recursively; labels ignored), "
         "a CSV or builtin:... (labels dropped)",
         default="",
     )
-    method: str = _opt(
+    method: str = option(
         "dann (domain-adversarial, gradient reversal), coral (Deep CORAL) or source-only",
         default="dann",
     )
-    eval: str | None = _opt(
+    eval: str | None = option(
         "labelled target-domain data: report the target accuracy after every epoch and "
         "evaluate the finished run on it (never used to train or to pick the epoch)",
         default=None,
     )
-    strategy: str = _opt("full | partial:K (which stages adapt) | scratch", default="full")
-    epochs: int = _opt("training epochs (passes over the labelled data)", default=20)
-    val_fraction: float = _opt(
-        "fraction of DATA held out as source-domain validation (0: none)", default=0.0
+    strategy: str = option(
+        parse=StrategyName, help="full | partial:K (which stages adapt) | scratch", default="full"
     )
-    domain_hidden: int = _opt("hidden units of DANN's domain classifier (2 layers)", default=100)
-    coral_weight: float = _opt("weight of the CORAL loss", default=1.0)
-    # The last epoch is kept (no target labels to choose by); the lr is annealed instead.
-    select: str = _opt("", default="last", cli=False)
-    warmup_epochs: float = _opt("", default=0.0, cli=False)
-    # adapt trains in its own loop: no cached head, no accelerator options.
-    feature_cache: bool = _opt("", default=False, cli=False)
-    precision: str = _opt("", default="fp32", cli=False)
-    channels_last: bool = _opt("", default=False, cli=False)
+    epochs: int = option("training epochs (passes over the labelled data)", default=20, at_least=1)
+    warmup_epochs: float = option(
+        "linear warm-up before the cosine decay, in epochs", default=0.0, at_least=0
+    )
+    val_fraction: float = option(
+        "fraction of DATA held out as source-domain validation (0: none)",
+        default=0.0,
+        at_least=0,
+        below=1,
+    )
+    domain_hidden: int = option(
+        "hidden units of DANN's domain classifier (2 layers)", default=100, at_least=1
+    )
+    coral_weight: float = option("weight of the CORAL loss", default=1.0, at_least=0)
 
 
-@dataclass
-class EmbedOptions:
+@dataclass(frozen=True, kw_only=True)
+class EmbedOptions(Command, Device, Loading, Model):
     """``headstart embed``: a source's features of DATA, with the labels, to a file."""
 
-    data: str = _opt(
+    data: str = option(
         "images: a folder (one sub-folder per class), a CSV or builtin:...", default=""
     )
-    source: str = _opt(
+    source: str = option(
         "the pretrained model: builtin:NAME, timm:NAME, torchvision:NAME or file:RUN_DIR",
         default="builtin:digits-cnn",
     )
-    out: str | None = _opt(
+    out: str | None = option(
         "file to write: .npz (features, labels, classes, items), .npy (+ STEM.labels.npy and "
         "STEM.json) or .parquet (needs pyarrow)",
         default=None,
     )
-    weights: str = _opt("default, none, a weights file or a URL", default="default")
-    batch_size: int = _opt("batch size", default=128)
-    image_size: int | None = _opt("override the source's input size (square)", default=None)
-    arch: str | None = _opt("architecture of a file: source that does not record it", default=None)
-    workers: int = _opt("data loader worker processes", default=0)
-    device: str = _opt("auto, cpu, cuda or cuda:N", default="auto")
-    cache_dir: str | None = _opt(
+    weights: str = option("default, none, a weights file or a URL", default="default")
+    batch_size: int = option("batch size", default=128, at_least=1)
+    image_size: int | None = option(
+        "override the source's input size (square)", default=None, at_least=1
+    )
+    workers: int = option("data loader worker processes", default=0, at_least=0)
+    cache_dir: str | None = option(
         "weights and feature cache folder (default $HEADSTART_CACHE or torch hub's)", default=None
     )
-    feature_cache: bool = _opt(
+    feature_cache: bool = option(
         "take the features from (and add them to) the feature cache", default=True
     )
-    strict: bool = _opt(
-        "any weights key mismatch beyond the old output layer is an error", default=False
-    )
-    overwrite: bool = _opt("replace an existing --out", default=False)
-    progress: bool = _opt("show progress bars", default=True, cli=False)
+    overwrite: bool = option("replace an existing --out", default=False)

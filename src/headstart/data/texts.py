@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from headstart.data.images import load_data
 from headstart.data.labelled import IMG_EXTENSIONS, UNLABELLED, LabeledData, _listed
 from headstart.data.sampling import EpochBatchSampler, _epoch_plan
-from headstart.errors import ConfigError, DataError
+from headstart.errors import DataError
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".jsonl")
 
@@ -468,8 +468,6 @@ def text_loader(
     """A loader of ``([N, 2, L], [N])`` batches: truncated, dynamically padded, grouped
     by length (in a fixed longest-first order when not ``train``: see :func:`loader_order`).
     """
-    if max_length < 2:
-        raise ConfigError(f"--max-length must be at least 2 (got {max_length})")
     ids = encode(tokenizer, texts, max_length)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     lengths = [len(i) for i in ids]

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from headstart.config.fields import Augment
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError, SourceError
 
@@ -82,12 +83,6 @@ _INTERPOLATION = {
 }
 
 
-AUGMENTS = ("light", "none")
-
-
-AUTO_AUGMENT = "auto"  # --augment auto: none for linear, light when the backbone trains
-
-
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
@@ -136,8 +131,8 @@ def make_transform(
     a mild random resized crop, a horizontal flip when ``allow_hflip``, normalise.
     Give it images already passed through :func:`to_model_mode`.
     """
-    if augment not in AUGMENTS:
-        raise ConfigError(f"--augment {augment!r}; valid: {', '.join(AUGMENTS)}")
+    if augment not in (Augment.LIGHT, Augment.NONE):  # auto is resolved for the strategy
+        raise ConfigError(f"--augment {augment!r}; valid: {Augment.LIGHT}, {Augment.NONE}")
     if pre.interpolation not in _INTERPOLATION:
         raise ConfigError(
             f"interpolation {pre.interpolation!r}; valid: {', '.join(_INTERPOLATION)}"

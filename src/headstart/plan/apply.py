@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import nn
 
+from headstart.config.strategies import BatchNorm
 from headstart.plan.lora import add_adapters, is_adapter_parameter
 from headstart.plan.make import Plan
-from headstart.plan.strategies import BatchNorm
 
 
 def _frozen_indices(model: Any, plan: Plan) -> list[int]:

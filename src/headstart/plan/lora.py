@@ -34,12 +34,6 @@ def lora_settings(
     *, r: int, alpha: int, dropout: float, targets: str | None, default: tuple[str, ...] | None
 ) -> dict[str, Any]:
     """The plan's ``lora`` entry from the flags; ``targets`` "a,b" or the source's default."""
-    if r < 1:
-        raise ConfigError(f"--lora-r must be at least 1 (got {r})")
-    if alpha <= 0:
-        raise ConfigError(f"--lora-alpha must be positive (got {alpha})")
-    if not 0 <= dropout < 1:
-        raise ConfigError(f"--lora-dropout must be in [0, 1) (got {dropout})")
     modules = [t.strip() for t in targets.split(",") if t.strip()] if targets else []
     return {
         "r": int(r),

@@ -6,7 +6,7 @@ returns the optimizer's parameter groups (frozen parameters are not in any group
 :func:`set_train_mode` puts the model in training mode except the frozen stages, which
 stay in eval mode so BatchNorm statistics and dropout do not move.
 
-Strategies (their records: :mod:`headstart.plan.strategies`):
+Strategies (their records: :mod:`headstart.config.strategies`):
 
 - ``linear``: the whole backbone frozen, only the new head trains.
 - ``partial:K``: the first K stages frozen; later stages at the backbone rate.
@@ -35,8 +35,14 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+from headstart.config.strategies import (
+    STRATEGIES,
+    BackboneRate,
+    BatchNorm,
+    check_head_epochs,
+    parse_strategy,
+)
 from headstart.errors import ConfigError
-from headstart.plan.strategies import STRATEGIES, BackboneRate, BatchNorm, parse_strategy
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,7 @@ def make_plan(
     required by, and only used by, the ``lora`` strategy.  ``head_epochs``: train only
     the head for that many epochs first (a plan that trains some of the backbone).
     """
-    if lr <= 0:
-        raise ConfigError(f"--lr must be positive (got {lr})")
-    if backbone_lr_mult < 0:
-        raise ConfigError(f"--backbone-lr-mult must be >= 0 (got {backbone_lr_mult})")
-    if not 0 < layer_decay <= 1:
-        raise ConfigError(f"--layer-decay must be in (0, 1] (got {layer_decay})")
+    # the numbers were checked with the options (headstart.config.fields)
     name, k = parse_strategy(strategy)
     record = STRATEGIES.get(name)
     check_head_epochs(name, head_epochs)
@@ -148,23 +149,6 @@ def make_plan(
         lora=dict(lora) if record.adapters and lora else None,
         head_epochs=head_epochs,
     )
-
-
-def check_head_epochs(strategy: str, head_epochs: int, epochs: int | None = None) -> None:
-    """``--head-epochs`` must be >= 0, fewer than ``epochs`` and for a plan that trains
-    some of the backbone (``strategy``: a name as :func:`parse_strategy` returns it)."""
-    if head_epochs < 0:
-        raise ConfigError(f"--head-epochs must be >= 0 (got {head_epochs})")
-    if head_epochs and not STRATEGIES.get(strategy).trains_backbone:
-        raise ConfigError(
-            f"--head-epochs: the {strategy} strategy trains only the head in every epoch "
-            "already; use it with full, partial:K or lora (or drop --head-epochs)"
-        )
-    if head_epochs and epochs is not None and head_epochs >= epochs:
-        raise ConfigError(
-            f"--head-epochs {head_epochs} must be fewer than --epochs {epochs}: the plan "
-            "itself needs at least one epoch after the head-only ones"
-        )
 
 
 def head_phase(plan: Plan) -> Plan:

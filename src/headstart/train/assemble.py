@@ -19,13 +19,19 @@ from torch.utils.data import DataLoader
 
 from headstart._io import atomic_write_json
 from headstart.config.options import FitOptions, PretrainOptions
+from headstart.config.strategies import (
+    check_head_epochs,
+    is_auto,
+    parse_strategy,
+    resolve_augment,
+    strategy_of,
+)
 from headstart.data.labelled import LabeledData, stratified_split
 from headstart.data.sampling import set_deterministic
 from headstart.data.texts import load_labelled
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import lora_settings, merge_adapters
-from headstart.plan.make import Plan, check_head_epochs, format_plan, make_plan
-from headstart.plan.strategies import is_auto, parse_strategy, resolve_augment, strategy_of
+from headstart.plan.make import Plan, format_plan, make_plan
 from headstart.rundir import save_model
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
@@ -64,8 +70,6 @@ def _load_labelled(
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
     if options.val:
         return data, _load_labelled(options, options.val, classes=data.classes)
-    if not 0.0 <= options.val_fraction < 1.0:
-        raise ConfigError(f"--val-fraction must be in [0, 1) (got {options.val_fraction})")
     if options.val_fraction == 0:
         return data, None
     train_idx, val_idx = stratified_split(
@@ -93,7 +97,7 @@ def make_default_weights(spec: str, recipe: dict[str, Any], dest: Path) -> None:
 
     The same training as ``headstart pretrain`` with those options, without a run dir."""
     log.info("%s: pre-training its default weights (first use; kept at %s)", spec, dest)
-    options = PretrainOptions(source=spec, progress=False, **recipe)
+    options = PretrainOptions(source=spec, progress=False, **recipe).fit_options()
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     trained = train_on(options, train_data, val_data)

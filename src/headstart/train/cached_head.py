@@ -146,8 +146,6 @@ def applies(options: Any, plan: Plan) -> tuple[bool, str]:
         return False, "strategy lora trains adapters inside the backbone"
     if plan.reinitialise or not plan.frozen_stages:
         return False, f"strategy {plan.strategy} trains the whole backbone"
-    if options.feature_cache_views < 0:
-        raise ConfigError(f"--feature-cache-views must be >= 0 (got {options.feature_cache_views})")
     if plan.trainable_stages and options.augment != "none" and not options.feature_cache_views:
         # linear keeps its documented un-augmented cache; partial:K trains on augmented
         # images unless asked otherwise, and the cache may not change that

@@ -107,8 +107,6 @@ class DomainClassifier(nn.Module):
 
     def __init__(self, feature_dim: int, hidden: int = 100) -> None:
         super().__init__()
-        if hidden < 1:
-            raise ConfigError(f"--domain-hidden must be at least 1 (got {hidden})")
         self.net = nn.Sequential(
             nn.Linear(feature_dim, hidden),
             nn.ReLU(inplace=True),

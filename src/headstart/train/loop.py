@@ -28,12 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from headstart.config.strategies import check_head_epochs, parse_strategy
 from headstart.config.train import TrainConfig
 from headstart.data.sampling import EpochBatchSampler
 from headstart.errors import ConfigError
 from headstart.plan.apply import apply_plan, set_train_mode
-from headstart.plan.make import Plan, check_head_epochs, head_phase
-from headstart.plan.strategies import parse_strategy
+from headstart.plan.make import Plan, head_phase
 from headstart.sources.target import TargetModel
 from headstart.train.checkpoint import Checkpointer, kill_point
 from headstart.train.parallel import Group, Parallel, SingleProcess

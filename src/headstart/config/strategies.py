@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from headstart.data.transforms import AUGMENTS, AUTO_AUGMENT
+from headstart.config.fields import Augment, parse_choice
 from headstart.errors import ConfigError
 from headstart.registry import Registry
 
@@ -27,6 +27,8 @@ __all__ = [
     "BackboneRate",
     "BatchNorm",
     "Strategy",
+    "StrategyName",
+    "check_head_epochs",
     "is_auto",
     "parse_strategy",
     "reinitialises",
@@ -85,7 +87,7 @@ class Strategy:
     rate: BackboneRate = BackboneRate.MULTIPLIED
     adapters: bool = False
     batchnorm: BatchNorm = BatchNorm.FROZEN_EVAL  # when some stages are frozen
-    augment: str = "light"  # what --augment auto gives it
+    augment: Augment = Augment.LIGHT  # what --augment auto gives it
     trains_backbone: bool = True  # False: only the new head learns (linear)
 
 
@@ -118,7 +120,7 @@ _register(
         "linear",
         "the whole backbone frozen; only the new head trains",
         _all,
-        augment="none",
+        augment=Augment.NONE,
         trains_backbone=False,
     )
 )
@@ -184,11 +186,50 @@ def strategy_of(text: str) -> Strategy:
     return STRATEGIES.get(parse_strategy(text)[0])
 
 
-def resolve_augment(augment: str, strategy: str) -> str:
+def resolve_augment(augment: str, strategy: str) -> Augment:
     """``--augment`` as it applies to ``strategy``: ``auto`` becomes the strategy's own
     (``none`` for ``linear``, ``light`` for those that train the backbone)."""
-    if augment == AUTO_AUGMENT:
-        return strategy_of(strategy).augment
-    if augment not in AUGMENTS:
-        raise ConfigError(f"--augment {augment!r}; valid: {AUTO_AUGMENT}, {', '.join(AUGMENTS)}")
-    return augment
+    chosen = parse_choice(Augment, augment, name="augment")
+    return strategy_of(strategy).augment if chosen is Augment.AUTO else chosen
+
+
+class StrategyName(str):
+    """``--strategy`` parsed once: the text as given (so it is written and compared as
+    text), its ``kind`` (``partial``), its ``k`` (2 for ``partial:2``) and its record.
+
+    ``auto`` is a StrategyName too: the request to choose (``is_auto``), with no record.
+    """
+
+    kind: str
+    k: int | None
+
+    def __new__(cls, text: object) -> StrategyName:
+        name = super().__new__(cls, str(text))
+        name.kind, name.k = (AUTO, None) if is_auto(str(text)) else parse_strategy(str(text))
+        return name
+
+    @property
+    def is_auto(self) -> bool:
+        return self.kind == AUTO
+
+    @property
+    def record(self) -> Strategy:
+        """The strategy's facts; asking them of ``auto`` (not yet chosen) is an error."""
+        if self.is_auto:
+            raise ConfigError("--strategy auto is not chosen yet: recommend picks one first")
+        return STRATEGIES.get(self.kind)
+
+
+def check_head_epochs(strategy: str, head_epochs: int, epochs: int | None = None) -> None:
+    """``--head-epochs`` must be fewer than ``epochs`` and for a plan that trains some of
+    the backbone (``strategy``: a name as :func:`parse_strategy` returns it)."""
+    if head_epochs and not STRATEGIES.get(strategy).trains_backbone:
+        raise ConfigError(
+            f"--head-epochs: the {strategy} strategy trains only the head in every epoch "
+            "already; use it with full, partial:K or lora (or drop --head-epochs)"
+        )
+    if head_epochs and epochs is not None and head_epochs >= epochs:
+        raise ConfigError(
+            f"--head-epochs {head_epochs} must be fewer than --epochs {epochs}: the plan "
+            "itself needs at least one epoch after the head-only ones"
+        )
