@@ -9,8 +9,8 @@ import pytest
 
 from headstart.choose.recommend import Measurements, decide
 from headstart.config.options import FitOptions
-from headstart.errors import ConfigError
 from headstart.config.strategies import resolve_augment
+from headstart.errors import ConfigError
 from tests.conftest import run_cli
 
 

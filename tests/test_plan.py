@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from headstart.config.train import TrainConfig
 from headstart.config.options import FitOptions
+from headstart.config.strategies import parse_strategy
+from headstart.config.train import TrainConfig
 from headstart.errors import ConfigError
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan, format_plan, make_plan
-from headstart.config.strategies import parse_strategy
 from headstart.sources import build_source
 from headstart.sources.target import TargetModel
 from headstart.train.loop import train

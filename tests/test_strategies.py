@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from headstart.errors import ConfigError
-from headstart.plan.make import Plan, make_plan
 from headstart.config.strategies import (
     STRATEGIES,
     BackboneRate,
@@ -15,6 +13,8 @@ from headstart.config.strategies import (
     resolve_augment,
     strategy_of,
 )
+from headstart.errors import ConfigError
+from headstart.plan.make import Plan, make_plan
 
 STAGES = ("stem", "block1", "block2", "block3")
 LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["fc"]}
