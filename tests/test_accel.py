@@ -59,7 +59,7 @@ def test_fit_records_precision(tmp_path: Path) -> None:
         "precision": "bf16",
         "channels_last": False,
         "compile": False,
-        "batch_size": 32,
+        "batch_size": 8,  # sized for 24 training items (train.budget)
     }
 
 

@@ -158,7 +158,7 @@ def test_resume_refuses_options_that_change_training(
     monkeypatch.undo()
     r = run_cli("fit", "--resume", out, "--lr", "0.5", "--epochs", "2")
     assert r.code == 1
-    assert "--lr 0.5 (the checkpoint has 0.001)" in r.stderr and "--epochs" not in r.stderr
+    assert "--lr 0.5 (the checkpoint has auto)" in r.stderr and "--epochs" not in r.stderr
     r = run_cli("fit", "--resume", out, "--overwrite")
     assert r.code == 1 and "--overwrite" in r.stderr
     r = run_cli("fit", "--resume", tmp_path / "nothing")

@@ -45,7 +45,7 @@ BAD = [
     ({"feature_cache_views": -2}, "--feature-cache-views must be at least 0"),
     ({"max_length": 1}, "--max-length must be at least 2"),
     ({"workers": -1}, "--workers must be at least 0"),
-    ({"select": "bset"}, "--select 'bset'; valid: best, last"),
+    ({"select": "bset"}, "--select 'bset'; valid: auto, best, last"),
     ({"augment": "heavy"}, "--augment 'heavy'; valid: auto, light, none"),
     ({"precision": "fp8"}, "--precision 'fp8'; valid: auto, fp32, bf16"),
     ({"strategy": "ful"}, "unknown strategy 'ful'"),

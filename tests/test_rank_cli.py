@@ -304,6 +304,7 @@ def test_validate_trains_a_random_candidate_at_the_heads_rate(
             validate=True,
             folds=4,
             backbone_lr_mult=0.2,
+            batch_size=32,
             progress=False,
         )
     )
@@ -406,6 +407,7 @@ def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> 
     sources.append(f"file:{tmp_path / 'unrelated'}")
     res = run_cli(
         "rank", target, "--sources", ",".join(sources), "--validate", "--epochs", "50",
+        "--batch-size", "32", "--lr", "1e-3",
         "--seed", "1", "--json",
     )  # fmt: skip
     assert res.code == 0, res.stderr

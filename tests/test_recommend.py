@@ -24,6 +24,7 @@ from headstart.config.options import FitOptions, PretrainOptions, RecommendOptio
 from headstart.data.images import load_data
 from headstart.plan.make import make_plan
 from headstart.sources import build_source
+from headstart.train.budget import size_budget
 from tests.conftest import run_cli
 
 TARGET = "builtin:digits?classes=0-4&per_class=20"
@@ -148,7 +149,9 @@ def test_recommend_cli_and_fit_auto_save_the_reasoning(digits_source: Path, tmp_
     assert result.code == 0, result.stderr
     rec = result.json()
     assert rec["case"] == "small + similar" and rec["strategy"] == "full"
-    assert rec["head_epochs"] == 2 and rec["backbone_lr_mult"] == 0.1
+    # a fifth of the epochs the fit's budget gives 100 items (batch 8: 24 epochs)
+    assert size_budget(100, 0).epochs == 24
+    assert rec["head_epochs"] == 5 and rec["backbone_lr_mult"] == 0.1
     assert rec["measurements"]["leep"] is not None
     fitted = fit(
         FitOptions(

@@ -34,6 +34,7 @@ from headstart.train.assemble import (
     train_on,
 )
 from headstart.train.checkpoint import Checkpointer, checkpoint_dir, is_resumable, kill_point
+from headstart.train.lr_find import plot_lr_curve
 from headstart.train.parallel import Parallel, in_launched_group
 from headstart.train.tracking import Tracker, open_tracker
 
@@ -65,7 +66,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         raise ConfigError("several processes write one run dir: give it with --out")
     start = _open_out(options, kind, main)
     options, out, kind, saved = start.options, start.out, start.kind, start.saved
-    if parallel is not None:
+    if parallel is not None and options.batch_size is not None:  # auto: sized to divide
         parallel.check_batch(options.batch_size)
     check_options(options)
     data = load_training_data(options)
@@ -125,7 +126,6 @@ def _launch_group(options: FitOptions, kind: str) -> FitResult:
     if options.resume:
         options = replace(options, out=options.resume)
     else:  # every process must write to (and check) the same folder
-        options.train_config()
         out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
         options = replace(options, out=str(out))
     return launch(fit, options, kind=kind)
@@ -152,7 +152,6 @@ def _open_out(options: FitOptions, kind: str, main: bool) -> _Start:
         options = resumed_options(options, saved)
         kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
         return _Start(options, out, kind, saved, checkpointer)
-    options.train_config()  # validates epochs, batch size... before any slow work
     out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
     if is_resumable(out) and not options.overwrite and main:
         raise ConfigError(
@@ -236,7 +235,18 @@ def _meta(
         "feature_cache": trained.feature_cache,
         "augmentation": trained.augmentation,
         "accel": trained.speed,
+        # what was sized from the data (train.budget, train.auto) and why
+        "budget": trained.budget,
+        "lr_find": _lr_find_record(trained),
+        "head_solver": trained.head_solver,
     }
+
+
+def _lr_find_record(trained: Trained) -> dict[str, Any] | None:
+    curve = trained.lr_find
+    if curve is None:
+        return None
+    return {"lr": curve.suggestion, "rule": curve.rule, "plot": "lr_find.png", **curve.to_dict()}
 
 
 def _write(
@@ -261,6 +271,8 @@ def _write(
             save_adapter(folder, trained.adapter)
         title = f"{source.spec} · {plan.strategy} · {options.data}"
         plot_curves(rows, folder / "curves.png", title=title)
+        if trained.lr_find is not None:
+            plot_lr_curve(trained.lr_find, folder / "lr_find.png", title=title)
         timings["total_s"] = time.perf_counter() - t_start
         write_report_md(meta, rows, folder / "report.md")
 
@@ -332,7 +344,8 @@ def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
         value = getattr(given, f.name)
         if value != f.default and value != stored[f.name]:
             flag = "DATA" if f.name == "data" else "--" + f.name.replace("_", "-")
-            conflicts.append(f"{flag} {value} (the checkpoint has {stored[f.name]})")
+            kept = "auto" if stored[f.name] is None and f.metadata.get("auto") else stored[f.name]
+            conflicts.append(f"{flag} {value} (the checkpoint has {kept})")
     if conflicts:
         raise ConfigError(
             f"--resume {given.resume}: {'; '.join(conflicts)}; a resumed run keeps the "

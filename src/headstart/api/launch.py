@@ -79,7 +79,8 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     import torch.multiprocessing as mp
 
     n = options.processes
-    if options.batch_size % n and not options.resume:  # (a resumed run's: checked later)
+    # (a resumed run's: checked later; auto: sized as a multiple of n)
+    if options.batch_size is not None and options.batch_size % n and not options.resume:
         raise ConfigError(
             f"--batch-size {options.batch_size} is the global batch: it must be divisible by "
             f"--processes {n}"

@@ -60,6 +60,7 @@ from headstart.sources.base import Source
 from headstart.sources.inputs import check_candidate
 from headstart.sources.kinds import check_known_kinds, check_one_kind
 from headstart.train.assemble import MIN_STEPS, _build_source, load_training_data
+from headstart.train.loop import EVAL_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _score_candidate(
     features = extract_features(
         source,
         data,
-        batch_size=options.batch_size,
+        batch_size=options.batch_size or EVAL_BATCH,
         device=options.device,
         with_source_logits=need_probs,
         workers=options.workers,

@@ -18,6 +18,7 @@ from headstart.config.options import RankOptions
 from headstart.data.labelled import LabeledData
 from headstart.errors import DataError
 from headstart.train.assemble import MIN_STEPS, train_on
+from headstart.train.budget import size_budget, steps_per_epoch
 
 __all__ = ["finetune_on_folds", "kendall_taus", "validation_epochs", "validation_folds"]
 
@@ -53,10 +54,8 @@ def validation_epochs(options: RankOptions, splits: list[tuple[np.ndarray, np.nd
     rather than of what fine-tuning it gives."""
 
     smallest = min(len(train) for train, _ in splits)
-    rest = smallest % options.batch_size
-    # as the training loader counts them: a last batch of one example is dropped
-    batches = smallest // options.batch_size + (1 if rest >= 2 or smallest < 2 else 0)
-    return max(options.epochs, math.ceil(MIN_STEPS / max(batches, 1)))
+    budget = size_budget(smallest, 0, batch_size=options.batch_size, epochs=options.epochs)
+    return max(budget.epochs, math.ceil(MIN_STEPS / steps_per_epoch(smallest, budget.batch_size)))
 
 
 def finetune_on_folds(

@@ -54,6 +54,7 @@ from headstart.data.labelled import LabeledData
 from headstart.features.extract import feature_loader, in_item_order
 from headstart.sources import Source, build_source
 from headstart.train.assemble import build_options, load_training_data
+from headstart.train.budget import size_budget
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class Measurements:
 class Recommendation:
     case: str  # e.g. "small + similar"
     strategy: str  # e.g. "full", "partial:2"
-    lr: float
+    lr: float | None  # None: found by the range test when the fit runs
     backbone_lr_mult: float
     reasons: list[str]
     measurements: Measurements
@@ -141,7 +142,8 @@ class Recommendation:
     def describe(self) -> str:
         m = self.measurements
         lines = [
-            f"case: {self.case}  ->  --strategy {self.strategy} --lr {self.lr:g} "
+            f"case: {self.case}  ->  --strategy {self.strategy} "
+            f"--lr {'auto' if self.lr is None else format(self.lr, 'g')} "
             f"--backbone-lr-mult {self.backbone_lr_mult:g}"
             + (f" --head-epochs {self.head_epochs}" if self.head_epochs else "")
             + f" (augmentation: {self.augment})",
@@ -298,7 +300,7 @@ def head_epochs_for(epochs: int) -> int:
 
 
 def decide(
-    m: Measurements, stage_names: tuple[str, ...], *, lr: float = 1e-3, epochs: int = 10
+    m: Measurements, stage_names: tuple[str, ...], *, lr: float | None = None, epochs: int = 10
 ) -> Recommendation:
     """The articles' four cases, decided from measurements, each turned into a plan.
 
@@ -440,6 +442,8 @@ def recommend_for(options: FitOptions, data: LabeledData) -> Recommendation:
     # texts: --max-length, at most what the model takes; images: measure's default
     max_length = source.inputs.limited(options.max_length, source.spec).length
     m = measure(source, random_source, data, seed=options.seed, max_length=max_length or 128)
-    rec = decide(m, source.stage_names, lr=options.lr, epochs=options.epochs)
+    # the epochs the fit will run: as given, or as its budget will size them for this data
+    epochs = options.epochs or size_budget(len(data), 0, batch_size=options.batch_size).epochs
+    rec = decide(m, source.stage_names, lr=options.lr, epochs=epochs)
     log.info("%s", rec.describe())
     return rec

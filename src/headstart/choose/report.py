@@ -194,6 +194,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"{plan['head_lr']:g}",
         f"- BatchNorm: {BatchNorm.parse(plan['bn_mode']).describe()}",
         *_augmentation_lines(meta.get("augmentation")),
+        *_schedule_lines(meta),
         "",
         *_recommendation_lines(meta.get("recommendation")),
         "## Data",
@@ -204,7 +205,8 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         *check_lines(data.get("checks")),
         "",
         "## Result",
-        f"- selected epoch: {metrics['best_epoch']} of {len(rows)} ({meta['config']['select']})",
+        f"- selected epoch: {metrics['best_epoch']} of {len(rows)} "
+        f"({(meta.get('budget') or {}).get('select', meta['config']['select'])})",
         f"- validation accuracy: {_fmt(metrics.get('val_acc'))}, macro-F1: "
         f"{_fmt(metrics.get('val_f1'))}",
         f"- time: {meta['timings']['train_s']:.1f} s training, "
@@ -222,6 +224,30 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
             f"{r['seconds']:.1f} |"
         )
     atomic_write_text(dest, "\n".join(lines) + "\n")
+
+
+def _schedule_lines(meta: dict[str, Any]) -> list[str]:
+    """What was sized from the data: the budget, the rate the range test found, or the
+    head solved on frozen features."""
+    lines = []
+    budget, found, solver = meta.get("budget"), meta.get("lr_find"), meta.get("head_solver")
+    if budget:
+        lines.append(
+            f"- budget: batch {budget['batch_size']}, {budget['epochs']} epochs "
+            f"({budget['steps']} optimizer steps), the {budget['select']} epoch kept: "
+            + "; ".join(budget["why"])
+        )
+    if found:
+        lines += [
+            f"- learning rate: {found['lr']:.3g}, by a range test ({found['rule']}, "
+            f"{found['steps']} steps)",
+            "",
+            f"![learning-rate range test]({found['plot']})",
+            "",
+        ]
+    if solver:
+        lines.append(f"- head: {solver['describe']}")
+    return lines
 
 
 @dataclass(frozen=True)

@@ -43,14 +43,25 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type) -> None:
             optional = {"nargs": "?", "const": meta["const"]} if "const" in meta else {}
             if optional:
                 shown = f" (alone: {meta['const']})"
+            convert = _TYPES.get(type_name, str)  # enums and strategies: parsed by the options
+            if meta.get("auto"):  # the word auto for None: sized from the data
+                convert, shown = _or_auto(convert, flag), " (default: auto)"
             parser.add_argument(
                 flag,
-                type=_TYPES.get(type_name, str),  # enums and strategies: parsed by the options
+                type=convert,
                 default=f.default,
                 metavar=metavar,
                 help=help_text + shown,
                 **optional,
             )
+
+
+def _or_auto(convert: Callable[[str], Any], flag: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        return None if text == "auto" else convert(text)
+
+    parse.__name__ = f"{convert.__name__} or auto"  # argparse's "invalid ... value" names it
+    return parse
 
 
 def options_from(cls: type, args: argparse.Namespace) -> Any:

@@ -34,6 +34,7 @@ __all__ = [
 class Select(enum.StrEnum):
     """Which epoch a fit keeps: the best on validation, or the last."""
 
+    AUTO = "auto"  # the best with enough validation items, else the last (train.budget)
     BEST = "best"
     LAST = "last"
 
@@ -86,7 +87,8 @@ def option(
     absent is always allowed).  ``parse=TYPE`` parses the text into ``TYPE`` (a ``str``
     subclass: an enum such as :class:`Select`, or ``StrategyName``), so the field is
     annotated ``str`` (what callers give) and holds the parsed value.  ``cli=False``
-    keeps a field off the command line; ``metavar``/``const`` shape the flag."""
+    keeps a field off the command line; ``metavar``/``const`` shape the flag; ``auto=True``
+    lets the flag take the word ``auto`` for ``None`` (sized from the data when it runs)."""
     bounds = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
     meta.update({k: v for k, v in bounds.items() if v is not None})
     return field(default=default, metadata={"help": help, **meta})

@@ -96,7 +96,10 @@ class Stopping(Checked):
         at_least=1,
     )
     select: str = option(
-        parse=Select, help="keep the 'best' epoch on validation or the 'last'", default="best"
+        parse=Select,
+        help="keep the 'best' epoch on validation or the 'last' (auto: the best with at "
+        "least 200 validation items, else the last)",
+        default="auto",
     )
 
 
@@ -157,15 +160,32 @@ class Transfer(Checked):
 class Schedule(Checked):
     """How long and how fast the fit trains."""
 
-    epochs: int = option("training epochs", default=10, at_least=1)
-    lr: float = option("base learning rate (the new head's)", default=1e-3, above=0)
+    epochs: int | None = option(
+        "training epochs (auto: enough for about 300 optimizer steps, at least 5; see the "
+        "plan's budget)",
+        default=None,
+        at_least=1,
+        auto=True,
+    )
+    lr: float | None = option(
+        "base learning rate, the new head's (auto: a learning-rate range test on the "
+        "training data picks it; the curve is saved as lr_find.png)",
+        default=None,
+        above=0,
+        auto=True,
+    )
     backbone_lr_mult: float = option(
         "backbone learning rate = lr x this (full, partial)", default=0.1, at_least=0
     )
     weight_decay: float = option(
         "AdamW weight decay (not on biases and norms)", default=0.01, at_least=0
     )
-    batch_size: int = option("batch size", default=32, at_least=1)
+    batch_size: int | None = option(
+        "batch size (auto: a tenth of the training items, rounded down to a power of two, 8 to 32)",
+        default=None,
+        at_least=1,
+        auto=True,
+    )
     warmup_epochs: float = option(
         "linear warm-up before the cosine decay, in epochs", default=1.0, at_least=0
     )
@@ -215,6 +235,12 @@ class FeatureCaching(Checked):
         "(kept in the cache folder's features/, reused across runs and folds); partial:K: "
         "the same for the first K (frozen) stages' output; "
         "--no-feature-cache runs the backbone every epoch",
+        default=True,
+    )
+    solve_head: bool = option(
+        "linear: fit the head on the cached features to convergence (L-BFGS on the "
+        "logistic loss, L2 strength by cross-validation, as scikit-learn's "
+        "LogisticRegressionCV); --no-solve-head trains it by epochs of AdamW",
         default=True,
     )
     feature_cache_views: int = option(

@@ -37,6 +37,7 @@ from headstart.config.groups import (
 )
 from headstart.config.strategies import StrategyName
 from headstart.config.train import TrainConfig
+from headstart.errors import ConfigError
 
 __all__ = [
     "AdaptOptions",
@@ -92,6 +93,9 @@ class FitOptions(
     """Everything ``headstart fit`` takes; the CLI flags are these fields in kebab-case."""
 
     def train_config(self) -> TrainConfig:
+        """How to train, once the budget is sized (``train.budget``: no ``auto`` left)."""
+        if self.epochs is None or self.batch_size is None:
+            raise ConfigError("size the budget first: --epochs and --batch-size are auto")
         return TrainConfig(
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -299,6 +303,10 @@ class AdaptOptions(
         parse=StrategyName, help="full | partial:K (which stages adapt) | scratch", default="full"
     )
     epochs: int = option("training epochs (passes over the labelled data)", default=20, at_least=1)
+    # adapt's budget is not sized from the data yet (its two domains' loaders step
+    # together): the rate and batch its bench measured
+    lr: float = option("base learning rate (the new head's)", default=1e-3, above=0)
+    batch_size: int = option("batch size", default=32, at_least=1)
     warmup_epochs: float = option(
         "linear warm-up before the cosine decay, in epochs", default=0.0, at_least=0
     )

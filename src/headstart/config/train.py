@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from headstart.config.fields import Checked, Select, option
+from headstart.errors import ConfigError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -27,3 +28,7 @@ class TrainConfig(Checked):
     seed: int = option("seed", default=0)
     device: str = option("device", default="auto")
     progress: bool = option("progress bars", default=True)
+
+    def _check(self) -> None:
+        if self.select == Select.AUTO:  # train.budget decides before a TrainConfig is made
+            raise ConfigError("TrainConfig: select must be best or last once the fit runs")

@@ -50,9 +50,14 @@ def is_adapter_parameter(name: str) -> bool:
 def add_adapters(backbone: Backbone, settings: dict[str, Any]) -> None:
     """Wrap ``backbone.body`` in a peft ``LoraModel`` with ``settings`` (in place).
 
-    Raises :class:`ConfigError` when no module of the body matches a target name.
+    Raises :class:`ConfigError` when no module of the body matches a target name.  A body
+    that has its adapters already (the learning-rate range test put them in before the
+    loop applies the plan) keeps them.
     """
     from peft import LoraConfig, LoraModel
+
+    if isinstance(backbone.body, LoraModel):
+        return
 
     config = LoraConfig(
         r=int(settings["r"]),

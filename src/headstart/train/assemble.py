@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from headstart._io import atomic_write_json
+from headstart.config.fields import Select
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.config.strategies import (
     check_head_epochs,
@@ -38,8 +39,12 @@ from headstart.sources import BuildOptions, Source, build_source, parse_source_s
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
+from headstart.train.auto import find_lr, solve_head
+from headstart.train.budget import size_budget
 from headstart.train.checkpoint import Checkpointer
+from headstart.train.head_solver import HeadSolution
 from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, train
+from headstart.train.lr_find import FALLBACK_LR, LrCurve
 from headstart.train.parallel import Parallel
 
 log = logging.getLogger(__name__)
@@ -144,6 +149,9 @@ class Trained:
     adapter: Any = None  # lora: the trained adapter (merged into the model already)
     max_length: int | None = None  # texts: the truncation length used
     augmentation: dict[str, Any] | None = None  # what --augment asked for and what was applied
+    budget: dict[str, Any] | None = None  # batch, epochs, steps, selection and why (the loop)
+    lr_find: LrCurve | None = None  # --lr auto: the range test's curve and pick
+    head_solver: dict[str, Any] | None = None  # a solved head: C, its CV accuracies
 
 
 def check_options(options: FitOptions) -> None:
@@ -200,6 +208,18 @@ def _train_on(
     on_epoch: Callable[[EpochMetrics], None] | None,
 ) -> Trained:
     t_start = time.perf_counter()
+    budget = size_budget(
+        len(train_data),
+        len(val_data) if val_data is not None else 0,
+        batch_size=options.batch_size,
+        epochs=options.epochs,
+        select=None if options.select == Select.AUTO else str(options.select),
+        patience=options.patience,
+        multiple_of=parallel.world if parallel is not None else 1,
+    )
+    options = options.replace(
+        batch_size=budget.batch_size, epochs=budget.epochs, select=budget.select
+    )
     config = options.train_config()
     requested_augment = options.augment
     options = replace(options, augment=resolve_augment(options.augment, options.strategy))
@@ -207,13 +227,13 @@ def _train_on(
         set_deterministic()
     generator = seed_everything(options.seed)
     source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
-    plan = _plan(options, source)
+    # --lr auto: a stand-in rate until the range test has run on the built model
+    plan = _plan(options.replace(lr=options.lr or FALLBACK_LR), source)
     inputs = source.inputs.limited(options.max_length, source.spec)
     inputs.check(train_data, where=options.data, model=source.spec)
     if val_data is not None:
         inputs.check(val_data, where=options.val or options.data, model=source.spec)
     log.info("source: %s (%s)", source.spec, source.weights.description)
-    log.info("%s", format_plan(plan))
     torch.manual_seed(options.seed)  # the new head's initialisation
     model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
     device = parallel.device if parallel is not None else resolve_device(options.device)
@@ -234,20 +254,43 @@ def _train_on(
     )
     fit_model, train_loader, val_loader = loaders.model, loaders.train, loaders.val
     use_cache = loaders.cached
-    _warn_few_steps(len(train_loader), config.epochs)
-    t_loaded = time.perf_counter()
-    with cached_head.threads_for(fit_model) if use_cache else contextlib.nullcontext():
-        history = train(
-            fit_model,  # type: ignore[arg-type]
-            plan,
-            train_loader,
-            val_loader,
-            config,
-            device=device,
-            checkpointer=checkpointer,
-            parallel=parallel,
-            on_epoch=on_epoch,
+    solved = _solves_head(options, fit_model, loaders.feature_cache)
+    lr_curve = None
+    if options.lr is None and not solved:
+        lr_curve = find_lr(
+            fit_model, plan, train_loader, config, device=device, fit_steps=budget.steps
         )
+        found = lr_curve.suggestion if parallel is None else parallel.gather(lr_curve.suggestion)[0]
+        options = options.replace(lr=found)
+        plan = _plan(options, source)
+    log.info("%s", format_plan(plan))
+    if solved:
+        log.info("head: solved on the cached features (L-BFGS, L2 by cross-validation)")
+    else:
+        log.info("%s", budget.describe())
+        _warn_few_steps(len(train_loader), config.epochs)
+    t_loaded = time.perf_counter()
+    head_solution = None
+    with cached_head.threads_for(fit_model) if use_cache else contextlib.nullcontext():
+        if solved:
+            assert isinstance(fit_model, cached_head.CachedHead)
+            history, head_solution = solve_head(
+                fit_model, train_loader, val_loader, device=device, seed=options.seed
+            )
+            if on_epoch is not None:  # the solved head's one measurement, as an epoch's
+                on_epoch(history.epochs[0])
+        else:
+            history = train(
+                fit_model,  # type: ignore[arg-type]
+                plan,
+                train_loader,
+                val_loader,
+                config,
+                device=device,
+                checkpointer=checkpointer,
+                parallel=parallel,
+                on_epoch=on_epoch,
+            )
     t_trained = time.perf_counter()
     model.cpu()
     adapter = None
@@ -268,7 +311,36 @@ def _train_on(
         augmentation=_augmentation(
             requested_augment, options.augment, loaders.feature_cache, inputs
         ),
+        budget=None if solved else budget.to_dict(),
+        lr_find=lr_curve,
+        head_solver=_solver_record(head_solution),
     )
+
+
+def _solves_head(options: FitOptions, model: torch.nn.Module, cache: dict[str, Any]) -> bool:
+    """Whether the head is solved on cached features instead of trained by the loop: a
+    frozen backbone (the model is the head alone), un-augmented features, and
+    ``--solve-head`` (the default)."""
+    return (
+        options.solve_head
+        and isinstance(model, cached_head.CachedHead)
+        and not cache.get("views", 0)
+    )
+
+
+def _solver_record(solution: HeadSolution | None) -> dict[str, Any] | None:
+    if solution is None:
+        return None
+    return {
+        "method": "L-BFGS, multinomial logistic loss, L2 by cross-validation",
+        "c": solution.c,
+        "cs": list(solution.cs),
+        "cv_accuracy": list(solution.cv_accuracy),
+        "folds": solution.folds,
+        "converged": solution.converged,
+        "seconds": solution.seconds,
+        "describe": solution.describe(),
+    }
 
 
 def _plan(options: FitOptions, source: Source) -> Plan:
@@ -283,6 +355,8 @@ def _plan(options: FitOptions, source: Source) -> Plan:
             targets=options.lora_targets,
             default=source.lora_targets,
         )
+    if options.lr is None:
+        raise ConfigError("--lr auto: the range test picks the rate before the plan is made")
     return make_plan(
         options.strategy,
         source.stage_names,
@@ -337,6 +411,8 @@ def _loaders(
     cached features where the plan allows (:mod:`headstart.train.cached_head`), else over
     the inputs themselves."""
     train_data, val_data = split
+    batch_size = options.batch_size
+    assert batch_size is not None, "the budget is sized before the loaders are built"
     use_cache, why_not = _use_feature_cache(options, inputs, plan, parallel)
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
@@ -354,7 +430,7 @@ def _loaders(
     train_loader = inputs.train_loader(
         train_data,
         augment=options.augment,
-        batch_size=options.batch_size,
+        batch_size=batch_size,
         workers=options.workers,
         generator=generator,
         seed=options.seed,
@@ -364,7 +440,7 @@ def _loaders(
     val_loader = None
     if val_data is not None and len(val_data):
         val_loader, _ = inputs.eval_loader(
-            val_data, batch_size=max(options.batch_size, EVAL_BATCH), workers=options.workers
+            val_data, batch_size=max(batch_size, EVAL_BATCH), workers=options.workers
         )
     return _Loaders(fit_model, train_loader, val_loader, feature_cache)
 
