@@ -19,6 +19,7 @@ from headstart.config.options import (
     CompareOptions,
     EmbedOptions,
     FitOptions,
+    LrFindOptions,
     PretrainOptions,
     RankOptions,
     RecommendOptions,
@@ -31,6 +32,7 @@ __all__ = [
     "cmd_evaluate",
     "cmd_export",
     "cmd_fit",
+    "cmd_lr_find",
     "cmd_predict",
     "cmd_pretrain",
     "cmd_rank",
@@ -112,6 +114,14 @@ def cmd_adapt(args: argparse.Namespace) -> dict[str, Any]:
         lines.append(f"target-domain accuracy {m['target_acc']:.4f} (--eval)")
     lines.append(f"run dir: {result.run_dir} ({result.timings['total_s']:.1f}s)")
     print_human(args, lines)
+    return result.summary()
+
+
+def cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
+    from headstart.api.lr_find import lr_find
+
+    result = lr_find(options_from(LrFindOptions, args))
+    print_human(args, [result.describe()])
     return result.summary()
 
 

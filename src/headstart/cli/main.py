@@ -24,6 +24,7 @@ from headstart.config.options import (
     CompareOptions,
     EmbedOptions,
     FitOptions,
+    LrFindOptions,
     PretrainOptions,
     RankOptions,
     RecommendOptions,
@@ -110,6 +111,16 @@ _OPTION_COMMANDS = (
         "Train on labelled source-domain DATA for the unlabelled --target images: DANN "
         "(gradient reversal, domain classifier, the paper's lambda schedule), Deep CORAL, "
         "or source-only; --eval reports the target accuracy. Writes a run dir as fit does.",
+    ),
+    _OptionCommand(
+        "lr-find",
+        LrFindOptions,
+        commands.cmd_lr_find,
+        "the learning-rate range test alone: plot the curve, print the rate",
+        "Build what fit would train (source, plan, budget, loaders) on DATA's training "
+        "part and sweep the learning rate up over a tenth of its steps (Smith 2017, as "
+        "fastai's lr_find); print the rate fit --lr auto takes and write lr_find.png and "
+        "lr_find.json. Nothing is trained.",
     ),
     _OptionCommand(
         "embed",

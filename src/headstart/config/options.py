@@ -45,6 +45,7 @@ __all__ = [
     "CompareOptions",
     "EmbedOptions",
     "FitOptions",
+    "LrFindOptions",
     "PretrainOptions",
     "RankOptions",
     "RecommendOptions",
@@ -320,6 +321,56 @@ class AdaptOptions(
         "hidden units of DANN's domain classifier (2 layers)", default=100, at_least=1
     )
     coral_weight: float = option("weight of the CORAL loss", default=1.0, at_least=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class LrFindOptions(
+    Command,
+    Adapters,
+    FeatureCaching,
+    Device,
+    Loading,
+    Texts,
+    Seed,
+    Regularisation,
+    Holdout,
+    Finetuning,
+    Transfer,
+    Model,
+    Inputs,
+):
+    """``headstart lr-find``: the learning-rate range test ``fit --lr auto`` runs, alone."""
+
+    FIT_FIXED: ClassVar[dict[str, Any]] = {"lr": None}  # what the sweep is for
+
+    strategy: str = option(
+        parse=StrategyName,
+        help="the plan whose rate to find: linear | partial:K | full | scratch | lora",
+        default="full",
+    )
+    epochs: int | None = option(
+        "the fit's epochs (they size the sweep: a tenth of the fit's steps, 30 to 100)",
+        default=None,
+        at_least=1,
+        auto=True,
+    )
+    batch_size: int | None = option(
+        "the fit's batch size (auto: as fit sizes it)", default=None, at_least=1, auto=True
+    )
+    backbone_lr_mult: float = option(
+        "backbone learning rate = lr x this (full, partial): the groups keep this ratio "
+        "during the sweep",
+        default=0.1,
+        at_least=0,
+    )
+    weight_decay: float = option(
+        "AdamW weight decay (not on biases and norms)", default=0.01, at_least=0
+    )
+    out: str | None = option(
+        "folder for lr_find.png and lr_find.json (default runs/lr-find-TIMESTAMP)",
+        default=None,
+    )
+    overwrite: bool = option("replace an existing --out", default=False)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -27,6 +27,7 @@ from headstart.config.strategies import (
     resolve_augment,
     strategy_of,
 )
+from headstart.config.train import TrainConfig
 from headstart.data.labelled import LabeledData, stratified_split
 from headstart.data.sampling import set_deterministic
 from headstart.data.texts import load_labelled
@@ -40,7 +41,7 @@ from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.auto import find_lr, solve_head
-from headstart.train.budget import size_budget
+from headstart.train.budget import Budget, size_budget
 from headstart.train.checkpoint import Checkpointer
 from headstart.train.head_solver import HeadSolution
 from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, train
@@ -207,86 +208,26 @@ def _train_on(
     parallel: Parallel | None,
     on_epoch: Callable[[EpochMetrics], None] | None,
 ) -> Trained:
-    t_start = time.perf_counter()
-    budget = size_budget(
-        len(train_data),
-        len(val_data) if val_data is not None else 0,
-        batch_size=options.batch_size,
-        epochs=options.epochs,
-        select=None if options.select == Select.AUTO else str(options.select),
-        patience=options.patience,
-        multiple_of=parallel.world if parallel is not None else 1,
-    )
-    options = options.replace(
-        batch_size=budget.batch_size, epochs=budget.epochs, select=budget.select
-    )
-    config = options.train_config()
-    requested_augment = options.augment
-    options = replace(options, augment=resolve_augment(options.augment, options.strategy))
-    if options.deterministic:
-        set_deterministic()
-    generator = seed_everything(options.seed)
-    source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
-    # --lr auto: a stand-in rate until the range test has run on the built model
-    plan = _plan(options.replace(lr=options.lr or FALLBACK_LR), source)
-    inputs = source.inputs.limited(options.max_length, source.spec)
-    inputs.check(train_data, where=options.data, model=source.spec)
-    if val_data is not None:
-        inputs.check(val_data, where=options.val or options.data, model=source.spec)
-    log.info("source: %s (%s)", source.spec, source.weights.description)
-    torch.manual_seed(options.seed)  # the new head's initialisation
-    model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
-    device = parallel.device if parallel is not None else resolve_device(options.device)
-    if parallel is not None and inputs.why_one_process is not None:
-        raise ConfigError(inputs.why_one_process)
-    speedups = accel.resolve(options, device)
-    loaders = _loaders(
-        options,
-        source,
-        inputs,
-        plan,
-        model,
-        (train_data, val_data),
-        generator=generator,
-        device=device,
-        parallel=parallel,
-        speedups=speedups,
-    )
-    fit_model, train_loader, val_loader = loaders.model, loaders.train, loaders.val
-    use_cache = loaders.cached
-    solved = _solves_head(options, fit_model, loaders.feature_cache)
-    lr_curve = None
-    if options.lr is None and not solved:
-        lr_curve = find_lr(
-            fit_model, plan, train_loader, config, device=device, fit_steps=budget.steps
-        )
-        found = lr_curve.suggestion if parallel is None else parallel.gather(lr_curve.suggestion)[0]
-        options = options.replace(lr=found)
-        plan = _plan(options, source)
-    log.info("%s", format_plan(plan))
-    if solved:
-        log.info("head: solved on the cached features (L-BFGS, L2 by cross-validation)")
-    else:
-        log.info("%s", budget.describe())
-        _warn_few_steps(len(train_loader), config.epochs)
+    run = prepare(options, train_data, val_data, parallel=parallel)
+    options, plan, model, loaders = run.options, run.plan, run.model, run.loaders
     t_loaded = time.perf_counter()
     head_solution = None
-    with cached_head.threads_for(fit_model) if use_cache else contextlib.nullcontext():
-        if solved:
-            assert isinstance(fit_model, cached_head.CachedHead)
+    with cached_head.threads_for(loaders.model) if loaders.cached else contextlib.nullcontext():
+        if run.solved:
+            assert isinstance(loaders.model, cached_head.CachedHead)
             history, head_solution = solve_head(
-                fit_model, train_loader, val_loader, device=device, seed=options.seed
+                loaders.model, loaders.train, loaders.val, device=run.device, seed=options.seed
             )
             if on_epoch is not None:  # the solved head's one measurement, as an epoch's
                 on_epoch(history.epochs[0])
         else:
             history = train(
-                fit_model,  # type: ignore[arg-type]
+                loaders.model,  # type: ignore[arg-type]
                 plan,
-                train_loader,
-                val_loader,
-                config,
-                device=device,
+                loaders.train,
+                loaders.val,
+                run.config,
+                device=run.device,
                 checkpointer=checkpointer,
                 parallel=parallel,
                 on_epoch=on_epoch,
@@ -296,25 +237,138 @@ def _train_on(
     adapter = None
     if plan.lora is not None:
         adapter = merge_adapters(model.backbone)  # prediction runs on the merged weights
+    speed = None if loaders.cached else {**run.speedups.to_dict(), "batch_size": options.batch_size}
     return Trained(
         model,
-        source,
+        run.source,
         plan,
         history,
         _metrics(history),
-        {"load_s": t_loaded - t_start, "train_s": t_trained - t_loaded},
-        inputs,
+        {"load_s": t_loaded - run.t_start, "train_s": t_trained - t_loaded},
+        run.inputs,
         feature_cache=loaders.feature_cache,
-        speed={**speedups.to_dict(), "batch_size": options.batch_size} if not use_cache else None,
+        speed=speed,
         adapter=adapter,
-        max_length=inputs.length,
+        max_length=run.inputs.length,
         augmentation=_augmentation(
-            requested_augment, options.augment, loaders.feature_cache, inputs
+            run.requested_augment, options.augment, loaders.feature_cache, run.inputs
         ),
-        budget=None if solved else budget.to_dict(),
-        lr_find=lr_curve,
+        budget=None if run.solved else run.budget.to_dict(),
+        lr_find=run.lr_curve,
         head_solver=_solver_record(head_solution),
     )
+
+
+@dataclass
+class Prepared:
+    """A run built and ready to train: the options with the budget and the learning rate
+    resolved, the source, the plan, the target model, the loaders (over cached features
+    where the plan allows) and what was decided on the way."""
+
+    options: FitOptions
+    config: TrainConfig
+    budget: Budget
+    source: Source
+    inputs: Inputs
+    plan: Plan
+    model: TargetModel
+    loaders: _Loaders
+    device: torch.device
+    speedups: accel.Accel
+    solved: bool  # the head is solved on cached features, not trained by the loop
+    lr_curve: LrCurve | None  # --lr auto (or sweep): the range test
+    requested_augment: str
+    t_start: float
+
+
+def prepare(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    *,
+    parallel: Parallel | None,
+    sweep: bool = False,
+) -> Prepared:
+    """Everything :func:`train_on` trains with, built and sized from the data: the budget
+    (:mod:`headstart.train.budget`), the source and plan, the model and loaders, and
+    with ``--lr auto`` the rate of the range test.  ``sweep``: run the range test even
+    when no rate is needed (``headstart lr-find``)."""
+    t_start = time.perf_counter()
+    options, budget = _sized(options, train_data, val_data, parallel)
+    config = options.train_config()
+    requested_augment = options.augment
+    options = options.replace(augment=resolve_augment(options.augment, options.strategy))
+    if options.deterministic:
+        set_deterministic()
+    generator = seed_everything(options.seed)
+    source = _build_source(options, scratch=strategy_of(options.strategy).reinitialise)
+    # --lr auto: a stand-in rate until the range test has run on the built model
+    plan = _plan(options.replace(lr=options.lr or FALLBACK_LR), source)
+    inputs = _checked_inputs(options, source, train_data, val_data)
+    log.info("source: %s (%s)", source.spec, source.weights.description)
+    torch.manual_seed(options.seed)  # the new head's initialisation
+    model = TargetModel(source.backbone, len(train_data.classes), dropout=options.dropout)
+    device = parallel.device if parallel is not None else resolve_device(options.device)
+    if parallel is not None and inputs.why_one_process is not None:
+        raise ConfigError(inputs.why_one_process)
+    speedups = accel.resolve(options, device)
+    loaders = _loaders(
+        options, source, inputs, plan, model, (train_data, val_data),
+        generator=generator, device=device, parallel=parallel, speedups=speedups,
+    )  # fmt: skip
+    solved = _solves_head(options, loaders.model, loaders.feature_cache)
+    lr_curve = None
+    if (options.lr is None and not solved) or sweep:
+        lr_curve = find_lr(
+            loaders.model, plan, loaders.train, config, device=device, fit_steps=budget.steps
+        )
+        found = lr_curve.suggestion if parallel is None else parallel.gather(lr_curve.suggestion)[0]
+        if options.lr is None:
+            options = options.replace(lr=found)
+            plan = _plan(options, source)
+    log.info("%s", format_plan(plan))
+    if solved:
+        log.info("head: solved on the cached features (L-BFGS, L2 by cross-validation)")
+    else:
+        log.info("%s", budget.describe())
+        _warn_few_steps(len(loaders.train), config.epochs)
+    return Prepared(
+        options, config, budget, source, inputs, plan, model, loaders, device, speedups,
+        solved, lr_curve, requested_augment, t_start,
+    )  # fmt: skip
+
+
+def _sized(
+    options: FitOptions,
+    train_data: LabeledData,
+    val_data: LabeledData | None,
+    parallel: Parallel | None,
+) -> tuple[FitOptions, Budget]:
+    """``options`` with the budget's batch size, epochs and selection (what was given stays)."""
+    budget = size_budget(
+        len(train_data),
+        len(val_data) if val_data is not None else 0,
+        batch_size=options.batch_size,
+        epochs=options.epochs,
+        select=None if options.select == Select.AUTO else str(options.select),
+        patience=options.patience,
+        multiple_of=parallel.world if parallel is not None else 1,
+    )
+    sized = options.replace(
+        batch_size=budget.batch_size, epochs=budget.epochs, select=budget.select
+    )
+    return sized, budget
+
+
+def _checked_inputs(
+    options: FitOptions, source: Source, train_data: LabeledData, val_data: LabeledData | None
+) -> Inputs:
+    """The source's inputs at ``--max-length``, the data checked against them."""
+    inputs = source.inputs.limited(options.max_length, source.spec)
+    inputs.check(train_data, where=options.data, model=source.spec)
+    if val_data is not None:
+        inputs.check(val_data, where=options.val or options.data, model=source.spec)
+    return inputs
 
 
 def _solves_head(options: FitOptions, model: torch.nn.Module, cache: dict[str, Any]) -> bool:

@@ -1,0 +1,107 @@
+"""The defaults sized from the data: the step budget at its edges, --lr auto and the
+solved head end to end, and `headstart lr-find`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from headstart.train.budget import (
+    MAX_BATCH,
+    MAX_EPOCHS,
+    MIN_BATCH,
+    MIN_EPOCHS,
+    MIN_VAL_TO_SELECT,
+    TARGET_STEPS,
+    size_budget,
+    steps_per_epoch,
+)
+from tests.conftest import run_cli
+
+
+def test_small_data_gets_small_batches_and_enough_steps() -> None:
+    b = size_budget(80, 20)
+    assert (b.batch_size, b.epochs, b.steps) == (8, 30, 300)
+    assert b.select == "last" and any("too few" in w for w in b.why)
+
+
+def test_the_budget_at_its_edges() -> None:
+    tiny = size_budget(5, 0)  # fewer items than the smallest batch: one batch of all
+    assert tiny.batch_size == 5 and tiny.epochs == MAX_EPOCHS and tiny.steps == MAX_EPOCHS
+    large = size_budget(100_000, 20_000)  # every item seen MIN_EPOCHS times
+    assert large.batch_size == MAX_BATCH and large.epochs == MIN_EPOCHS
+    assert large.select == "best"
+    for n in (16, 81, 160, 319, 320, 641, 5000):
+        b = size_budget(n, 0)
+        assert MIN_BATCH <= b.batch_size <= MAX_BATCH or b.batch_size == n
+        assert b.steps >= TARGET_STEPS or b.epochs in (MIN_EPOCHS, MAX_EPOCHS)
+        assert b.steps == b.epochs * steps_per_epoch(n, b.batch_size)
+    # the selection flips where the validation split is large enough to choose by
+    assert size_budget(1000, MIN_VAL_TO_SELECT - 1).select == "last"
+    assert size_budget(1000, MIN_VAL_TO_SELECT).select == "best"
+
+
+def test_what_is_given_is_kept_and_said() -> None:
+    b = size_budget(80, 20, batch_size=32, epochs=3, select="best")
+    assert (b.batch_size, b.epochs, b.select, b.steps) == (32, 3, "best", 9)
+    assert b.why == ("batch 32 as given", "3 epochs as given", "the best epoch as given")
+    assert size_budget(80, 20, patience=2).select == "best"  # early stopping needs it
+    assert size_budget(80, 20, multiple_of=3).batch_size % 3 == 0  # processes share it
+
+
+@pytest.mark.parametrize(
+    ("n", "bs", "want"), [(9, 8, 1), (10, 8, 2), (16, 8, 2), (17, 8, 2), (18, 8, 3)]
+)
+def test_steps_per_epoch_counts_as_the_loader_batches(n: int, bs: int, want: int) -> None:
+    assert steps_per_epoch(n, bs) == want  # a last batch of one item is dropped
+
+
+def test_fit_with_no_flags_sizes_its_budget_and_finds_its_rate(
+    tmp_path: Path, digits_folder: Path
+) -> None:
+    out = tmp_path / "run"
+    r = run_cli("fit", digits_folder, "--strategy", "full", "--out", out, "--json")
+    assert r.code == 0, r.stderr
+    meta = json.loads((out / "headstart.json").read_text())
+    budget, found = meta["budget"], meta["lr_find"]
+    assert budget["steps"] >= TARGET_STEPS and budget["why"]
+    assert meta["config"]["lr"] is None  # asked: auto; used: the plan's
+    assert meta["plan"]["head_lr"] == pytest.approx(found["lr"]) and found["rule"]
+    assert (out / "lr_find.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "lr_find.png" in report and "budget:" in report
+    assert "learning rate" in r.stderr and "budget:" in r.stderr  # the plan says why
+
+
+def test_linear_solves_its_head_and_needs_no_rate(tmp_path: Path, digits_folder: Path) -> None:
+    out = tmp_path / "lin"
+    r = run_cli("fit", digits_folder, "--out", out)
+    assert r.code == 0, r.stderr
+    meta = json.loads((out / "headstart.json").read_text())
+    assert meta["plan"]["strategy"] == "linear" and meta["lr_find"] is None
+    solver = meta["head_solver"]
+    assert solver["c"] in solver["cs"] and solver["converged"]
+    assert meta["metrics"]["epochs_run"] == 1
+    # the saved model is the usual one: evaluate reads it as any run
+    r = run_cli("evaluate", out, digits_folder, "--json")
+    assert r.code == 0 and r.json()["accuracy"] > 0.5
+
+
+def test_lr_find_plots_the_rate_fit_would_take(tmp_path: Path, digits_folder: Path) -> None:
+    r = run_cli("lr-find", digits_folder, "--out", tmp_path / "lrf", "--seed", "3", "--json")
+    assert r.code == 0, r.stderr
+    s = r.json()
+    assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
+    saved = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
+    assert saved["lr"] == s["lr"] > 0 and s["strategy"] == "full" and not s["solved_by_fit"]
+    fit = run_cli("fit", digits_folder, "--strategy", "full", "--seed", "3", "--epochs", "1",
+                  "--out", tmp_path / "fit")  # fmt: skip
+    assert fit.code == 0, fit.stderr
+    meta = json.loads((tmp_path / "fit" / "headstart.json").read_text())
+    # a sweep sized by --epochs 1 is shorter than lr-find's (auto epochs), so compare the
+    # rate lr-find gives with the same budget
+    same = run_cli("lr-find", digits_folder, "--seed", "3", "--epochs", "1",
+                   "--out", tmp_path / "lrf1", "--json")  # fmt: skip
+    assert same.json()["lr"] == pytest.approx(meta["lr_find"]["lr"])
