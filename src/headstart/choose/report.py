@@ -246,7 +246,8 @@ def _schedule_lines(meta: dict[str, Any]) -> list[str]:
             "",
         ]
     if solver:
-        lines.append(f"- head: {solver['describe']}")
+        role = solver.get("role", "the trained head")
+        lines.append(f"- head solved on the frozen features ({role}): {solver['describe']}")
     return lines
 
 

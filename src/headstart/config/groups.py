@@ -238,9 +238,11 @@ class FeatureCaching(Checked):
         default=True,
     )
     solve_head: bool = option(
-        "linear: fit the head on the cached features to convergence (L-BFGS on the "
-        "logistic loss, L2 strength by cross-validation, as scikit-learn's "
-        "LogisticRegressionCV); --no-solve-head trains it by epochs of AdamW",
+        "solve the new head on the frozen backbone's cached features to convergence "
+        "(L-BFGS on the logistic loss, L2 strength by cross-validation, as scikit-learn's "
+        "LogisticRegressionCV): linear's head is that, and with --head-epochs it replaces "
+        "the head-only epochs before fine-tuning (LP-FT); --no-solve-head trains it by "
+        "epochs of AdamW",
         default=True,
     )
     feature_cache_views: int = option(

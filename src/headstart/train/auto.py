@@ -25,13 +25,14 @@ from torch.utils.data import DataLoader
 from headstart.config.train import TrainConfig
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan
+from headstart.sources.target import TargetModel
 from headstart.train.cached_head import CachedHead
 from headstart.train.head_solver import HeadSolution
 from headstart.train.head_solver import solve_head as solve
 from headstart.train.loop import EpochMetrics, History, Objective, predict_loader
 from headstart.train.lr_find import LrCurve, lr_range_test
 
-__all__ = ["LR_RULE", "LR_SWEEP", "find_lr", "solve_head", "sweep_steps"]
+__all__ = ["LR_RULE", "LR_SWEEP", "find_lr", "solve_head", "solved_start", "sweep_steps"]
 
 log = logging.getLogger(__name__)
 
@@ -134,3 +135,15 @@ def solve_head(
         seconds=time.perf_counter() - t0,
     )
     return History(epochs=[row], best_epoch=1), solution
+
+
+def solved_start(model: TargetModel, features: Any, targets: Any, *, seed: int) -> HeadSolution:
+    """Start fine-tuning from the head solved on the frozen backbone's features (linear
+    probing, then fine-tuning: Kumar et al. 2022, LP-FT): the backbone's first steps then
+    follow a head that already fits, not a random one."""
+    solution = solve(
+        torch.as_tensor(features).flatten(1), targets, model.head.out_features, seed=seed
+    )
+    solution.load_into(model.head)
+    log.info("head: starts solved on the frozen features: %s", solution.describe())
+    return solution

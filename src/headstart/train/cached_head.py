@@ -220,6 +220,14 @@ def prepare(
     return FeatureLoaders(train_loader, val_loader, fit_model, info)
 
 
+def backbone_features(
+    options: Any, source: Source, data: LabeledData, device: torch.device
+) -> np.ndarray:
+    """The whole backbone's features of ``data``'s un-augmented images, from (or into) the
+    feature cache: what a head solved before fine-tuning starts from (LP-FT)."""
+    return _Extractor(options, source, None, device)(data, EVAL_VIEW)
+
+
 class _Extractor:
     """The cache's features of a data set's view, through the backbone or the frozen
     prefix of ``split``; counts the images it had to run and whether each was a hit."""
