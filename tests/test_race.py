@@ -377,6 +377,8 @@ def test_the_record_is_json_and_reads_as_lines(
     lines = report_lines(record)
     assert lines[0].startswith("## ") and any(line.startswith("- stopped:") for line in lines)
     assert report_lines(None) == []
+    skipped = report_lines({"raced": False, "why": "large data (5000 training items)"})
+    assert skipped[1] == "race: none, large data (5000 training items)"
 
 
 # --- a real race ------------------------------------------------------------------

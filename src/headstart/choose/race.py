@@ -543,7 +543,8 @@ def _ordinal(n: int) -> str:
 
 
 def report_lines(record: dict[str, Any] | None) -> list[str]:
-    """A race as ``headstart.json`` records it (:meth:`RaceResult.to_dict`), as lines of
+    """A race as ``headstart.json`` records it (:meth:`RaceResult.to_dict`, or
+    ``{"raced": False, "why": ...}`` where :func:`should_race` said no), as lines of
     ``report.md``: a heading, the plans with their fold accuracies, why it stopped."""
     if not record:
         return []
@@ -551,8 +552,9 @@ def report_lines(record: dict[str, Any] | None) -> list[str]:
 
 
 def _lines(d: dict[str, Any], *, bullet: str) -> list[str]:
-    if not d["raced"]:
-        return [f"race: none, {d['stopped']}; {d['winner']} as recommended"]
+    if not d.get("raced"):  # also {"raced": False, "why": ...} where should_race said no
+        why = d.get("stopped") or d.get("why") or "not raced"
+        return [f"race: none, {why}" + (f"; {d['winner']} as recommended" if "winner" in d else "")]
     budget = d["budget"]
     if d["budget_s"] is not None and budget.endswith("one fit"):
         budget += f" = {d['budget_s']:.1f}s"
