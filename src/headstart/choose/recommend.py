@@ -32,6 +32,12 @@ as much probe accuracy over random features on 5-9 as on 0-4 (random convolution
 features of small images are strong), while its LEEP separates the two cleanly (0.90
 against 0.07 of the way from chance). The BatchNorm shift is reported alongside, as
 evidence of an input-domain change.
+
+The measurements name a case, and the case a plan, but they leave other plans open: each
+case's plan has a near rival (the neighbouring case's plan, or the articles' classic plan
+where headstart's differs). :meth:`Recommendation.candidates` lists them, the recommended
+plan first, each with the reason it is still open; :mod:`headstart.choose.race` trains
+them on folds where the data are small enough to afford it.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from torch import nn
 from headstart.choose.scores import leep, linear_probe_accuracy
 from headstart.config.fields import Augment
 from headstart.config.options import FitOptions, RecommendOptions
-from headstart.config.strategies import resolve_augment
+from headstart.config.strategies import BackboneRate, resolve_augment, strategy_of
 from headstart.data.labelled import LabeledData
 from headstart.features.extract import feature_loader, in_item_order
 from headstart.sources import Source, build_source
@@ -107,6 +113,35 @@ class Measurements:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """One plan a race may train: the fit options it sets (``strategy``,
+    ``backbone_lr_mult``, ``head_epochs``, as :meth:`Recommendation.options`) and why it
+    is in the race."""
+
+    changes: dict[str, Any]
+    reason: str
+
+    @property
+    def label(self) -> str:
+        """A short name, e.g. ``full (head 2, x0.1)``, ``linear``, ``scratch``."""
+        return plan_label(self.changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "changes": dict(self.changes), "reason": self.reason}
+
+
+def plan_label(changes: dict[str, Any]) -> str:
+    """``full (head 2, x0.1)``; the backbone multiplier only where the strategy uses it
+    (not for ``linear``, which trains no backbone, nor ``scratch``, at the base rate)."""
+    strategy = str(changes["strategy"])
+    record = strategy_of(strategy)
+    parts = [f"head {changes['head_epochs']}"] if changes.get("head_epochs") else []
+    if record.trains_backbone and record.rate is BackboneRate.MULTIPLIED:
+        parts.append(f"x{float(changes.get('backbone_lr_mult', 1.0)):g}")
+    return f"{strategy} ({', '.join(parts)})" if parts else strategy
+
+
 @dataclass
 class Recommendation:
     case: str  # e.g. "small + similar"
@@ -118,6 +153,8 @@ class Recommendation:
     head_epochs: int = 0
     # the training augmentation --augment auto gives the strategy (none for linear)
     augment: str = "light"
+    # the other plans the measurements leave open, best first (see candidates())
+    alternatives: list[Candidate] = field(default_factory=list)
 
     def options(self) -> dict[str, Any]:
         """The fit options this recommendation sets (``dataclasses.replace`` them in)."""
@@ -133,10 +170,17 @@ class Recommendation:
         parts.append(f"x{self.backbone_lr_mult:g}")
         return f"{self.strategy} ({', '.join(parts)})"
 
+    def candidates(self) -> list[Candidate]:
+        """The plans the measurements leave open, the recommended one first: what
+        :func:`headstart.choose.race.race` trains on folds (one plan: nothing to race)."""
+        chosen = Candidate(self.options(), f"recommended for {self.case}: {self.reasons[-1]}")
+        return [chosen, *self.alternatives]
+
     def to_dict(self) -> dict[str, Any]:
         return {
-            **{k: v for k, v in asdict(self).items() if k != "measurements"},
+            **{k: v for k, v in asdict(self).items() if k not in ("measurements", "alternatives")},
             "measurements": asdict(self.measurements),
+            "alternatives": [c.to_dict() for c in self.alternatives],
         }
 
     def describe(self) -> str:
@@ -167,6 +211,8 @@ class Recommendation:
             )
             lines.append(f"  BatchNorm statistics shift: {m.bn_shift:.3f}{extra}")
         lines += [f"  why: {r}" for r in self.reasons]
+        if self.alternatives:
+            lines.append(f"  also open: {'; '.join(c.label for c in self.alternatives)}")
         lines += [f"  note: {n}" for n in m.notes]
         return "\n".join(lines)
 
@@ -310,6 +356,7 @@ def decide(
     large, size_reason = _size(m)
     similar, sim_reason = _similarity(m)
     case, strategy, mult, head, why = _plan_for(large, similar, stage_names, epochs)
+    chosen = {"strategy": strategy, "backbone_lr_mult": mult, "head_epochs": head}
     return Recommendation(
         case=case,
         strategy=strategy,
@@ -319,7 +366,101 @@ def decide(
         reasons=[size_reason, sim_reason, why],
         measurements=m,
         augment=resolve_augment(Augment.AUTO, strategy),
+        alternatives=_alternatives(large, similar, stage_names, epochs, chosen),
     )
+
+
+def open_plans(
+    m: Measurements, stage_names: tuple[str, ...], *, epochs: int = 10
+) -> list[Candidate]:
+    """The plans ``m`` leaves open for a backbone with ``stage_names``, the recommended
+    one first (``decide(...).candidates()``)."""
+    return decide(m, stage_names, epochs=epochs).candidates()
+
+
+def _alternatives(
+    large: bool,
+    similar: bool,
+    stage_names: tuple[str, ...],
+    epochs: int,
+    chosen: dict[str, Any],
+) -> list[Candidate]:
+    """The rivals of the case's plan ``chosen``, each with why it is still open.
+
+    Small data: the two axes are measured on few examples (a probe's cross-validated
+    accuracy on 20 images moves by 5 points with one image), so each small case's
+    rivals include the *other* small case's strategy; and each case's classic alternative
+    from the articles (freeze everything when similar, start from scratch when not).
+    Large data: one rival each, the articles' other plan for the case.
+    """
+    n = len(stage_names)
+    k = max(1, math.ceil(n / 2))
+    head = head_epochs_for(epochs)
+    early, late = ", ".join(stage_names[:k]), ", ".join(stage_names[k:])
+    # partial:K needs a stage left to train after the first K
+    partial_ok = 1 <= k < n
+    out: list[Candidate] = []
+    if not large and similar:
+        out.append(
+            Candidate(
+                {"strategy": "linear", "backbone_lr_mult": 0.1, "head_epochs": 0},
+                "the articles' plan for small + similar: keep the whole source frozen and "
+                "train only the new head; with this few labels, fine-tuning may move the "
+                "features for nothing",
+            )
+        )
+        if partial_ok:
+            out.append(
+                Candidate(
+                    {"strategy": f"partial:{k}", "backbone_lr_mult": 0.1, "head_epochs": head},
+                    f"in between: keep the early stages ({early}) and fine-tune the later ones "
+                    f"({late}), small + dissimilar's strategy (the head first, as here), "
+                    "should the similarity measure overrate the source",
+                )
+            )
+    elif not large:
+        out.append(
+            Candidate(
+                {"strategy": "full", "backbone_lr_mult": 0.1, "head_epochs": head},
+                "the plan for small + similar, should the similarity measure underrate the "
+                f"source: {'the head alone first, then ' if head else ''}every stage at a "
+                "tenth of the head's rate",
+            )
+        )
+        out.append(
+            Candidate(
+                {"strategy": "scratch", "backbone_lr_mult": 1.0, "head_epochs": 0},
+                "a source that explains little of the target may not help at all (negative "
+                "transfer): the same network from random weights, the baseline it must beat",
+            )
+        )
+    elif similar:
+        if partial_ok:
+            out.append(
+                Candidate(
+                    {"strategy": f"partial:{k}", "backbone_lr_mult": 0.1, "head_epochs": 0},
+                    f"the early stages ({early}) are the most general (Yosinski et al., 'How "
+                    "transferable are features in deep neural networks?', NeurIPS 2014): a "
+                    "similar source's may be kept as they are, with fewer weights to move",
+                )
+            )
+    else:
+        out.append(
+            Candidate(
+                {"strategy": "scratch", "backbone_lr_mult": 1.0, "head_epochs": 0},
+                "the articles' plan for large + dissimilar: with this much data and little to "
+                "keep, training from random weights may do as well (He, Girshick & Dollár, "
+                "'Rethinking ImageNet Pre-training', ICCV 2019)",
+            )
+        )
+    # a rival that is the chosen plan under another name is no rival
+    seen = {plan_label(chosen)}
+    unique = []
+    for c in out:
+        if c.label not in seen:
+            seen.add(c.label)
+            unique.append(c)
+    return unique
 
 
 def _size(m: Measurements) -> tuple[bool, str]:
