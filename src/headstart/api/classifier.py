@@ -44,6 +44,7 @@ class HeadstartClassifier(BaseEstimator):
         source: str = _DEFAULTS.source,
         weights: str = _DEFAULTS.weights,
         strategy: str = _DEFAULTS.strategy,
+        budget: str = _DEFAULTS.budget,
         epochs: int | None = _DEFAULTS.epochs,
         lr: float | None = _DEFAULTS.lr,
         backbone_lr_mult: float = _DEFAULTS.backbone_lr_mult,

@@ -14,9 +14,12 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from headstart.api.launch import launch
 from headstart.api.result import FitResult
-from headstart.choose.recommend import recommend_for
+from headstart.choose.race import RaceBudget, race, should_race
+from headstart.choose.recommend import Recommendation, recommend_for
 from headstart.choose.report import plot_curves, write_report_md
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.config.strategies import is_auto
@@ -69,6 +72,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     if parallel is not None and options.batch_size is not None:  # auto: sized to divide
         parallel.check_batch(options.batch_size)
     check_options(options)
+    RaceBudget.parse(options.budget)  # a typo in --budget fails before any slow work
     data = load_training_data(options)
     train_data, val_data = _split(options, data)
     checks = data_checks(data, train_data, val_data)  # warns about leakage before training
@@ -188,6 +192,7 @@ def _resolve(
         rec = recommend_for(options, train_data)
         recommendation = rec.to_dict()
         options = replace(options, **rec.options())
+        options, recommendation["race"] = _race(options, train_data, rec, main)
     checkpointer = Checkpointer.create(
         out,
         {
@@ -204,6 +209,27 @@ def _resolve(
         writer=main,
     )
     return options, checkpointer, recommendation
+
+
+def _race(
+    options: FitOptions, train_data: LabeledData, rec: Recommendation, main: bool
+) -> tuple[FitOptions, dict[str, Any]]:
+    """On small data, race the plans the measurements leave open (``choose.race``) and
+    keep the winner; the record says what ran, or why nothing did."""
+    plans = rec.candidates()
+    counts = np.bincount(train_data.targets, minlength=len(train_data.classes))
+    go, why = should_race(
+        len(train_data), len(train_data.classes), n_candidates=len(plans),
+        min_per_class=int(counts.min()),
+    )  # fmt: skip
+    if go and options.processes > 1:
+        go, why = False, "several processes: the plan is decided from the measurements alone"
+    if not go:
+        log.info("auto: no race (%s)", why)
+        return options, {"raced": False, "why": why}
+    result = race(options, train_data, plans, budget=options.budget, seed=options.seed)
+    log.info("%s", result.describe())
+    return replace(options, **result.options()), {**result.to_dict(), "why": why}
 
 
 def _meta(

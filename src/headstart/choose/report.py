@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from headstart._io import atomic_path, atomic_write_text
+from headstart.choose.race import report_lines as race_report_lines
 from headstart.config.strategies import BatchNorm
 from headstart.errors import RunError
 from headstart.rundir import read_meta
@@ -197,6 +198,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         *_schedule_lines(meta),
         "",
         *_recommendation_lines(meta.get("recommendation")),
+        *race_report_lines((meta.get("recommendation") or {}).get("race")),
         "## Data",
         f"- classes ({len(meta['classes'])}): {', '.join(meta['classes'])}",
         f"- train: {data['train']['n_items']} items; validation: "

@@ -15,6 +15,7 @@ from headstart.config.strategies import StrategyName, check_head_epochs
 
 __all__ = [
     "Adapters",
+    "Choosing",
     "Device",
     "FeatureCaching",
     "Finetuning",
@@ -153,6 +154,17 @@ class Transfer(Checked):
         parse=StrategyName,
         help="linear | partial:K | full | scratch | lora | auto (measure the data, then choose)",
         default="linear",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Choosing(Checked):
+    """How ``--strategy auto`` may check what the measurements propose."""
+
+    budget: str = option(
+        "time --strategy auto may spend racing the plans the measurements leave open (on "
+        "small data): a multiple of one fit (5x), seconds (600, 600s, 10m, 1h) or none",
+        default="5x",
     )
 
 

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from headstart.config.fields import Checked, Precision, Select, option
 from headstart.config.groups import (
     Adapters,
+    Choosing,
     Device,
     FeatureCaching,
     Finetuning,
@@ -87,6 +88,7 @@ class FitOptions(
     Holdout,
     Finetuning,
     Schedule,
+    Choosing,
     Transfer,
     Model,
     Inputs,
