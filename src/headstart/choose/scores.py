@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from headstart.errors import ConfigError, DataError
+from headstart.train.head_solver import solve_head
 
 __all__ = [
     "KNN_METRICS",
@@ -297,11 +298,13 @@ def linear_probe_accuracy(
     *,
     folds: int = 5,
     seed: int = 0,
-    c: float = 1.0,
+    c: float | None = None,
 ) -> float:
-    """Held-out accuracy of a logistic regression (inverse regularisation ``c``) under
-    stratified folds, pooled as in :func:`knn_accuracy`, on features standardised on
-    each training fold.
+    """Held-out accuracy of a logistic regression under stratified folds, pooled as in
+    :func:`knn_accuracy`: on each training fold the head is solved to convergence on
+    standardised features with the L2 strength chosen by an inner cross-validation
+    (:func:`headstart.train.head_solver.solve_head`, as scikit-learn's
+    ``LogisticRegressionCV``), or at inverse strength ``c`` when given.
 
     Folds and errors as for :func:`knn_accuracy`.
     """
@@ -314,19 +317,21 @@ def linear_probe_correct(
     *,
     folds: int = 5,
     seed: int = 0,
-    c: float = 1.0,
+    c: float | None = None,
 ) -> np.ndarray:
     """Per example [N], as :func:`knn_correct` for :func:`linear_probe_accuracy`."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    if c <= 0:
+    if c is not None and c <= 0:
         raise ConfigError(f"regularisation c must be positive (got {c})")
     f, y = _check_features(features, targets)
-    splits = _cv_splits(f, y, folds, seed)
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
-    return _held_out_correct(model, f, y, splits)
+    n_classes = int(y.max()) + 1
+    correct = np.zeros(len(y), dtype=np.float64)
+    for train_idx, test_idx in _cv_splits(f, y, folds, seed):
+        head = solve_head(
+            f[train_idx], y[train_idx], n_classes, cs=None if c is None else [c], seed=seed
+        )
+        logits = f[test_idx] @ head.weight.numpy().T.astype(f.dtype) + head.bias.numpy()
+        correct[test_idx] = (logits.argmax(axis=1) == y[test_idx]).astype(np.float64)
+    return correct
 
 
 def _held_out_correct(
