@@ -5,7 +5,9 @@
    random on the first seed's labelled images: does it clear the random-initialisation
    line?
 3. Fine-tune on digits 5-9 with only 5 labels per class (the *target* task) with
-   ``linear``, ``full`` and ``scratch``, over 3 seeds (each seed draws other labels).
+   ``linear``, ``full`` and ``scratch``, over 3 seeds (each seed draws other labels),
+   each with fit's defaults and nothing else: the batch, the epochs and the learning
+   rate are sized from the data, as a user who passes no flag gets them.
 4. Score every run on the held-out digits 5-9 and print mean accuracy +- std, with
    rank's verdict from step 2 beneath.
 
@@ -85,8 +87,12 @@ def rank_verdict(source_dir: Path, data: str, *, seed: int = 0) -> str:
     return said
 
 
-def run_demo(out: Path, *, seeds: int = 3, per_class: int = 5, epochs: int = 30) -> DemoResult:
-    """Run the demo: one row per (strategy, seed), and rank's verdict on the source."""
+def run_demo(
+    out: Path, *, seeds: int = 3, per_class: int = 5, epochs: int | None = None
+) -> DemoResult:
+    """Run the demo: one row per (strategy, seed), and rank's verdict on the source.
+
+    Each fit takes fit's defaults; ``epochs`` only shortens a test of the demo itself."""
     source_run = pretrain(
         PretrainOptions(
             data="builtin:digits?classes=0-4",
@@ -119,10 +125,6 @@ def run_demo(out: Path, *, seeds: int = 3, per_class: int = 5, epochs: int = 30)
                     source=f"file:{source_run.run_dir}",
                     strategy=strategy,
                     epochs=epochs,
-                    batch_size=8,
-                    lr=1e-2,
-                    val=held_out,
-                    select="last",
                     seed=seed,
                     out=str(out / f"{strategy}-seed{seed}"),
                     overwrite=True,
@@ -174,11 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo", help="folder for the run dirs")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=5)
-    parser.add_argument("--epochs", type=int, default=30)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     t0 = time.perf_counter()
-    demo = run_demo(Path(args.out), seeds=args.seeds, per_class=args.per_class, epochs=args.epochs)
+    demo = run_demo(Path(args.out), seeds=args.seeds, per_class=args.per_class)
     print(format_table(demo.rows, per_class=args.per_class, verdict=demo.verdict))
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
     return 0
