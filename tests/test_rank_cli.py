@@ -424,12 +424,13 @@ def test_rank_validate_orders_candidates_as_fine_tuning_does(tmp_path: Path) -> 
         assert best["candidate"] == sources[0], method
     v = out["validation"]
     # 50 epochs of 40 images (100 steps a fold): ~20 s of fine-tuning, against which the
-    # scoring's fixed costs (~0.3-0.6 s) are 1.5-3%; at the 25 epochs the 50-step floor
-    # would give, they swing around 5% with the machine's load
+    # scoring's fixed costs (~0.3-0.6 s, and ~0.6 s for the linear probe's inner
+    # cross-validation of its L2 strength) are 5-6%; at the 25 epochs the 50-step floor
+    # would give, they would be twice that
     assert (v["folds"], v["epochs"]) == (5, 50)
     assert v["kendall_tau"]["knn"]["tau"] == pytest.approx(1.0)
     assert v["kendall_tau"]["logme"]["tau"] > 0
-    assert v["cpu_ratio"] <= 0.05, (v["scoring_cpu_s"], v["finetune_cpu_s"], v["ratio"])
+    assert v["cpu_ratio"] <= 0.1, (v["scoring_cpu_s"], v["finetune_cpu_s"], v["ratio"])
     for method in ("logme", "leep", "knn", "linear-probe"):
         assert f"Kendall's tau, {method} vs accuracy: " in res.stderr
     assert "Kendall's tau, knn vs accuracy: +1.00" in res.stderr

@@ -389,6 +389,7 @@ def _starts_solved(
     head did not pay on digits 5-9: full +0.1, partial:2 -0.8 points over 2 seeds.)"""
     return (
         options.solve_head
+        and options.feature_cache
         and plan.head_epochs > 0
         and bool(plan.trainable_stages)
         and not plan.reinitialise
