@@ -1,4 +1,11 @@
-"""What every benchmark shares: the data, a clock and a peak-memory meter."""
+"""What every benchmark shares: the data, a clock, a peak-memory meter, and the
+training settings each run is labelled with.
+
+Every bench that trains runs headstart's defaults first (no --lr, --epochs,
+--batch-size, --select: what a user gets, ``"settings": "defaults"``), then the settings
+it was written with (``"settings": "tuned: --lr ... --epochs ..."``).  A setting that
+is the very thing a bench measures stays fixed in both, and its docstring says why.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,7 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -91,21 +98,90 @@ def headstart_json(argv: list[str]) -> dict[str, Any]:
     return dict(json.loads(buf.getvalue()))
 
 
+DEFAULTS = "defaults"
+SETTINGS_CHOICES = ("defaults", "tuned")
+
+
+def flags(settings: Mapping[str, Any]) -> list[str]:
+    """headstart's flags for fit option values, in order:
+    ``{"lr": 0.01, "solve_head": False}`` -> ``["--lr", "0.01", "--no-solve-head"]``."""
+    out: list[str] = []
+    for name, value in settings.items():
+        flag = name.replace("_", "-")
+        if value is True:
+            out.append(f"--{flag}")
+        elif value is False:
+            out.append(f"--no-{flag}")
+        else:
+            out += [f"--{flag}", f"{value:g}" if isinstance(value, float) else str(value)]
+    return out
+
+
+def settings_label(settings: Mapping[str, Any], kind: str = "tuned") -> str:
+    """``"defaults"`` for no settings, else ``"KIND: --flag value ..."``."""
+    return f"{kind}: {' '.join(flags(settings))}" if settings else DEFAULTS
+
+
+def add_settings_flag(parser: Any) -> None:
+    """``--settings defaults,tuned``: which runs to make (both by default, defaults first)."""
+    parser.add_argument(
+        "--settings",
+        default=",".join(SETTINGS_CHOICES),
+        help="comma-separated: defaults (no training flags: what a user gets), tuned (the "
+        "bench's own settings); both by default, defaults first",
+    )
+
+
+def which_settings(text: str) -> list[str]:
+    """The runs ``--settings`` asks for, in the order defaults, tuned."""
+    asked = {s.strip() for s in text.split(",") if s.strip()}
+    unknown = asked - set(SETTINGS_CHOICES)
+    if unknown or not asked:
+        raise SystemExit(f"--settings: {text!r}; choose from {','.join(SETTINGS_CHOICES)}")
+    return [s for s in SETTINGS_CHOICES if s in asked]
+
+
+def trained_with(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a fit's training came to, from its ``headstart.json``: the budget (batch size,
+    epochs, optimizer steps, the epoch kept), the rate the range test picked, or the
+    solved head's L2 strength: what "defaults" resolved to on this data."""
+    out: dict[str, Any] = {}
+    budget = meta.get("budget")
+    if budget:
+        out.update({k: budget[k] for k in ("batch_size", "epochs", "steps", "select")})
+    if meta.get("lr_find"):
+        out["lr"] = float(f"{meta['lr_find']['lr']:.3g}")
+    if meta.get("head_solver"):
+        out["head"] = "solved"
+        out["c"] = meta["head_solver"]["c"]
+    return out
+
+
 def fit_cached(
-    data: Path, out: Path, cache: Path, args: Any, strategy: str, *extra: str
-) -> tuple[float, dict[str, Any]]:
-    """``headstart fit`` of ``args.source`` (random weights) with the bench's epochs,
-    batch size, augmentation and image size, its feature cache in ``cache``: the
-    validation accuracy and ``headstart.json``'s ``feature_cache`` record."""
+    data: Path,
+    out: Path,
+    cache: Path,
+    args: Any,
+    strategy: str,
+    settings: Mapping[str, Any],
+    *extra: str,
+) -> dict[str, Any]:
+    """``headstart fit`` of ``args.source`` (random weights) with the bench's augmentation
+    and image size, the training ``settings`` (none: headstart's defaults) and its feature
+    cache in ``cache``: the validation accuracy, ``headstart.json``'s ``feature_cache``
+    record and what the training came to (:func:`trained_with`)."""
     size = getattr(args, "image_size", None)
     argv = [
         "fit", str(data), "--source", args.source, "--weights", "none",
-        "--strategy", strategy, "--epochs", str(args.epochs),
-        "--batch-size", str(args.batch_size), "--augment", args.augment,
+        "--strategy", strategy, *flags(settings), "--augment", args.augment,
         "--cache-dir", str(cache), "--out", str(out), "--json", "-q",
         *([] if size is None else ["--image-size", str(size)]),
         *extra,
     ]  # fmt: skip
     summary = headstart_json(argv)
     meta = json.loads((out / "headstart.json").read_text())
-    return summary["metrics"]["val_acc"], meta["feature_cache"]
+    return {
+        "val_acc": summary["metrics"]["val_acc"],
+        "feature_cache": meta["feature_cache"],
+        "trained": trained_with(meta),
+    }

@@ -15,16 +15,23 @@ digits-cnn's own default weights (`headstart pretrain`, 15 epochs, label smoothi
   photographic texture and tone, nothing about pen strokes or digits.
 
 Each sample runs `headstart rank DATA --sources MATCHED,RANDOM,UNRELATED --method all
---validate` with rank's own --validate defaults unless flags say otherwise, and records
+--validate` with rank's own --validate defaults first (no --lr, --batch-size or
+--epochs: what a user gets, `"settings": "defaults"`: the rate by the range test on each
+fold, the batch sized from the fold, rank's 10 epochs raised to at least 50 optimizer
+steps), then, only if any of those flags is given, again with them (`"settings":
+"tuned: ..."`; `--lr 0.001 --batch-size 32` are the defaults of the figures measured
+before the defaults were sized from the data), on the same sources.  Each records
 each candidate's fine-tuned accuracy, each score, Kendall's tau per method (of the
 order rank gives, the random-initialisation line included, and of the raw scores
 alone), how many standard errors each pretrained source scores above RANDOM, and the
 seconds spent scoring (forward pass + every score + the comparisons) against fine-tuning.
-Prints one JSON
-line on stdout (progress on stderr).
+`--folds` is the measurement's cross-validation, the same in both.  The sources'
+pre-training keeps digits-cnn's own recipe (`DIGITS_PRETRAIN`): it makes the
+candidates, as headstart makes its default weights, and is not the training compared.
+Prints one JSON line per settings on stdout (progress on stderr).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src nice -n 10 .venv/bin/python bench/rank_validate.py \\
-        [--per-class 20] [--seeds 0,1,2,3,4] [--epochs E] [--folds K] [--lr LR]
+        [--per-class 20] [--seeds 0,1,2,3,4] [--folds K] [--lr LR --batch-size B --epochs E]
 """
 
 from __future__ import annotations
@@ -40,6 +47,10 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import settings_label
 
 NAMES = ("MATCHED", "RANDOM", "UNRELATED")
 
@@ -119,6 +130,46 @@ def pretrain_source(data: str, out: Path) -> Path:
     return out
 
 
+def summary(
+    runs: list[dict[str, Any]], settings: dict[str, Any], head: dict[str, Any]
+) -> dict[str, Any]:
+    """One settings' line: every sample, and the taus and seconds over them."""
+    from headstart.config.options import RankOptions
+
+    taus = {m: [r["kendall_tau"][m] for r in runs] for m in runs[0]["kendall_tau"]}
+    score_taus = {m: [r["score_tau"][m] for r in runs] for m in runs[0]["score_tau"]}
+    scoring = sum(r["scoring_s"] for r in runs)
+    finetune = sum(r["finetune_s"] for r in runs)
+    scoring_cpu = sum(r["scoring_cpu_s"] for r in runs)
+    finetune_cpu = sum(r["finetune_cpu_s"] for r in runs)
+    return {
+        "bench": "rank_validate",
+        "settings": settings_label(settings),
+        **head,
+        "epochs": settings.get("epochs", RankOptions().epochs),
+        "lr": settings.get("lr", "auto"),
+        "batch_size": settings.get("batch_size", "auto"),
+        "runs": runs,
+        "tau": taus,
+        "mean_tau": {
+            m: None if None in t else round(float(np.mean(t)), 3) for m, t in taus.items()
+        },
+        "tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in taus.items()},
+        "score_tau": score_taus,
+        "score_tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in score_taus.items()},
+        "accuracy_order_as_named": sum(
+            r["accuracy"]["MATCHED"] > r["accuracy"]["RANDOM"] > r["accuracy"]["UNRELATED"]
+            for r in runs
+        ),
+        "scoring_s": round(scoring, 2),
+        "finetune_s": round(finetune, 1),
+        "ratio": round(scoring / finetune, 4),
+        "max_ratio": max(r["ratio"] for r in runs),
+        "cpu_ratio": round(scoring_cpu / finetune_cpu, 4),
+        "max_cpu_ratio": max(r["cpu_ratio"] for r in runs),
+    }
+
+
 def main() -> None:
     from headstart.choose.rank import rank_sources
     from headstart.config.options import RankOptions
@@ -133,15 +184,22 @@ def main() -> None:
         help="digits: scikit-learn's digits 5-9; digits-m: the same digits blended into "
         "photo patches (harder), the matched source pre-trained on other blended digits",
     )
-    defaults = RankOptions()
-    parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--folds", type=int, default=defaults.folds)
-    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--folds", type=int, default=RankOptions().folds)
+    tuned_help = "tuned: a second run with this after the defaults"
+    parser.add_argument("--epochs", type=int, default=None, help=tuned_help)
+    parser.add_argument("--lr", type=float, default=None, help=tuned_help)
+    parser.add_argument("--batch-size", type=int, default=None, help=tuned_help)
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
+    tuned = {
+        k: v
+        for k, v in (("lr", args.lr), ("batch_size", args.batch_size), ("epochs", args.epochs))
+        if v is not None
+    }
+    settings_runs: list[dict[str, Any]] = [{}, tuned] if tuned else [{}]
 
-    runs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {settings_label(s): [] for s in settings_runs}
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         unrelated = pretrain_source(
@@ -164,93 +222,68 @@ def main() -> None:
             matched_s = time.perf_counter() - t0
             specs = [f"file:{matched}", "builtin:digits-cnn@none", f"file:{unrelated}"]
             name_of = dict(zip(specs, NAMES, strict=True))
-            t0 = time.perf_counter()
-            result = rank_sources(
-                RankOptions(
-                    data=data,
-                    sources=",".join(specs),
-                    method="all",
-                    validate=True,
-                    epochs=args.epochs,
-                    folds=args.folds,
-                    lr=args.lr,
-                    seed=seed,
-                    progress=False,
+            for settings in settings_runs:
+                t0 = time.perf_counter()
+                result = rank_sources(
+                    RankOptions(
+                        data=data,
+                        sources=",".join(specs),
+                        method="all",
+                        validate=True,
+                        **settings,
+                        folds=args.folds,
+                        seed=seed,
+                        progress=False,
+                    )
                 )
-            )
-            v = result.validation or {}
-            by = {name_of[c.candidate]: c for c in result.candidates}
-            run = {
-                "data": f"digits-m?{sample}" if args.target == "digits-m" else data,
-                "order_by_logme": [name_of[c.candidate] for c in result.candidates],
-                "accuracy": {n: round(by[n].accuracy or 0.0, 4) for n in NAMES},
-                "fold_accuracies": {n: [round(a, 4) for a in by[n].fold_accuracies] for n in NAMES},
-                "scores": {
-                    n: {
-                        m: None if s.value is None else round(s.value, 4)
-                        for m, s in by[n].scores.items()
-                    }
-                    for n in NAMES
-                },
-                "kendall_tau": {m: t["tau"] for m, t in v["kendall_tau"].items()},
-                "score_tau": {m: t["score_tau"] for m, t in v["kendall_tau"].items()},
-                # each pretrained candidate's score minus RANDOM's, in standard errors
-                "z_vs_random": {
-                    n: {
-                        m: None if c is None or c.z is None else round(c.z, 2)
-                        for m, c in by[n].vs_random.items()
-                    }
-                    for n in ("MATCHED", "UNRELATED")
-                },
-                "scoring_s": round(v["scoring_s"], 2),
-                "finetune_s": round(v["finetune_s"], 1),
-                "ratio": round(v["ratio"], 4),
-                "scoring_cpu_s": round(v["scoring_cpu_s"], 2),
-                "finetune_cpu_s": round(v["finetune_cpu_s"], 1),
-                "cpu_ratio": round(v["cpu_ratio"], 4),
-                "matched_pretrain_s": round(matched_s, 1),
-                "rank_wall_s": round(time.perf_counter() - t0, 1),
-            }
-            print(f"# {json.dumps(run)}", file=sys.stderr, flush=True)
-            runs.append(run)
-    taus = {m: [r["kendall_tau"][m] for r in runs] for m in runs[0]["kendall_tau"]}
-    score_taus = {m: [r["score_tau"][m] for r in runs] for m in runs[0]["score_tau"]}
-    scoring = sum(r["scoring_s"] for r in runs)
-    finetune = sum(r["finetune_s"] for r in runs)
-    scoring_cpu = sum(r["scoring_cpu_s"] for r in runs)
-    finetune_cpu = sum(r["finetune_cpu_s"] for r in runs)
-    print(
-        json.dumps(
-            {
-                "bench": "rank_validate",
-                "target": args.target,
-                "per_class": args.per_class,
-                "epochs": args.epochs,
-                "folds": args.folds,
-                "lr": args.lr,
-                "seeds": seeds,
-                "unrelated_pretrain_s": round(unrelated_s, 1),
-                "runs": runs,
-                "tau": taus,
-                "mean_tau": {
-                    m: None if None in t else round(float(np.mean(t)), 3) for m, t in taus.items()
-                },
-                "tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in taus.items()},
-                "score_tau": score_taus,
-                "score_tau_is_1": {m: sum(x == 1.0 for x in t) for m, t in score_taus.items()},
-                "accuracy_order_as_named": sum(
-                    r["accuracy"]["MATCHED"] > r["accuracy"]["RANDOM"] > r["accuracy"]["UNRELATED"]
-                    for r in runs
-                ),
-                "scoring_s": round(scoring, 2),
-                "finetune_s": round(finetune, 1),
-                "ratio": round(scoring / finetune, 4),
-                "max_ratio": max(r["ratio"] for r in runs),
-                "cpu_ratio": round(scoring_cpu / finetune_cpu, 4),
-                "max_cpu_ratio": max(r["cpu_ratio"] for r in runs),
-            }
-        )
-    )
+                v = result.validation or {}
+                by = {name_of[c.candidate]: c for c in result.candidates}
+                run = {
+                    "settings": settings_label(settings),
+                    "data": f"digits-m?{sample}" if args.target == "digits-m" else data,
+                    "epochs_trained": v["epochs"],
+                    "order_by_logme": [name_of[c.candidate] for c in result.candidates],
+                    "accuracy": {n: round(by[n].accuracy or 0.0, 4) for n in NAMES},
+                    "fold_accuracies": {
+                        n: [round(a, 4) for a in by[n].fold_accuracies] for n in NAMES
+                    },
+                    "scores": {
+                        n: {
+                            m: None if s.value is None else round(s.value, 4)
+                            for m, s in by[n].scores.items()
+                        }
+                        for n in NAMES
+                    },
+                    "kendall_tau": {m: t["tau"] for m, t in v["kendall_tau"].items()},
+                    "score_tau": {m: t["score_tau"] for m, t in v["kendall_tau"].items()},
+                    # each pretrained candidate's score minus RANDOM's, in standard errors
+                    "z_vs_random": {
+                        n: {
+                            m: None if c is None or c.z is None else round(c.z, 2)
+                            for m, c in by[n].vs_random.items()
+                        }
+                        for n in ("MATCHED", "UNRELATED")
+                    },
+                    "scoring_s": round(v["scoring_s"], 2),
+                    "finetune_s": round(v["finetune_s"], 1),
+                    "ratio": round(v["ratio"], 4),
+                    "scoring_cpu_s": round(v["scoring_cpu_s"], 2),
+                    "finetune_cpu_s": round(v["finetune_cpu_s"], 1),
+                    "cpu_ratio": round(v["cpu_ratio"], 4),
+                    "matched_pretrain_s": round(matched_s, 1),
+                    "rank_wall_s": round(time.perf_counter() - t0, 1),
+                }
+                print(f"# {json.dumps(run)}", file=sys.stderr, flush=True)
+                runs[run["settings"]].append(run)
+    head = {
+        "target": args.target,
+        "per_class": args.per_class,
+        "folds": args.folds,
+        "seeds": seeds,
+        "unrelated_pretrain_s": round(unrelated_s, 1),
+    }
+    for settings in settings_runs:
+        print(json.dumps(summary(runs[settings_label(settings)], settings, head)), flush=True)
 
 
 if __name__ == "__main__":

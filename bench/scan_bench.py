@@ -8,6 +8,10 @@ kept busy (CPU seconds per wall second; a thread pool above 1 shows Pillow's dec
 releasing the GIL).  On a machine other jobs load, the wall-clock ratios say little:
 read ``load_average_1min`` first.
 
+Nothing trains here, so there are no training settings to default or to tune: ``--n``,
+``--size``, ``--workers`` and ``--repeats`` describe the work timed, and are the same for
+every way.
+
     PYTHONPATH=src nice -n 10 .venv/bin/python bench/scan_bench.py --n 300 --workers 2
 """
 
