@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -40,7 +41,13 @@ from headstart.sources import BuildOptions, Source, build_source, parse_source_s
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
-from headstart.train.auto import find_lr, solve_head, solved_start
+from headstart.train.auto import (
+    extracted_features,
+    find_lr,
+    loader_features,
+    solve_head,
+    solved_start,
+)
 from headstart.train.budget import Budget, size_budget
 from headstart.train.checkpoint import Checkpointer
 from headstart.train.head_solver import HeadSolution
@@ -214,10 +221,7 @@ def _train_on(
     head_solution = None
     with cached_head.threads_for(loaders.model) if loaders.cached else contextlib.nullcontext():
         if run.solved:
-            assert isinstance(loaders.model, cached_head.CachedHead)
-            history, head_solution = solve_head(
-                loaders.model, loaders.train, loaders.val, device=run.device, seed=options.seed
-            )
+            history, head_solution = _solved(run, train_data, val_data)
             if on_epoch is not None:  # the solved head's one measurement, as an epoch's
                 on_epoch(history.epochs[0])
         else:
@@ -317,7 +321,7 @@ def prepare(
         options, source, inputs, plan, model, (train_data, val_data),
         generator=generator, device=device, parallel=parallel, speedups=speedups,
     )  # fmt: skip
-    solved = _solves_head(options, loaders.model, loaders.feature_cache)
+    solved = _solves_head(options, plan, loaders, inputs, parallel, train_data)
     lr_curve = None
     if (options.lr is None and not solved) or sweep:
         # on the new (random) head: a solved one starts at the curve's lowest loss and
@@ -380,6 +384,23 @@ def _checked_inputs(
     return inputs
 
 
+def _solved(
+    run: Prepared, train_data: LabeledData, val_data: LabeledData | None
+) -> tuple[History, HeadSolution]:
+    """The head solved on the frozen backbone's features: the cached ones (images), or
+    extracted once in memory (texts)."""
+    if run.loaders.cached:
+        train = loader_features(run.loaders.train)
+        val = loader_features(run.loaders.val)
+    else:
+        length = run.inputs.length
+        train = extracted_features(run.source, train_data, device=run.device, max_length=length)
+        val = extracted_features(run.source, val_data, device=run.device, max_length=length)
+    assert train is not None
+    head = cached_head.CachedHead(run.model)
+    return solve_head(head, train, val, device=run.device, seed=run.options.seed)
+
+
 def _starts_solved(
     options: FitOptions, plan: Plan, inputs: Inputs, parallel: Parallel | None
 ) -> bool:
@@ -398,15 +419,27 @@ def _starts_solved(
     )
 
 
-def _solves_head(options: FitOptions, model: torch.nn.Module, cache: dict[str, Any]) -> bool:
-    """Whether the head is solved on cached features instead of trained by the loop: a
-    frozen backbone (the model is the head alone), un-augmented features, and
-    ``--solve-head`` (the default)."""
-    return (
-        options.solve_head
-        and isinstance(model, cached_head.CachedHead)
-        and not cache.get("views", 0)
-    )
+def _solves_head(
+    options: FitOptions,
+    plan: Plan,
+    loaders: _Loaders,
+    inputs: Inputs,
+    parallel: Parallel | None,
+    train_data: LabeledData,
+) -> bool:
+    """Whether the head is solved on the frozen backbone's features instead of trained by
+    the loop (``--solve-head``, the default): a backbone frozen whole, and its features
+    cached un-augmented (images) or a model whose features are not cached (texts: they are
+    extracted once in memory).  ``--no-feature-cache`` on images asks for the loop."""
+    if not options.solve_head or plan.trainable_stages or plan.lora is not None:
+        return False
+    if len(np.unique(train_data.targets[train_data.targets >= 0])) < 2:
+        return False  # a fold of one class: nothing to solve, the loop trains it as given
+    if loaders.cached:
+        return isinstance(loaders.model, cached_head.CachedHead) and not loaders.feature_cache.get(
+            "views", 0
+        )
+    return inputs.why_no_feature_cache is not None and parallel is None
 
 
 def _solver_record(solution: HeadSolution | None, *, start: bool) -> dict[str, Any] | None:

@@ -23,16 +23,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from headstart.config.train import TrainConfig
+from headstart.data.labelled import LabeledData
+from headstart.features.extract import extract_features
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan
+from headstart.sources.base import Source
 from headstart.sources.target import TargetModel
 from headstart.train.cached_head import CachedHead
 from headstart.train.head_solver import HeadSolution
 from headstart.train.head_solver import solve_head as solve
-from headstart.train.loop import EpochMetrics, History, Objective, predict_loader
+from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, Objective, predict_loader
 from headstart.train.lr_find import LrCurve, lr_range_test
 
-__all__ = ["LR_RULE", "LR_SWEEP", "find_lr", "solve_head", "solved_start", "sweep_steps"]
+__all__ = [
+    "LR_RULE",
+    "LR_SWEEP",
+    "extracted_features",
+    "find_lr",
+    "loader_features",
+    "solve_head",
+    "solved_start",
+    "sweep_steps",
+]
 
 log = logging.getLogger(__name__)
 
@@ -100,36 +112,65 @@ def find_lr(
     return curve
 
 
+FeatureSet = tuple[torch.Tensor, torch.Tensor]  # features [N, ...], targets [N]
+
+
+def loader_features(loader: DataLoader[Any] | None) -> FeatureSet | None:
+    """The features and targets behind a loader of cached features (training: its first
+    view; validation: its tensors)."""
+    if loader is None:
+        return None
+    data = loader.dataset
+    if hasattr(data, "views"):
+        return data.views[0], data.targets  # type: ignore[attr-defined]
+    features, targets = data.tensors  # type: ignore[attr-defined]
+    return features, targets
+
+
+def extracted_features(
+    source: Source, data: LabeledData | None, *, device: torch.device, max_length: int | None
+) -> FeatureSet | None:
+    """The frozen backbone's features of ``data``, run once in memory (texts, which the
+    on-disk cache does not hold)."""
+    if data is None or not len(data):
+        return None
+    feats = extract_features(
+        source, data, device=str(device), max_length=max_length, progress=False
+    )
+    return torch.from_numpy(feats.features), torch.as_tensor(feats.targets, dtype=torch.int64)
+
+
 def solve_head(
     model: CachedHead,
-    train_loader: DataLoader[Any],
-    val_loader: DataLoader[Any] | None,
+    train: FeatureSet,
+    val: FeatureSet | None,
     *,
     device: torch.device,
     seed: int,
 ) -> tuple[History, HeadSolution]:
-    """Fit ``model``'s head on the cached training features to convergence, and measure
-    it as one epoch of the loop would (training and validation loss and accuracy)."""
+    """Fit ``model``'s head on the frozen backbone's training features to convergence,
+    and measure it as one epoch of the loop would (training and validation loss and
+    accuracy)."""
     t0 = time.perf_counter()
-    dataset = train_loader.dataset
-    features = dataset.views[0]  # type: ignore[attr-defined]
-    targets = dataset.targets  # type: ignore[attr-defined]
+    features, targets = train
     solution = solve(features.flatten(1), targets, model.num_classes, seed=seed)
     solution.load_into(model.head)
     log.info("head: %s", solution.describe())
     model.to(device).eval()
-    train_eval = DataLoader(
-        torch.utils.data.TensorDataset(features, targets), batch_size=train_loader.batch_size or 256
-    )
-    train = predict_loader(model, train_eval, device)
-    val = predict_loader(model, val_loader, device) if val_loader is not None else None
+
+    def measured(pair: FeatureSet) -> Any:
+        loader = DataLoader(torch.utils.data.TensorDataset(*pair), batch_size=EVAL_BATCH)
+        return predict_loader(model, loader, device)
+
+    fitted = measured(train)
+    held = measured(val) if val is not None else None
     row = EpochMetrics(
         epoch=1,
-        train_loss=train.loss,
-        train_acc=train.accuracy,
-        val_loss=val.loss if val is not None else None,
-        val_acc=val.accuracy if val is not None else None,
-        val_f1=val.macro_f1 if val is not None else None,
+        train_loss=fitted.loss,
+        train_acc=fitted.accuracy,
+        val_loss=held.loss if held is not None else None,
+        val_acc=held.accuracy if held is not None else None,
+        val_f1=held.macro_f1 if held is not None else None,
         lr_head=0.0,
         lr_backbone=0.0,
         seconds=time.perf_counter() - t0,
