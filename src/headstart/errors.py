@@ -38,3 +38,7 @@ class WeightsError(HeadstartError):
 
 class RunError(HeadstartError):
     """A run directory is missing, incomplete or damaged."""
+
+
+class TrainingError(HeadstartError):
+    """Training diverged: a loss that is not a finite number."""

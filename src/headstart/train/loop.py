@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from headstart.config.strategies import check_head_epochs, parse_strategy
 from headstart.config.train import TrainConfig
 from headstart.data.sampling import EpochBatchSampler
-from headstart.errors import ConfigError
+from headstart.errors import ConfigError, TrainingError
 from headstart.plan.apply import apply_plan, set_train_mode
 from headstart.plan.make import Plan, head_phase
 from headstart.sources.target import TargetModel
@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 # Evaluation needs no gradients: bigger batches cost little memory and save overhead.
 EVAL_BATCH = 128
+# An epoch's training loss this many times the first epoch's: warn that the rate is high.
+GROWTH_WARNING = 4.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def _epoch(run: _Fit, state: TrainState) -> None:
         lr_backbone=p.lr_backbone,
         seconds=time.perf_counter() - t0,
     )
+    _warn_if_growing(state, row)
     p.rows.append(asdict(row))
     run.objective.end_epoch(row)
     if run.on_epoch is not None:
@@ -314,6 +317,7 @@ def _epoch(run: _Fit, state: TrainState) -> None:
     # bit (tests/test_faults.py); the save would cost ~0.4 s of a resnet18 fit, and
     # be deleted a second later.
     last = p.stopped_early or p.epoch == run.config.epochs
+    _check_weights(state)  # no checkpoint (and no run dir) holds weights that are not finite
     p.next_epoch()
     if run.checkpointer is not None and not last:
         state.save(run.checkpointer, run.group)
@@ -340,6 +344,7 @@ def _train_steps(run: _Fit, state: TrainState, t0: float) -> None:
         out = run.objective.loss(
             run.forward, x, y, group=run.group, global_n=global_n, step=p.global_step
         )
+        _check_finite(run, state, out.loss_sum)
         state.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         state.optimizer.step()
@@ -354,6 +359,49 @@ def _train_steps(run: _Fit, state: TrainState, t0: float) -> None:
         if ck is not None and ck.due(p.global_step) and p.step_in_epoch < len(loader):
             p.seconds = time.perf_counter() - t0
             state.save(ck, run.group)
+
+
+def _check_finite(run: _Fit, state: TrainState, loss_sum: float) -> None:
+    """Stop before a step on a loss that is not a finite number: the weights would be
+    ruined by it, and every later step with them (the last checkpoint stays as it was)."""
+    bad = not math.isfinite(loss_sum)
+    if run.group.world > 1:  # every process stops together, or the others would hang
+        bad = run.group.sum_over_processes(float(bad))[0] > 0
+    if bad:
+        p = state.progress
+        lrs = sorted({float(g["lr"]) for g in state.optimizer.param_groups}, reverse=True)
+        raise TrainingError(
+            f"training diverged: the loss is not a finite number at epoch {p.epoch}, step "
+            f"{p.step_in_epoch + 1} (learning rate {lrs[0]:.3g}); nothing was written from "
+            "it. Try a lower --lr (or --lr auto), or --precision fp32"
+        )
+
+
+def _check_weights(state: TrainState) -> None:
+    if all(bool(torch.isfinite(w).all()) for w in state.model.parameters()):
+        return
+    raise TrainingError(
+        f"training diverged: weights that are not finite numbers after epoch "
+        f"{state.progress.epoch}; nothing was written from them. Try a lower --lr (or --lr "
+        "auto), or --precision fp32"
+    )
+
+
+def _warn_if_growing(state: TrainState, row: EpochMetrics) -> None:
+    """A training loss far above the first epoch's says the rate is too high (said once,
+    as the loss first crosses the line)."""
+    rows = state.progress.rows
+    first = rows[0]["train_loss"] if rows else None
+    if not first or row.train_loss <= GROWTH_WARNING * first:
+        return
+    if rows[-1]["train_loss"] <= GROWTH_WARNING * first:
+        log.warning(
+            "the training loss grew from %.3g (epoch 1) to %.3g (epoch %d): the learning "
+            "rate may be too high; try a lower --lr (or --lr auto)",
+            first,
+            row.train_loss,
+            row.epoch,
+        )
 
 
 def _select(config: TrainConfig, state: TrainState, row: EpochMetrics, *, validated: bool) -> None:
