@@ -14,9 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from headstart._io import atomic_write_json
 from headstart.config.fields import Select
@@ -42,16 +40,18 @@ from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.auto import (
-    extracted_features,
     find_lr,
-    loader_features,
-    solve_head,
+    solve_frozen_head,
     solved_start,
+    solver_record,
+    solves_head,
+    starts_solved,
 )
 from headstart.train.budget import Budget, size_budget
 from headstart.train.checkpoint import Checkpointer
 from headstart.train.head_solver import HeadSolution
-from headstart.train.loop import EVAL_BATCH, EpochMetrics, History, train
+from headstart.train.loaders import Loaders, build_loaders
+from headstart.train.loop import EpochMetrics, History, train
 from headstart.train.lr_find import FALLBACK_LR, LrCurve
 from headstart.train.parallel import Parallel
 
@@ -221,7 +221,10 @@ def _train_on(
     head_solution = None
     with cached_head.threads_for(loaders.model) if loaders.cached else contextlib.nullcontext():
         if run.solved:
-            history, head_solution = _solved(run, train_data, val_data)
+            history, head_solution = solve_frozen_head(
+                model, loaders, run.source, (train_data, val_data),
+                max_length=run.inputs.length, device=run.device, seed=options.seed,
+            )  # fmt: skip
             if on_epoch is not None:  # the solved head's one measurement, as an epoch's
                 on_epoch(history.epochs[0])
         else:
@@ -259,7 +262,7 @@ def _train_on(
         ),
         budget=None if run.solved else run.budget.to_dict(),
         lr_find=run.lr_curve,
-        head_solver=_solver_record(head_solution or run.start, start=run.start is not None),
+        head_solver=solver_record(head_solution or run.start, start=run.start is not None),
     )
 
 
@@ -276,7 +279,7 @@ class Prepared:
     inputs: Inputs
     plan: Plan
     model: TargetModel
-    loaders: _Loaders
+    loaders: Loaders
     device: torch.device
     speedups: accel.Accel
     solved: bool  # the head is solved on cached features, not trained by the loop
@@ -317,11 +320,11 @@ def prepare(
     if parallel is not None and inputs.why_one_process is not None:
         raise ConfigError(inputs.why_one_process)
     speedups = accel.resolve(options, device)
-    loaders = _loaders(
+    loaders = build_loaders(
         options, source, inputs, plan, model, (train_data, val_data),
         generator=generator, device=device, parallel=parallel, speedups=speedups,
     )  # fmt: skip
-    solved = _solves_head(options, plan, loaders, inputs, parallel, train_data)
+    solved = solves_head(options, plan, loaders, inputs, parallel, train_data)
     lr_curve = None
     if (options.lr is None and not solved) or sweep:
         # on the new (random) head: a solved one starts at the curve's lowest loss and
@@ -334,7 +337,7 @@ def prepare(
             options = options.replace(lr=found)
             plan = _plan(options, source)
     start = None
-    if _starts_solved(options, plan, inputs, parallel):
+    if starts_solved(options, plan, inputs, parallel):
         feats = cached_head.backbone_features(options, source, train_data, device)
         start = solved_start(model, feats, torch.as_tensor(train_data.targets), seed=options.seed)
         log.info("the %d head-only epochs: the head is solved instead", plan.head_epochs)
@@ -384,82 +387,6 @@ def _checked_inputs(
     return inputs
 
 
-def _solved(
-    run: Prepared, train_data: LabeledData, val_data: LabeledData | None
-) -> tuple[History, HeadSolution]:
-    """The head solved on the frozen backbone's features: the cached ones (images), or
-    extracted once in memory (texts)."""
-    if run.loaders.cached:
-        train = loader_features(run.loaders.train)
-        val = loader_features(run.loaders.val)
-    else:
-        length = run.inputs.length
-        train = extracted_features(run.source, train_data, device=run.device, max_length=length)
-        val = extracted_features(run.source, val_data, device=run.device, max_length=length)
-    assert train is not None
-    head = cached_head.CachedHead(run.model)
-    return solve_head(head, train, val, device=run.device, seed=run.options.seed)
-
-
-def _starts_solved(
-    options: FitOptions, plan: Plan, inputs: Inputs, parallel: Parallel | None
-) -> bool:
-    """Whether the head-only phase before fine-tuning (``--head-epochs``: linear probing,
-    then fine-tuning) is a solved head instead: a pretrained backbone, features that can
-    be cached, one process, ``--solve-head``.  (Starting every fine-tuning from a solved
-    head did not pay on digits 5-9: full +0.1, partial:2 -0.8 points over 2 seeds.)"""
-    return (
-        options.solve_head
-        and options.feature_cache
-        and plan.head_epochs > 0
-        and bool(plan.trainable_stages)
-        and not plan.reinitialise
-        and inputs.why_no_feature_cache is None
-        and parallel is None
-    )
-
-
-def _solves_head(
-    options: FitOptions,
-    plan: Plan,
-    loaders: _Loaders,
-    inputs: Inputs,
-    parallel: Parallel | None,
-    train_data: LabeledData,
-) -> bool:
-    """Whether the head is solved on the frozen backbone's features instead of trained by
-    the loop (``--solve-head``, the default): a backbone frozen whole, and its features
-    cached un-augmented (images) or a model whose features are not cached (texts: they are
-    extracted once in memory).  ``--no-feature-cache`` on images asks for the loop."""
-    if not options.solve_head or plan.trainable_stages or plan.lora is not None:
-        return False
-    if len(np.unique(train_data.targets[train_data.targets >= 0])) < 2:
-        return False  # a fold of one class: nothing to solve, the loop trains it as given
-    if loaders.cached:
-        return isinstance(loaders.model, cached_head.CachedHead) and not loaders.feature_cache.get(
-            "views", 0
-        )
-    return inputs.why_no_feature_cache is not None and parallel is None
-
-
-def _solver_record(solution: HeadSolution | None, *, start: bool) -> dict[str, Any] | None:
-    """``headstart.json``'s record of a solved head: the head itself (``linear``), or the
-    head fine-tuning started from (``start``: linear probing, then fine-tuning)."""
-    if solution is None:
-        return None
-    return {
-        "role": "fine-tuning started from it (LP-FT)" if start else "the trained head",
-        "method": "L-BFGS, multinomial logistic loss, L2 by cross-validation",
-        "c": solution.c,
-        "cs": list(solution.cs),
-        "cv_accuracy": list(solution.cv_accuracy),
-        "folds": solution.folds,
-        "converged": solution.converged,
-        "seconds": solution.seconds,
-        "describe": solution.describe(),
-    }
-
-
 def _plan(options: FitOptions, source: Source) -> Plan:
     """The plan ``options.strategy`` makes for ``source``'s stages (LoRA's settings with
     the source's default target modules)."""
@@ -485,81 +412,6 @@ def _plan(options: FitOptions, source: Source) -> Plan:
         lora=lora,
         head_epochs=options.head_epochs,
     )
-
-
-@dataclass
-class _Loaders:
-    """What trains: the model (the target model, sped up, or the head on cached
-    features), its loaders, and what ``headstart.json`` says of the feature cache."""
-
-    model: torch.nn.Module
-    train: DataLoader[Any]
-    val: DataLoader[Any] | None
-    feature_cache: dict[str, Any]
-    cached: bool = False  # the model is the head on cached features
-
-
-def _use_feature_cache(
-    options: FitOptions, inputs: Inputs, plan: Plan, parallel: Parallel | None
-) -> tuple[bool, str]:
-    """Whether the head trains on cached features, and why not when it does not."""
-    if inputs.why_no_feature_cache is not None:
-        return False, inputs.why_no_feature_cache
-    use_cache, why_not = cached_head.applies(options, plan)
-    if use_cache and parallel is not None:
-        return False, "several processes: each runs the backbone on its share"
-    return use_cache, why_not
-
-
-def _loaders(
-    options: FitOptions,
-    source: Source,
-    inputs: Inputs,
-    plan: Plan,
-    model: TargetModel,
-    split: tuple[LabeledData, LabeledData | None],
-    *,
-    generator: torch.Generator,
-    device: torch.device,
-    parallel: Parallel | None,
-    speedups: accel.Accel,
-) -> _Loaders:
-    """The model to train and its loaders over the ``(train, validation)`` split: over
-    cached features where the plan allows (:mod:`headstart.train.cached_head`), else over
-    the inputs themselves."""
-    train_data, val_data = split
-    batch_size = options.batch_size
-    assert batch_size is not None, "the budget is sized before the loaders are built"
-    use_cache, why_not = _use_feature_cache(options, inputs, plan, parallel)
-    feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
-    if use_cache:
-        cached = cached_head.prepare(
-            options, source, plan, model, train_data, val_data, generator=generator, device=device
-        )
-        if cached.model is not None:
-            assert cached.train_loader is not None
-            return _Loaders(
-                cached.model, cached.train_loader, cached.val_loader, cached.info, cached=True
-            )
-        feature_cache = cached.info  # partial:K: its prefix cannot be cached
-    fit_model = accel.wrap(model, speedups, device) if inputs.speedups else model
-    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
-    train_loader = inputs.train_loader(
-        train_data,
-        augment=options.augment,
-        batch_size=batch_size,
-        workers=options.workers,
-        generator=generator,
-        seed=options.seed,
-        world=world,
-        rank=rank,
-    )
-    val_loader = None
-    if val_data is not None and len(val_data):
-        val_loader, _ = inputs.eval_loader(
-            val_data, batch_size=max(batch_size, EVAL_BATCH), workers=options.workers
-        )
-    return _Loaders(fit_model, train_loader, val_loader, feature_cache)
 
 
 def _warn_few_steps(batches: int, epochs: int) -> None:
