@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from headstart._io import atomic_write_json, fsync_dir
+from headstart._io import atomic_write_json, exclusive, fsync_dir
 from headstart.errors import ConfigError, RunError
 from headstart.sources.target import LoadedRun, load_run
 
@@ -160,10 +161,39 @@ def export(
     dest = Path(out).expanduser() if out else loaded.path / "export" / f"model{FORMATS[format]}"
     if dest.is_dir():
         raise ConfigError(f"--out {dest}: is a folder; give a file name")
-    side = dest.with_name(dest.stem + ".preprocessing.json")
+    with exclusive(dest, label=f"--out {dest}", instead="choose another --out"):
+        return _export(loaded, format, dest, opset, overwrite)
+
+
+def _replaceable(dest: Path, side: Path, overwrite: bool) -> None:
+    """Refuse to write over anything but an earlier export (a model file with its
+    ``.preprocessing.json`` beside it), and over that without ``overwrite``."""
     for f in (dest, side):
         if f.exists() and not overwrite:
             raise ConfigError(f"--out {dest}: {f} exists; pass --overwrite or another --out")
+    if (dest.exists() or side.exists()) and not _is_export_spec(side):
+        found = dest if dest.exists() else side
+        raise ConfigError(
+            f"--out {dest}: {found} exists and is not a headstart export (no {side.name} "
+            "written by export beside it); headstart never replaces it, even with "
+            "--overwrite; choose another --out"
+        )
+
+
+def _is_export_spec(side: Path) -> bool:
+    """Whether ``side`` is the preprocessing file an export wrote."""
+    try:
+        spec = json.loads(side.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and {"format", "classes", "input", "steps"} <= spec.keys()
+
+
+def _export(
+    loaded: LoadedRun, format: str, dest: Path, opset: int, overwrite: bool
+) -> ExportResult:
+    side = dest.with_name(dest.stem + ".preprocessing.json")
+    _replaceable(dest, side, overwrite)
     model = loaded.model.cpu().eval()
     c, h, w = loaded.preprocessing.input_size
     gen = torch.Generator().manual_seed(0)

@@ -5,6 +5,11 @@ A run dir holds ``model.safetensors``, ``headstart.json`` (architecture, classes
 preprocessing, plan, metrics, versions, data fingerprint), ``metrics.csv``,
 ``curves.png`` and ``report.md``.  It is written into a hidden sibling folder and moved
 into place only when complete, so a run dir that exists is a whole one.
+
+What may be written where (:func:`prepare_out`, :func:`writing`): ``--overwrite`` replaces
+only a headstart artefact (a run dir: it holds ``headstart.json``; a comparison:
+``compare.json``; ...) or an empty folder, never a folder that is, holds or lies inside
+the input data; and one process at a time writes an output (a lock file beside it).
 """
 
 from __future__ import annotations
@@ -16,14 +21,21 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from headstart._io import atomic_path, atomic_write_json, atomic_write_text, current_umask
+from headstart._io import (
+    atomic_path,
+    atomic_write_json,
+    atomic_write_text,
+    current_umask,
+    exclusive,
+)
 from headstart._version import __version__
 from headstart.errors import ConfigError, RunError
 
@@ -73,16 +85,105 @@ def metrics_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def prepare_out(out: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """Check that ``out`` may be written; refuse to clobber an existing run or folder."""
+# The options that name data a command reads, and their flags.
+INPUT_OPTIONS = (("data", "DATA"), ("val", "--val"), ("target", "--target"), ("eval", "--eval"))
+
+
+def input_paths(options: Any) -> list[tuple[str, str]]:
+    """``(flag, path)`` for each input an options object names (DATA, ``--val``,
+    ``--target``, ``--eval``): what no output may be written over or into."""
+    found = []
+    for name, flag in INPUT_OPTIONS:
+        value = getattr(options, name, None)
+        if isinstance(value, (str, os.PathLike)) and str(value):
+            found.append((flag, str(value)))
+    return found
+
+
+def check_not_inputs(
+    out: str | os.PathLike[str], inputs: Iterable[tuple[str, str]], *, flag: str = "--out"
+) -> None:
+    """Refuse an output that is an input, holds one or lies inside one (compared as real
+    paths; specs that are not local paths, ``builtin:...``, are not data on disk)."""
+    where = Path(os.path.abspath(Path(out).expanduser())).resolve()
+    for in_flag, spec in inputs:
+        path = Path(spec).expanduser()
+        if not path.exists():
+            continue
+        data = path.resolve()
+        if _same(where, data):
+            why = "is the input data"
+        elif any(_same(a, where) for a in data.parents):
+            why = "holds the input data"
+        elif any(_same(a, data) for a in where.parents):
+            why = "is inside the input data"
+        else:
+            continue
+        raise ConfigError(
+            f"{flag} {out}: {why} ({in_flag} {spec}); headstart never writes over or into "
+            f"its input, even with --overwrite; choose a {flag} outside it"
+        )
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One folder, by name or (a case-insensitive file system, a hard link) by inode."""
+    if a == b:
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def prepare_out(
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool,
+    inputs: Iterable[tuple[str, str]] = (),
+    marker: str = META_FILE,
+    what: str = "run dir",
+    flag: str = "--out",
+) -> Path:
+    """Check that ``out`` may be written: a new or empty folder, or (with ``overwrite``)
+    a headstart ``what``, the folder that holds ``marker``; never one of ``inputs``
+    (:func:`input_paths`), a folder that holds one or a folder inside one.  Anything else
+    is a :class:`ConfigError` naming the folder and why."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(
-            f"--out {out}: folder exists and is not empty; choose another --out or pass --overwrite"
-        )
+        raise ConfigError(f"{flag} {out}: exists and is not a folder")
+    check_not_inputs(out, inputs, flag=flag)
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / marker).is_file():
+            raise ConfigError(
+                f"{flag} {out}: the folder is not empty and is not a headstart {what} (it has "
+                f"no {marker}); headstart never replaces it, even with --overwrite; choose a "
+                f"new or empty folder for {flag}"
+            )
+        if not overwrite:
+            raise ConfigError(
+                f"{flag} {out}: holds a headstart {what}; choose another {flag}, or pass "
+                "--overwrite to replace it"
+            )
     return out
+
+
+@contextmanager
+def writing(
+    out: str | os.PathLike[str],
+    *,
+    inputs: Iterable[tuple[str, str]] = (),
+    flag: str = "--out",
+) -> Iterator[Path]:
+    """Make this process the one writer of ``out`` for the block.
+
+    ``out`` is checked against ``inputs`` first (:func:`check_not_inputs`: nothing, not
+    even the lock file, is made inside the data), then locked: ``.NAME.lock`` beside it,
+    held until the block ends however it ends (:func:`headstart._io.exclusive`).  A second
+    process gets a :class:`ConfigError` naming ``out`` and the holder.
+    """
+    check_not_inputs(out, inputs, flag=flag)
+    with exclusive(out, label=f"{flag} {out}", instead=f"choose another {flag}"):
+        yield Path(out)
 
 
 def write_run(

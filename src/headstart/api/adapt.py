@@ -51,7 +51,7 @@ from headstart.data.images import load_data
 from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
 from headstart.errors import ConfigError, DataError
 from headstart.plan.make import Plan, format_plan, make_plan
-from headstart.rundir import prepare_out, write_run
+from headstart.rundir import input_paths, prepare_out, write_run, writing
 from headstart.runtime import resolve_device, seed_everything
 from headstart.sources.base import Source
 from headstart.sources.inputs import Inputs
@@ -216,6 +216,13 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     """Train ``options.source`` on the labelled data for the unlabelled ``options.target``
     by ``options.method``; write a run dir (as ``fit`` does) and, with ``options.eval``,
     report the target accuracy."""
+    out = options.out or _default_out("adapt")
+    options = options.replace(out=out)
+    with writing(out, inputs=input_paths(options)):
+        return _adapt(options)
+
+
+def _adapt(options: AdaptOptions) -> AdaptResult:
     t_start = time.perf_counter()
     _check(options)
     # adapt keeps the last epoch (no target label may choose one: AdaptOptions.FIT_FIXED)
@@ -223,7 +230,11 @@ def adapt(options: AdaptOptions) -> AdaptResult:
     config = replace(options.fit_options().train_config(), progress=False)
     # --augment auto: light for the strategies that train the backbone (as fit)
     options = options.replace(augment=resolve_augment(options.augment, options.strategy))
-    out = prepare_out(options.out or _default_out("adapt"), overwrite=options.overwrite)
+    out = prepare_out(
+        options.out or _default_out("adapt"),
+        overwrite=options.overwrite,
+        inputs=input_paths(options),
+    )
     check_options(options.fit_options())
     data = _load(options)
     generator = seed_everything(options.seed)

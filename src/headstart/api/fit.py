@@ -10,6 +10,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import save_adapter
-from headstart.rundir import prepare_out, write_run
+from headstart.rundir import input_paths, prepare_out, write_run, writing
 from headstart.train.assemble import (
     Trained,
     _default_out,
@@ -55,8 +56,26 @@ def fit(options: FitOptions, *, kind: str = "fit") -> FitResult:
 
     if in_launched_group() and int(os.environ.get("RANK", "0")) != 0:
         options = replace(options, mlflow_uri=None, tensorboard=None)
-    with open_tracker(options) as tracker:
+    options, lock = _one_writer(options, kind)
+    with lock, open_tracker(options) as tracker:
         return _fit(options, kind=kind, tracker=tracker)
+
+
+def _one_writer(options: FitOptions, kind: str) -> tuple[FitOptions, AbstractContextManager[Any]]:
+    """The lock that makes this process the one writer of the run dir and its checkpoint
+    folder (``rundir.writing``), held for the whole fit; taken by the process that writes
+    them: not a launcher of several processes, nor the group's other processes."""
+    if int(os.environ.get("RANK", "0")) != 0 or (options.processes > 1 and not in_launched_group()):
+        return options, nullcontext()
+    if not (options.resume or options.out):
+        if in_launched_group():  # refused by _fit: several processes need one --out
+            return options, nullcontext()
+        options = replace(options, out=_default_out(kind))  # named once, here
+    out = options.resume or options.out
+    assert out is not None
+    return options, writing(
+        out, inputs=input_paths(options), flag="--resume" if options.resume else "--out"
+    )
 
 
 def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
@@ -130,7 +149,11 @@ def _launch_group(options: FitOptions, kind: str) -> FitResult:
     if options.resume:
         options = replace(options, out=options.resume)
     else:  # every process must write to (and check) the same folder
-        out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+        out = prepare_out(
+            options.out or _default_out(kind),
+            overwrite=options.overwrite,
+            inputs=input_paths(options),
+        )
         options = replace(options, out=str(out))
     return launch(fit, options, kind=kind)
 
@@ -156,7 +179,9 @@ def _open_out(options: FitOptions, kind: str, main: bool) -> _Start:
         options = resumed_options(options, saved)
         kind = str(saved.get("kind", kind))  # fit --resume of a pretrain stays a pretrain
         return _Start(options, out, kind, saved, checkpointer)
-    out = prepare_out(options.out or _default_out(kind), overwrite=options.overwrite)
+    out = prepare_out(
+        options.out or _default_out(kind), overwrite=options.overwrite, inputs=input_paths(options)
+    )
     if is_resumable(out) and not options.overwrite and main:
         raise ConfigError(
             f"--out {out}: a stopped fit's checkpoint is at {checkpoint_dir(out)}; "

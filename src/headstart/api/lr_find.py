@@ -16,7 +16,7 @@ from typing import Any
 
 from headstart._io import atomic_write_json
 from headstart.config.options import LrFindOptions
-from headstart.rundir import prepare_out
+from headstart.rundir import input_paths, prepare_out, writing
 from headstart.train.assemble import (
     _default_out,
     _split,
@@ -68,12 +68,25 @@ class LrFindResult:
 
 def lr_find(options: LrFindOptions) -> LrFindResult:
     """Run the range test ``fit`` would run on ``options.data`` and write its curve."""
+    out = options.out or _default_out("lr-find")
+    options = options.replace(out=out)
+    with writing(out, inputs=input_paths(options)):
+        return _lr_find(options)
+
+
+def _lr_find(options: LrFindOptions) -> LrFindResult:
     t0 = time.perf_counter()
     fit_options = options.fit_options()
     check_options(fit_options)
     data = load_training_data(fit_options)
     train_data, val_data = _split(fit_options, data)
-    out = prepare_out(options.out or _default_out("lr-find"), overwrite=options.overwrite)
+    out = prepare_out(
+        options.out or _default_out("lr-find"),
+        overwrite=options.overwrite,
+        inputs=input_paths(options),
+        marker="lr_find.json",
+        what="lr-find output",
+    )
     run = prepare(fit_options, train_data, val_data, parallel=None, sweep=True)
     assert run.lr_curve is not None
     title = f"{run.source.spec} · {run.plan.strategy} · {options.data}"

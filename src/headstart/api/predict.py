@@ -17,12 +17,15 @@ from headstart.choose.report import plot_confusion
 from headstart.data.labelled import LabeledData
 from headstart.errors import DataError
 from headstart.features.extract import in_item_order
+from headstart.rundir import prepare_out, writing
 from headstart.runtime import resolve_device
 from headstart.sources.inputs import ToLabel
 from headstart.sources.target import LoadedRun, load_run
 from headstart.train.loop import Predictions, predict_loader
 
 log = logging.getLogger(__name__)
+
+EVAL_FILE = "eval.json"  # what marks a folder as an evaluation's
 
 
 @dataclass
@@ -85,11 +88,38 @@ def evaluate(
     """Score a run on labelled data: accuracy, macro-F1, a per-class table, a confusion PNG.
 
     Files go to ``out`` (default ``RUN/eval``): ``eval.json``, ``per_class.csv`` and
-    ``confusion_matrix.png``.
+    ``confusion_matrix.png``.  ``out`` must be new, empty or an earlier evaluation (it
+    holds ``eval.json``), never the data nor a folder holding it; one process at a time
+    writes it.
     """
+    loaded = _as_run(run)
+    out_dir = Path(out) if out is not None else loaded.path / "eval"
+    inputs = [("DATA", str(data))]
+    with writing(out_dir, inputs=inputs):
+        prepare_out(out_dir, overwrite=True, inputs=inputs, marker=EVAL_FILE, what="evaluation")
+        return _evaluate(
+            loaded,
+            data,
+            out_dir,
+            batch_size=batch_size,
+            device=device,
+            text_col=text_col,
+            label_col=label_col,
+        )
+
+
+def _evaluate(
+    loaded: LoadedRun,
+    data: str,
+    out_dir: Path,
+    *,
+    batch_size: int,
+    device: str,
+    text_col: str | None,
+    label_col: str | None,
+) -> EvalResult:
     from sklearn.metrics import classification_report, confusion_matrix
 
-    loaded = _as_run(run)
     labelled = loaded.inputs.load(
         data, classes=loaded.classes, **loaded.columns(text_col, label_col)
     )
@@ -116,7 +146,6 @@ def evaluate(
         for name in loaded.classes
     ]
     matrix = confusion_matrix(preds.targets, preds.preds, labels=labels)
-    out_dir = Path(out) if out is not None else loaded.path / "eval"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = EvalResult(
         run_dir=loaded.path,
@@ -138,7 +167,7 @@ def evaluate(
         for r in per_class
     ]
     atomic_write_text(out_dir / "per_class.csv", "\n".join(csv_lines) + "\n")
-    atomic_write_json(out_dir / "eval.json", {"data": str(data), **result.summary()})
+    atomic_write_json(out_dir / EVAL_FILE, {"data": str(data), **result.summary()})
     return result
 
 

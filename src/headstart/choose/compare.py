@@ -34,7 +34,7 @@ from headstart.config.strategies import is_auto, parse_strategy, strategy_of
 from headstart.data.checks import data_checks
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError
-from headstart.rundir import prepare_out
+from headstart.rundir import input_paths, prepare_out, writing
 from headstart.train.assemble import check_options, load_training_data, train_on
 from headstart.train.tracking import Tracker, open_tracker
 
@@ -90,7 +90,9 @@ def compare(options: CompareOptions) -> CompareResult:
     summary (``STRATEGY/mean_accuracy``), and the comparison's files.
     """
 
-    with open_tracker(options) as tracker:
+    out = options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}"
+    options = options.replace(out=out)
+    with writing(out, inputs=input_paths(options)), open_tracker(options) as tracker:
         return _compare(options, tracker)
 
 
@@ -101,6 +103,9 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     out = prepare_out(
         options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
         overwrite=options.overwrite,
+        inputs=input_paths(options),
+        marker="compare.json",
+        what="comparison",
     )
     for strategy in strategies:
         check_options(_as_strategy(options, strategy))

@@ -28,6 +28,7 @@ from headstart.sources.base import (
     unknown_name,
 )
 from headstart.sources.file import load_headstart_weights
+from headstart.weights.download import cache_writer
 from headstart.weights.resolve import cache_dir, parse_weights, weights_file
 
 __all__ = ["BUILTIN_MODELS", "BuiltinAdapter", "SmallCNN"]
@@ -180,7 +181,10 @@ class BuiltinAdapter:
                         "the source through headstart (fit, rank, embed...), which pre-trains "
                         "them once, or pass BuildOptions(make_weights=...)"
                     )
-                options.make_weights(f"builtin:{name}", spec.recipe, path)
+                # one process makes them; another one waits, then loads them
+                with cache_writer(path):
+                    if not path.is_file():
+                        options.make_weights(f"builtin:{name}", spec.recipe, path)
             description = f"builtin:{name} default weights ({spec.summary.split(': ')[-1]})"
         else:
             path = weights_file(request, cache=options.cache_dir)

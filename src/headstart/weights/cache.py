@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart._io import atomic_path, sha256_file
+from headstart._io import LockedError, atomic_path, exclusive, remove_lock_if_free, sha256_file
 from headstart.errors import WeightsError
 from headstart.weights.download import (
     PARTIAL_SUFFIX,
     SIDECAR_SUFFIX,
+    cache_writer,
     check_file,
     incomplete_reason,
     partial_path,
@@ -193,15 +194,18 @@ def add_to_cache(file: str | os.PathLike[str], remote: Remote, *, spec: str) -> 
     if reason:
         raise WeightsError(f"{file} {reason}; download it again")
     load_state_dict(file)  # refuses a pickle that would run code, or an unreadable file
-    try:
-        with atomic_path(remote.dest) as tmp:
-            shutil.copyfile(file, tmp)
-    except OSError as exc:
-        raise WeightsError(f"cannot copy {file} to {remote.dest}: {exc.strerror or exc}") from exc
-    write_stamp(remote.dest, digest, f"added by hand from {file}")
-    part = partial_path(remote.dest)  # a download of it that was interrupted: not needed now
-    for leftover in (part, part.with_name(part.name + ".json")):
-        leftover.unlink(missing_ok=True)
+    with cache_writer(remote.dest):  # not while a download of it is being written
+        try:
+            with atomic_path(remote.dest) as tmp:
+                shutil.copyfile(file, tmp)
+        except OSError as exc:
+            raise WeightsError(
+                f"cannot copy {file} to {remote.dest}: {exc.strerror or exc}"
+            ) from exc
+        write_stamp(remote.dest, digest, f"added by hand from {file}")
+        part = partial_path(remote.dest)  # an interrupted download of it: not needed now
+        for leftover in (part, part.with_name(part.name + ".json")):
+            leftover.unlink(missing_ok=True)
     return remote.dest
 
 
@@ -270,11 +274,22 @@ def clear_cache(cache: str | os.PathLike[str] | None = None, *, yes: bool = Fals
     folder = cache_dir(cache)
     doomed: list[Path] = []
     for path in _files(folder):
-        doomed += [path, *_companions(path)]
-    doomed += _locks(folder)
+        entry = [path, *_companions(path)]
+        if not yes:
+            doomed += entry
+            continue
+        final = path.with_name(path.name.removesuffix(PARTIAL_SUFFIX))  # what a download locks
+        try:
+            with exclusive(final, optional=True):  # not while another process writes it
+                for p in entry:
+                    p.unlink(missing_ok=True)
+            doomed += entry
+        except LockedError:
+            log.warning("%s: another process is writing it; left alone", path)
+    for lock in list(_locks(folder)):  # left by killed processes: held by nobody
+        if not yes or remove_lock_if_free(lock):
+            doomed.append(lock)
     if yes:
-        for path in doomed:
-            path.unlink(missing_ok=True)
         for sub in {p.parent for p in doomed if p.parent != folder}:
             if sub.is_dir() and not any(sub.iterdir()):
                 sub.rmdir()

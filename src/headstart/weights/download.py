@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart._io import atomic_write_json, fsync_dir, sha256_file
+from headstart._io import atomic_write_json, exclusive, fsync_dir, sha256_file
 from headstart.errors import WeightsError
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def download(
     offline = os.environ.get("HEADSTART_OFFLINE", "").lower() in ("1", "true", "yes")
     if offline and not dest.is_file():  # before the lock: leave nothing behind
         raise _offline(url, dest, for_spec, "offline (HEADSTART_OFFLINE is set)")
-    with _exclusive(dest):
+    with cache_writer(dest):
         if dest.is_file():
             check = check_file(dest, expected=sha256, url=url)
             if check.ok:
@@ -458,26 +458,14 @@ def _offline(url: str, dest: Path, for_spec: str | None, why: str) -> WeightsErr
 
 
 @contextlib.contextmanager
-def _exclusive(dest: Path) -> Iterator[None]:
-    """Hold a lock beside ``dest`` so that two processes never write one download.
+def cache_writer(dest: Path) -> Iterator[None]:
+    """Hold a lock beside ``dest`` so that two processes never write one download (nor
+    ``cache add`` the same file): the other waits for it (:func:`headstart._io.exclusive`).
 
     The kernel drops an ``flock`` when its process dies, so a killed run never leaves
     the lock held.  Without ``fcntl`` (not POSIX) or a writable folder, go without.
     """
-    try:
-        import fcntl
-
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(dest.with_name(f".{dest.name}.lock"), "a")  # noqa: SIM115
-    except (ImportError, OSError):
-        yield
-        return
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log.info("waiting for another process fetching %s", dest.name)
-            fcntl.flock(fh, fcntl.LOCK_EX)
+    with exclusive(dest, label=f"{dest.name} in the weights cache", wait=True, optional=True):
         yield
 
 
