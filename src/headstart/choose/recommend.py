@@ -43,7 +43,6 @@ them on folds where the data are small enough to afford it.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -52,15 +51,41 @@ import numpy as np
 import torch
 from torch import nn
 
+from headstart.choose.plans import (
+    Candidate,
+    alternatives,
+    head_epochs_for,
+    plan_for,
+    plan_label,
+)
 from headstart.choose.scores import leep, linear_probe_accuracy
 from headstart.config.fields import Augment
 from headstart.config.options import FitOptions, RecommendOptions
-from headstart.config.strategies import BackboneRate, resolve_augment, strategy_of
+from headstart.config.strategies import resolve_augment
 from headstart.data.labelled import LabeledData
 from headstart.features.extract import feature_loader, in_item_order
 from headstart.sources import Source, build_source
 from headstart.train.assemble import build_options, load_training_data
 from headstart.train.budget import size_budget
+
+__all__ = [
+    "LARGE_EXAMPLES_PER_PARAM",
+    "LARGE_MIN_PER_CLASS",
+    "LARGE_PER_CLASS",
+    "SIMILAR_LEEP",
+    "SIMILAR_PROBE_GAIN",
+    "Candidate",
+    "Measurements",
+    "Recommendation",
+    "bn_shift",
+    "decide",
+    "head_epochs_for",
+    "measure",
+    "open_plans",
+    "plan_label",
+    "recommend",
+    "recommend_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -111,35 +136,6 @@ class Measurements:
     bn_shift_random: float | None = None
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """One plan a race may train: the fit options it sets (``strategy``,
-    ``backbone_lr_mult``, ``head_epochs``, as :meth:`Recommendation.options`) and why it
-    is in the race."""
-
-    changes: dict[str, Any]
-    reason: str
-
-    @property
-    def label(self) -> str:
-        """A short name, e.g. ``full (head 2, x0.1)``, ``linear``, ``scratch``."""
-        return plan_label(self.changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"label": self.label, "changes": dict(self.changes), "reason": self.reason}
-
-
-def plan_label(changes: dict[str, Any]) -> str:
-    """``full (head 2, x0.1)``; the backbone multiplier only where the strategy uses it
-    (not for ``linear``, which trains no backbone, nor ``scratch``, at the base rate)."""
-    strategy = str(changes["strategy"])
-    record = strategy_of(strategy)
-    parts = [f"head {changes['head_epochs']}"] if changes.get("head_epochs") else []
-    if record.trains_backbone and record.rate is BackboneRate.MULTIPLIED:
-        parts.append(f"x{float(changes.get('backbone_lr_mult', 1.0)):g}")
-    return f"{strategy} ({', '.join(parts)})" if parts else strategy
 
 
 @dataclass
@@ -339,12 +335,6 @@ def measure(
     )
 
 
-def head_epochs_for(epochs: int) -> int:
-    """Head-only epochs before fine-tuning small data: a fifth of the run, at least one,
-    and never all of it."""
-    return min(max(1, round(epochs / 5)), epochs - 1) if epochs > 1 else 0
-
-
 def decide(
     m: Measurements, stage_names: tuple[str, ...], *, lr: float | None = None, epochs: int = 10
 ) -> Recommendation:
@@ -355,7 +345,7 @@ def decide(
     """
     large, size_reason = _size(m)
     similar, sim_reason = _similarity(m)
-    case, strategy, mult, head, why = _plan_for(large, similar, stage_names, epochs)
+    case, strategy, mult, head, why = plan_for(large, similar, stage_names, epochs)
     chosen = {"strategy": strategy, "backbone_lr_mult": mult, "head_epochs": head}
     return Recommendation(
         case=case,
@@ -366,7 +356,7 @@ def decide(
         reasons=[size_reason, sim_reason, why],
         measurements=m,
         augment=resolve_augment(Augment.AUTO, strategy),
-        alternatives=_alternatives(large, similar, stage_names, epochs, chosen),
+        alternatives=alternatives(large, similar, stage_names, epochs, chosen),
     )
 
 
@@ -376,91 +366,6 @@ def open_plans(
     """The plans ``m`` leaves open for a backbone with ``stage_names``, the recommended
     one first (``decide(...).candidates()``)."""
     return decide(m, stage_names, epochs=epochs).candidates()
-
-
-def _alternatives(
-    large: bool,
-    similar: bool,
-    stage_names: tuple[str, ...],
-    epochs: int,
-    chosen: dict[str, Any],
-) -> list[Candidate]:
-    """The rivals of the case's plan ``chosen``, each with why it is still open.
-
-    Small data: the two axes are measured on few examples (a probe's cross-validated
-    accuracy on 20 images moves by 5 points with one image), so each small case's
-    rivals include the *other* small case's strategy; and each case's classic alternative
-    from the articles (freeze everything when similar, start from scratch when not).
-    Large data: one rival each, the articles' other plan for the case.
-    """
-    n = len(stage_names)
-    k = max(1, math.ceil(n / 2))
-    head = head_epochs_for(epochs)
-    early, late = ", ".join(stage_names[:k]), ", ".join(stage_names[k:])
-    # partial:K needs a stage left to train after the first K
-    partial_ok = 1 <= k < n
-    out: list[Candidate] = []
-    if not large and similar:
-        out.append(
-            Candidate(
-                {"strategy": "linear", "backbone_lr_mult": 0.1, "head_epochs": 0},
-                "the articles' plan for small + similar: keep the whole source frozen and "
-                "train only the new head; with this few labels, fine-tuning may move the "
-                "features for nothing",
-            )
-        )
-        if partial_ok:
-            out.append(
-                Candidate(
-                    {"strategy": f"partial:{k}", "backbone_lr_mult": 0.1, "head_epochs": head},
-                    f"in between: keep the early stages ({early}) and fine-tune the later ones "
-                    f"({late}), small + dissimilar's strategy (the head first, as here), "
-                    "should the similarity measure overrate the source",
-                )
-            )
-    elif not large:
-        out.append(
-            Candidate(
-                {"strategy": "full", "backbone_lr_mult": 0.1, "head_epochs": head},
-                "the plan for small + similar, should the similarity measure underrate the "
-                f"source: {'the head alone first, then ' if head else ''}every stage at a "
-                "tenth of the head's rate",
-            )
-        )
-        out.append(
-            Candidate(
-                {"strategy": "scratch", "backbone_lr_mult": 1.0, "head_epochs": 0},
-                "a source that explains little of the target may not help at all (negative "
-                "transfer): the same network from random weights, the baseline it must beat",
-            )
-        )
-    elif similar:
-        if partial_ok:
-            out.append(
-                Candidate(
-                    {"strategy": f"partial:{k}", "backbone_lr_mult": 0.1, "head_epochs": 0},
-                    f"the early stages ({early}) are the most general (Yosinski et al., 'How "
-                    "transferable are features in deep neural networks?', NeurIPS 2014): a "
-                    "similar source's may be kept as they are, with fewer weights to move",
-                )
-            )
-    else:
-        out.append(
-            Candidate(
-                {"strategy": "scratch", "backbone_lr_mult": 1.0, "head_epochs": 0},
-                "the articles' plan for large + dissimilar: with this much data and little to "
-                "keep, training from random weights may do as well (He, Girshick & Dollár, "
-                "'Rethinking ImageNet Pre-training', ICCV 2019)",
-            )
-        )
-    # a rival that is the chosen plan under another name is no rival
-    seen = {plan_label(chosen)}
-    unique = []
-    for c in out:
-        if c.label not in seen:
-            seen.add(c.label)
-            unique.append(c)
-    return unique
 
 
 def _size(m: Measurements) -> tuple[bool, str]:
@@ -504,62 +409,6 @@ def _similarity(m: Measurements) -> tuple[bool, str]:
         f"{'similar' if similar else 'dissimilar'}: the source's frozen features "
         f"{'beat' if similar else 'do not beat'} random features of the same network by "
         f"{SIMILAR_PROBE_GAIN:.0%} or more probe accuracy (gain {m.probe_gain:+.3f})"
-    )
-
-
-def _plan_for(
-    large: bool, similar: bool, stage_names: tuple[str, ...], epochs: int
-) -> tuple[str, str, float, int, str]:
-    """The case's name, strategy, backbone rate multiplier, head-only epochs and why."""
-    n = len(stage_names)
-    head = head_epochs_for(epochs)
-    plural = "s" if head != 1 else ""
-    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
-    if not large and similar:
-        return (
-            "small + similar",
-            "full",
-            0.1,
-            head,
-            (
-                "the source's features already separate the classes, and a few labels could "
-                f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
-                "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
-                "beat both freezing and plain fine-tuning; freezing outright gives up what a "
-                "small rate can still adapt, Kornblith et al., CVPR 2019)"
-            ),
-        )
-    if not large and not similar:
-        k = max(1, math.ceil(n / 2))
-        return (
-            "small + dissimilar",
-            f"partial:{k}",
-            0.1,
-            0,
-            (
-                f"keep the generic early stages ({', '.join(stage_names[:k])}) as they are and "
-                f"adapt the later, task-specific ones ({', '.join(stage_names[k:])}) to the new "
-                "task: too few labels to move the whole network, too different a task to keep "
-                "all of it"
-            ),
-        )
-    if similar:
-        return (
-            "large + similar",
-            "full",
-            0.1,
-            0,
-            ("enough data to fine-tune every stage, starting from useful weights (backbone /10)"),
-        )
-    return (
-        "large + dissimilar",
-        "full",
-        1.0,
-        0,
-        (
-            "enough data to retrain every stage and little to keep from the source: "
-            "fine-tune everything at the full rate"
-        ),
     )
 
 

@@ -169,41 +169,15 @@ def solve_head(
             f"a classifier head needs examples of at least 2 classes; all {len(y)} are of "
             f"class #{int(present[0])}"
         )
-    notes: list[str] = []
     mean, scale = _standardiser(x)
     za = _standardised(x, mean, scale)
     yt = torch.from_numpy(y_local.astype(np.int64))
-    n_present = len(present)
     # two classes: scikit-learn's binary logistic regression, see the module's text
-    penalty = 2.0 if n_present == 2 else 1.0
-    smallest = int(counts.min())
-
-    iterations = 0
-    cv_accuracy: list[float] = []
-    n_folds = 0
-    if len(grid) == 1 or smallest < 2:
-        c = grid[0] if len(grid) == 1 else NO_CV_C
-        if len(grid) > 1:
-            single = [f"#{int(k)}" for k, m in zip(present, counts, strict=True) if m < 2]
-            notes.append(
-                f"class {', '.join(single)} has a single example: too few to cross-validate, "
-                f"so C={c:g}"
-            )
-        theta0 = torch.zeros(1, n_present, za.shape[1], dtype=torch.float64)
-    else:
-        n_folds = min(folds, smallest)
-        if n_folds < folds:
-            notes.append(f"{n_folds} folds, not {folds}: the smallest class has {smallest}")
-        sums, mean_thetas, iterations = _cross_validate(
-            za, yt, n_present, grid, n_folds, seed, penalty, max_iter, tol
-        )
-        best = int(np.argmax(sums))  # the first of equal sums: the smallest C
-        c = grid[best]
-        cv_accuracy = [float(s) / n_folds for s in sums]
-        theta0 = mean_thetas[best][None]
-    whole = _Problems(za, yt, torch.ones(1, len(yt), dtype=torch.float64), n_present)
+    penalty = 2.0 if len(present) == 2 else 1.0
+    choice = _choose_c(za, yt, present, counts, grid, folds, seed, penalty, max_iter, tol)
+    whole = _Problems(za, yt, torch.ones(1, len(yt), dtype=torch.float64), len(present))
+    c, theta0 = choice.c, choice.theta0
     theta, n_iter, converged = whole.solve(penalty / (c * whole.n), theta0, max_iter, tol)
-    iterations += n_iter
     if not converged:
         log.warning(
             "logistic head: L-BFGS did not reach gradient tolerance %g in %d iterations "
@@ -216,21 +190,67 @@ def solve_head(
     del za
     weight, bias = _fold(theta[0].numpy(), mean, scale)
     weight, bias = _all_classes(weight, bias, lse_min - math.log(len(y)), present, n_classes)
-    absent = n_classes - n_present
+    notes = list(choice.notes)
+    absent = n_classes - len(present)
     if absent:
         notes.append(f"{absent} class(es) without examples are never predicted")
     return HeadSolution(
         weight=torch.from_numpy(weight).to(torch.float32),
         bias=torch.from_numpy(bias).to(torch.float32),
         c=float(c),
-        cv_accuracy=cv_accuracy,
-        folds=n_folds,
+        cv_accuracy=choice.cv_accuracy,
+        folds=choice.folds,
         seconds=time.perf_counter() - t0,
         cs=tuple(grid),
         converged=converged,
-        iterations=iterations,
+        iterations=choice.iterations + n_iter,
         note="; ".join(notes),
     )
+
+
+@dataclass(frozen=True)
+class _Choice:
+    """The C chosen, the refit's start [1, K, D + 1], the cross-validation's record."""
+
+    c: float
+    theta0: torch.Tensor
+    cv_accuracy: list[float]
+    folds: int
+    iterations: int
+    notes: list[str]
+
+
+def _choose_c(
+    za: torch.Tensor,
+    y: torch.Tensor,
+    present: np.ndarray,
+    counts: np.ndarray,
+    grid: list[float],
+    folds: int,
+    seed: int | None,
+    penalty: float,
+    max_iter: int,
+    tol: float,
+) -> _Choice:
+    """C by cross-validation over ``grid``; as given for a grid of one, :data:`NO_CV_C`
+    (with a note) when a class has a single example."""
+    n_present, smallest = len(present), int(counts.min())
+    if len(grid) == 1 or smallest < 2:
+        c = grid[0] if len(grid) == 1 else NO_CV_C
+        single = ", ".join(f"#{int(k)}" for k, m in zip(present, counts, strict=True) if m < 2)
+        why = f"class {single} has a single example: too few to cross-validate, so C={c:g}"
+        theta0 = torch.zeros(1, n_present, za.shape[1], dtype=torch.float64)
+        return _Choice(c, theta0, [], 0, 0, [why] if len(grid) > 1 else [])
+    n_folds = min(folds, smallest)
+    notes: list[str] = []
+    if n_folds < folds:
+        notes.append(f"{n_folds} folds, not {folds}: the smallest class has {smallest}")
+    sums, mean_thetas, iterations = _cross_validate(
+        za, y, n_present, grid, n_folds, seed, penalty, max_iter, tol
+    )
+    best = int(np.argmax(sums))  # the first of equal sums: the smallest C
+    cv_accuracy = [float(s) / n_folds for s in sums]
+    return _Choice(grid[best], mean_thetas[best][None], cv_accuracy, n_folds, iterations, notes)
 
 
 def _check(

@@ -10,26 +10,9 @@ and every random generator back as they were, so the training that follows runs 
 there had been no test.  :func:`suggest` reads a rate off the curve, by default with
 fastai's ``valley`` rule; :func:`plot_lr_curve` draws it.
 
-Rules (:data:`RULES`):
-
-- ``valley`` (default; the default of fastai's ``lr_find``, ``fastai/callback/schedule.py``):
-  the longest strictly decreasing run of the smoothed loss (a longest decreasing
-  subsequence), and the point about halfway along it: index ``start + int(s) +
-  int(s / 2)`` with ``s = (end - start) / 3``.  It sits in the middle of the stretch
-  where the loss falls steadily, and a longest run is robust to one noisy point, where
-  the steepest point of a noisy curve may be a blip.
-- ``steepest``: the most negative slope of the smoothed loss (Lightning's
-  ``suggestion()``), taken against log10(lr) as fastai's ``steep`` does and as
-  pytorch-lightning#21171 proposes for Lightning's exponential mode: the rates are
-  log-spaced, and against lr itself a slope at 1e-6 would weigh a million times one at 1.
-- ``minimum/10``: a tenth of the rate at the lowest loss (fastai's ``minimum``: an order
-  of magnitude below where the loss bottoms out).
-
-All three look at the curve as fastai's ``lr_find`` hands it to them: cut at the first
-non-finite loss, the first tenth of the planned steps and the last five points dropped
-(the start is still noise, the end already diverging).  A curve too short to read, flat,
-or never falling gets :data:`FALLBACK_LR` (kept inside the rates tested) and says so in
-the rule string, e.g. ``"valley (loss flat over the sweep: fallback 0.001)"``.
+The rules (:data:`RULES`: ``valley``, ``steepest``, ``minimum/10``) and the
+fallback are :mod:`headstart.train.lr_rules`'s; the save and restore is
+:class:`headstart.train.snapshot.Snapshot`.
 
 Param groups keep their ratios: a group whose rate is ``mult`` times the reference
 group's (the ``head`` group of :func:`headstart.plan.apply.apply_plan`, else the fastest)
@@ -40,27 +23,37 @@ reference group's rate, as ``--lr`` is (a :class:`~headstart.plan.make.Plan`'s
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import random
 import time
-from collections import defaultdict
 from collections.abc import Callable, Generator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from headstart._io import atomic_path
 from headstart.errors import ConfigError
+from headstart.train.lr_rules import (
+    FALLBACK_LR,
+    FLAT_TOLERANCE,
+    MIN_POINTS,
+    RULES,
+    SKIP_END,
+    check_rule,
+    suggest,
+    suggest_explained,
+)
+from headstart.train.snapshot import Snapshot
 
 __all__ = [
     "FALLBACK_LR",
+    "FLAT_TOLERANCE",
+    "MIN_POINTS",
     "RULES",
+    "SKIP_END",
     "LrCurve",
     "lr_range_test",
     "plot_lr_curve",
@@ -69,20 +62,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-RULES = ("valley", "steepest", "minimum/10")
-
-# The rate when the curve says nothing (headstart's --lr default before --lr auto).
-FALLBACK_LR = 1e-3
-
-# Fewer points than this (after the cuts) is no curve to read a rate from.
-MIN_POINTS = 5
-
-# The loss must fall (or, for "flat", vary) by this fraction of its size to count.
-FLAT_TOLERANCE = 0.01
-
-# fastai's lr_find drops the last five points before suggesting (already diverging).
-SKIP_END = 5
 
 Batches = Iterable[tuple[Tensor, Tensor]] | Callable[[], Iterable[tuple[Tensor, Tensor]]]
 LossFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
@@ -172,7 +151,45 @@ def lr_range_test(
     the sweep raises.
     """
     _check_settings(start_lr, end_lr, num_steps, smooth, diverge, rule)
-    groups = optimizer.param_groups
+    mults, group_name = _group_ratios(optimizer.param_groups)
+    if device is None:
+        first = next(model.parameters(), None)
+        device = first.device if first is not None else torch.device("cpu")
+    device = torch.device(device)
+    rates = [start_lr * (end_lr / start_lr) ** (i / (num_steps - 1)) for i in range(num_steps)]
+
+    saved = Snapshot(model, optimizer, device, generators)
+    t0 = time.perf_counter()
+    try:
+        trace = _sweep(model, optimizer, mults, batches, loss_fn, rates, smooth, diverge, device)
+    finally:
+        saved.restore()
+    seconds = time.perf_counter() - t0
+    stopped = trace.stopped or f"reached end_lr {end_lr:g}"
+    lr, why = suggest_explained(trace.lrs, trace.smoothed, rule, skip_begin=num_steps // 10)
+    log.info(
+        "learning-rate range test: %d steps, %s; suggestion %.3g (%s)",
+        trace.steps,
+        stopped,
+        lr,
+        why,
+    )
+    return LrCurve(
+        lrs=tuple(trace.lrs),
+        losses=tuple(trace.smoothed),
+        raw_losses=tuple(trace.raw),
+        suggestion=lr,
+        rule=why,
+        stopped=stopped,
+        steps=trace.steps,
+        seconds=seconds,
+        group=group_name,
+    )
+
+
+def _group_ratios(groups: list[dict[str, Any]]) -> tuple[list[float], str]:
+    """Each param group's rate as a multiple of the reference group's, and that group's
+    name (the curve's ``group``)."""
     if not groups:
         raise ConfigError("the learning-rate range test needs an optimizer with param groups")
     ref = _reference_group(groups)
@@ -182,46 +199,62 @@ def lr_range_test(
             "the learning-rate range test needs a param group with a positive learning rate "
             "(the others keep their ratio to it); every group's lr is 0"
         )
-    mults = [float(g["lr"]) / ref_lr for g in groups]
-    group_name = str(groups[ref].get("name", "lr"))
-    if device is None:
-        first = next(model.parameters(), None)
-        device = first.device if first is not None else torch.device("cpu")
-    device = torch.device(device)
+    return [float(g["lr"]) / ref_lr for g in groups], str(groups[ref].get("name", "lr"))
 
-    saved = _Snapshot(model, optimizer, device, generators)
-    t0 = time.perf_counter()
-    lrs: list[float] = []
-    smoothed: list[float] = []
-    raw: list[float] = []
-    steps = 0
-    stopped = f"reached end_lr {end_lr:g}"
+
+@dataclass
+class _Trace:
+    """What a sweep recorded: the rates, smoothed and raw losses, batches evaluated, and
+    why it stopped early ("" when it reached the last rate)."""
+
+    stopped: str = ""
+    lrs: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    raw: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+def _sweep(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    mults: list[float],
+    batches: Batches,
+    loss_fn: LossFn,
+    rates: list[float],
+    smooth: float,
+    diverge: float | None,
+    device: torch.device,
+) -> _Trace:
+    """One optimizer step per rate of ``rates`` (each group at the rate times its
+    ratio), the loss smoothed as fastai's ``AvgSmoothLoss``; stops when the batches run
+    out, a loss is not finite or the smoothed loss diverges."""
+    groups = optimizer.param_groups
+    trace = _Trace()
     stream = _cycle(batches)
     try:
         avg, best = 0.0, math.inf
-        for i in range(num_steps):
-            lr = start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))
+        for i, lr in enumerate(rates):
             batch = next(stream, None)
             if batch is None:
-                stopped = f"the batches ran out after {i} steps"
+                trace.stopped = f"the batches ran out after {i} steps"
                 break
             x, y = batch
             for g, mult in zip(groups, mults, strict=True):
                 g["lr"] = lr * mult
             loss = loss_fn(model, _to(x, device), _to(y, device))
             value = float(loss.detach())
-            steps += 1
+            trace.steps += 1
             if not math.isfinite(value):
-                stopped = f"loss not finite at lr {lr:.3g} (step {i + 1})"
+                trace.stopped = f"loss not finite at lr {lr:.3g} (step {i + 1})"
                 break
             avg = smooth * avg + (1.0 - smooth) * value
             s = avg / (1.0 - smooth ** (i + 1))
-            lrs.append(lr)
-            raw.append(value)
-            smoothed.append(s)
+            trace.lrs.append(lr)
+            trace.raw.append(value)
+            trace.smoothed.append(s)
             best = min(best, s)
             if diverge is not None and best > 0 and s > diverge * best:
-                stopped = (
+                trace.stopped = (
                     f"diverged at lr {lr:.3g}: smoothed loss {s:.4g} > {diverge:g} x best "
                     f"{best:.4g}"
                 )
@@ -231,23 +264,7 @@ def lr_range_test(
             optimizer.step()
     finally:
         stream.close()  # a DataLoader's iterator (and its workers) ends with it
-        saved.restore()
-    seconds = time.perf_counter() - t0
-    lr, why = suggest_explained(lrs, smoothed, rule, skip_begin=num_steps // 10)
-    log.info(
-        "learning-rate range test: %d steps, %s; suggestion %.3g (%s)", steps, stopped, lr, why
-    )
-    return LrCurve(
-        lrs=tuple(lrs),
-        losses=tuple(smoothed),
-        raw_losses=tuple(raw),
-        suggestion=lr,
-        rule=why,
-        stopped=stopped,
-        steps=steps,
-        seconds=seconds,
-        group=group_name,
-    )
+    return trace
 
 
 def _check_settings(
@@ -271,12 +288,7 @@ def _check_settings(
         raise ConfigError(
             f"lr range test: diverge must be above 1, or None to never stop early (got {diverge})"
         )
-    _check_rule(rule)
-
-
-def _check_rule(rule: str) -> None:
-    if rule not in RULES:
-        raise ConfigError(f"unknown lr suggestion rule {rule!r}; use one of {', '.join(RULES)}")
+    check_rule(rule)
 
 
 def _reference_group(groups: list[dict[str, Any]]) -> int:
@@ -311,183 +323,6 @@ def _cycle(batches: Batches) -> Generator[tuple[Tensor, Tensor], None, None]:
 
 def _to(value: Any, device: torch.device) -> Any:
     return value.to(device, non_blocking=True) if hasattr(value, "to") else value
-
-
-class _Snapshot:
-    """What a sweep changes, copied (tensors to the CPU, to spare the accelerator's
-    memory) so that :meth:`restore` puts it back bit for bit."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        device: torch.device,
-        generators: Sequence[torch.Generator],
-    ) -> None:
-        self.model, self.optimizer = model, optimizer
-        self.weights = {k: _cpu_tree(v, bare=True) for k, v in model.state_dict().items()}
-        in_model = {id(p) for p in model.parameters()}
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        self.extra = [(p, _cpu(p.detach())) for p in params if id(p) not in in_model]
-        seen: set[int] = set()
-        self.grads: list[tuple[Tensor, Tensor | None]] = []
-        for p in [*model.parameters(), *params]:
-            if id(p) not in seen:
-                seen.add(id(p))
-                self.grads.append((p, None if p.grad is None else _cpu(p.grad)))
-        self.modes = [(m, m.training) for m in model.modules()]
-        self.state = {p: _cpu_tree(s) for p, s in optimizer.state.items()}
-        self.hypers = [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in
-                       optimizer.param_groups]  # fmt: skip
-        self.python = random.getstate()
-        self.numpy = np.random.get_state()
-        self.torch = torch.get_rng_state()
-        cuda = torch.cuda.is_available() and (device.type == "cuda" or torch.cuda.is_initialized())
-        self.cuda = torch.cuda.get_rng_state_all() if cuda else None
-        self.generators = [(g, g.get_state()) for g in generators]
-
-    def restore(self) -> None:
-        with torch.no_grad():
-            self.model.load_state_dict(self.weights)
-            for p, value in self.extra:
-                p.copy_(value)
-        for p, grad in self.grads:
-            p.grad = None if grad is None else grad.to(p.device)
-        for m, training in self.modes:
-            m.training = training
-        state: defaultdict[Any, Any] = defaultdict(dict)
-        for p, s in self.state.items():
-            state[p] = _to_device_tree(s)
-        self.optimizer.state = state
-        for g, hypers in zip(self.optimizer.param_groups, self.hypers, strict=True):
-            params = g["params"]
-            g.clear()
-            g.update(copy.deepcopy(hypers), params=params)
-        random.setstate(self.python)
-        np.random.set_state(self.numpy)
-        torch.set_rng_state(self.torch)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state_all(self.cuda)
-        for generator, s in self.generators:
-            generator.set_state(s)
-
-
-def _cpu(t: Tensor) -> Tensor:
-    return t.detach().to("cpu", copy=True)
-
-
-def _cpu_tree(value: Any, *, bare: bool = False) -> Any:
-    """``value`` with its tensors copied to the CPU (with their device, unless ``bare``)."""
-    if isinstance(value, Tensor):
-        return _cpu(value) if bare else (_cpu(value), value.device)
-    if isinstance(value, dict):
-        return {k: _cpu_tree(v, bare=bare) for k, v in value.items()}
-    return copy.deepcopy(value)
-
-
-def _to_device_tree(value: Any) -> Any:
-    """The inverse of :func:`_cpu_tree`: each tensor back on its device, a fresh copy."""
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], torch.device):
-        return value[0].to(value[1], copy=True)
-    if isinstance(value, dict):
-        return {k: _to_device_tree(v) for k, v in value.items()}
-    return copy.deepcopy(value)
-
-
-# --- the pick ---------------------------------------------------------------------------
-
-
-def suggest(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    rule: str = "valley",
-    *,
-    skip_begin: int | None = None,
-    skip_end: int = SKIP_END,
-    fallback: float = FALLBACK_LR,
-) -> float:
-    """The rate :func:`suggest_explained` picks (without its explanation)."""
-    return suggest_explained(
-        lrs, losses, rule, skip_begin=skip_begin, skip_end=skip_end, fallback=fallback
-    )[0]
-
-
-def suggest_explained(
-    lrs: Sequence[float],
-    losses: Sequence[float],
-    rule: str = "valley",
-    *,
-    skip_begin: int | None = None,
-    skip_end: int = SKIP_END,
-    fallback: float = FALLBACK_LR,
-) -> tuple[float, str]:
-    """A learning rate read off a range test's (smoothed) curve by ``rule``, and the rule
-    as it was applied: the rule's name, or the name and why ``fallback`` was used.
-
-    As fastai's ``lr_find``: the curve is cut at its first non-finite loss (or rate),
-    then its first ``skip_begin`` points (default: a tenth of them) and last ``skip_end``
-    are dropped, unless that leaves fewer than :data:`MIN_POINTS`.  The result is always
-    a finite rate within the rates tested (``fallback`` itself when none was).
-    """
-    _check_rule(rule)
-    x = np.asarray(lrs, dtype=float).reshape(-1)
-    y = np.asarray(losses, dtype=float).reshape(-1)
-    if len(x) != len(y):
-        raise ConfigError(f"lr suggestion: {len(x)} learning rates but {len(y)} losses")
-    good_lr = np.isfinite(x) & (x > 0)
-    bad = ~(good_lr & np.isfinite(y))
-    n = int(np.argmax(bad)) if bad.any() else len(x)
-    if not n:
-        return fallback, f"{rule} (no finite loss recorded: fallback {fallback:g})"
-    x, y = x[:n], y[:n]
-    begin = n // 10 if skip_begin is None else max(0, skip_begin)
-    end = max(0, skip_end)
-    if n - begin - end >= MIN_POINTS:
-        x, y = x[begin : n - end], y[begin : n - end]
-
-    def fall_back(reason: str, top: float) -> tuple[float, str]:
-        value = float(min(max(fallback, float(x.min())), top))
-        return value, f"{rule} ({reason}: fallback {value:.3g})"
-
-    if np.any(np.diff(x) <= 0):
-        raise ConfigError("lr suggestion: the learning rates must increase along the curve")
-    if len(x) < MIN_POINTS:
-        return fall_back(f"curve too short: {len(x)} points", float(x.max()))
-    scale = max(abs(float(y[0])), 1e-12)
-    if y[0] - y.min() < FLAT_TOLERANCE * scale:
-        if y.max() - y.min() < FLAT_TOLERANCE * scale:
-            return fall_back("loss flat over the sweep", float(x.max()))
-        # It only rose: no rate above the lowest loss's is safe.
-        return fall_back("loss never fell", float(x[int(np.argmin(y))]))
-    if rule == "valley":
-        idx = _valley(y)
-        value = float(x[idx])
-    elif rule == "steepest":
-        value = float(x[int(np.argmin(np.gradient(y, np.log10(x))))])
-    else:  # minimum/10
-        lowest = float(x[int(np.argmin(y))])
-        value = lowest / 10
-        if value < x.min():
-            return float(x.min()), f"{rule} (a tenth of {lowest:.3g} is below the rates tested)"
-    return value, rule
-
-
-def _valley(losses: np.ndarray) -> int:
-    """fastai's ``valley``: the longest strictly decreasing subsequence of the curve (its
-    length ``lds[i]`` ending at each point, the first longest kept) and the point
-    ``int(s) + int(s / 2)`` after its start, ``s`` a third of its span.  The start is
-    fastai's ``end - length`` (one before a contiguous run's first point), kept at 0
-    or above; fastai lets it reach -1, the last and highest rate, on a flat curve."""
-    n = len(losses)
-    lds = np.ones(n, dtype=np.int64)
-    for i in range(1, n):
-        higher = losses[:i] > losses[i]
-        if higher.any():
-            lds[i] = int(lds[:i][higher].max()) + 1
-    end = int(np.argmax(lds))
-    start = max(0, end - int(lds[end]))
-    sections = (end - start) / 3
-    return start + int(sections) + int(sections / 2)
 
 
 # --- the picture ------------------------------------------------------------------------
