@@ -48,6 +48,7 @@ def tiny_fit_options(tmp_path: Path, name: str, **kw: Any) -> FitOptions:
         data="builtin:digits?classes=0-2&per_class=20",
         source="builtin:digits-cnn",
         weights="none",
+        strategy="linear",
         epochs=3,
         batch_size=8,
         augment="none",

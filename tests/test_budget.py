@@ -75,9 +75,25 @@ def test_fit_with_no_flags_sizes_its_budget_and_finds_its_rate(
     assert "learning rate" in r.stderr and "budget:" in r.stderr  # the plan says why
 
 
+def test_fit_with_no_flag_at_all_measures_races_and_trains_the_winner(
+    tmp_path: Path, digits_folder: Path
+) -> None:
+    out = tmp_path / "auto"
+    r = run_cli("fit", digits_folder, "--out", out)
+    assert r.code == 0, r.stderr
+    meta = json.loads((out / "headstart.json").read_text())
+    rec = meta["recommendation"]
+    assert rec is not None and rec["case"]  # auto measured the data (the default)
+    race = rec["race"]
+    assert race["raced"] and len(race["candidates"]) >= 2
+    assert meta["plan"]["strategy"] == race["changes"]["strategy"]
+    # what the winner needed was sized from the data: a rate, or a solved head
+    assert meta["lr_find"] is not None or meta["head_solver"] is not None
+
+
 def test_linear_solves_its_head_and_needs_no_rate(tmp_path: Path, digits_folder: Path) -> None:
     out = tmp_path / "lin"
-    r = run_cli("fit", digits_folder, "--out", out)
+    r = run_cli("fit", digits_folder, "--strategy", "linear", "--out", out)
     assert r.code == 0, r.stderr
     meta = json.loads((out / "headstart.json").read_text())
     assert meta["plan"]["strategy"] == "linear" and meta["lr_find"] is None

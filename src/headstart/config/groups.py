@@ -152,8 +152,9 @@ class Transfer(Checked):
 
     strategy: str = option(
         parse=StrategyName,
-        help="linear | partial:K | full | scratch | lora | auto (measure the data, then choose)",
-        default="linear",
+        help="auto (measure the data against the source, race the plans it leaves open on "
+        "small data, train the winner) | linear | partial:K | full | scratch | lora",
+        default="auto",
     )
 
 

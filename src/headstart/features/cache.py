@@ -50,17 +50,9 @@ log = logging.getLogger(__name__)
 
 
 FORMAT = 1
-
-
 SUBDIR = "features"
-
-
 ENV_MAX_GB = "HEADSTART_FEATURE_CACHE_GB"
-
-
 DEFAULT_MAX_GB = 5.0
-
-
 _DIGEST = "S32"  # raw SHA-256 bytes
 
 

@@ -253,7 +253,9 @@ def _sweep(
             trace.raw.append(value)
             trace.smoothed.append(s)
             best = min(best, s)
-            if diverge is not None and best > 0 and s > diverge * best:
+            # the first steps' average is one or two small batches: not yet a divergence
+            settled = i >= max(3, len(rates) // 10)
+            if diverge is not None and settled and best > 0 and s > diverge * best:
                 trace.stopped = (
                     f"diverged at lr {lr:.3g}: smoothed loss {s:.4g} > {diverge:g} x best "
                     f"{best:.4g}"
