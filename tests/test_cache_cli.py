@@ -82,7 +82,9 @@ def test_verify_reports_a_damaged_file_and_fails(cached: Path) -> None:
 
 
 def test_verify_checks_the_hash_in_a_torch_hub_name(tmp_path: Path) -> None:
-    good = b"some weights"
+    torch.save({"w": torch.zeros(2)}, tmp_path / "made.pth")
+    good = (tmp_path / "made.pth").read_bytes()
+    (tmp_path / "made.pth").unlink()
     (tmp_path / f"net-{sha256(good)[:8]}.pth").write_bytes(good)
     (tmp_path / "bad-0123abcd.pth").write_bytes(good)
     (tmp_path / "plain.bin").write_bytes(good)
@@ -213,18 +215,21 @@ def test_convert_rewrites_a_trusted_checkpoint_as_safetensors(tmp_path: Path) ->
     with pytest.raises(WeightsError, match="headstart cache convert"):
         load_state_dict(tmp_path / "trusted.pth")
 
-    result = run_cli("cache", "convert", tmp_path / "trusted.pth", "--json")
+    refused = run_cli("cache", "convert", tmp_path / "trusted.pth")
+    assert refused.code == 1 and "argparse.Namespace" in refused.stderr
+    result = run_cli("cache", "convert", tmp_path / "trusted.pth", "--trust", "--json")
     assert result.code == 0, result.stderr
+    assert result.json()["unpickled"] is True
     out = Path(result.json()["path"])
     assert out == tmp_path / "trusted.safetensors"
     loaded = load_file(str(out))
     assert loaded.keys() == state.keys()
     assert all(torch.equal(loaded[k], state[k]) for k in state)
 
-    again = run_cli("cache", "convert", tmp_path / "trusted.pth")
+    again = run_cli("cache", "convert", tmp_path / "trusted.pth", "--trust")
     assert again.code == 1 and "already exists" in again.stderr
     other = run_cli(
-        "cache", "convert", tmp_path / "trusted.pth", "--out", tmp_path / "o.safetensors"
+        "cache", "convert", tmp_path / "trusted.pth", "--trust", "--out", tmp_path / "o.safetensors"
     )
     assert other.code == 0 and (tmp_path / "o.safetensors").is_file()
 

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from headstart.errors import WeightsError
-from headstart.weights.download import check_file, incomplete_reason, sidecar_path
-from headstart.weights.files import load_into, load_state_dict
+from headstart.weights.download import check_file, sidecar_path
+from headstart.weights.files import format_problem, load_into, load_state_dict
 from headstart.weights.resolve import cache_dir, hash_prefix_in_name, parse_weights
 
 
@@ -85,21 +85,24 @@ def test_incomplete_files_are_seen_from_their_structure(tmp_path: Path) -> None:
     save_file(sd, str(st))
     pth = tmp_path / "w.pth"
     torch.save(sd, pth)
-    assert incomplete_reason(st) is None and incomplete_reason(pth) is None
+    assert format_problem(st) is None and format_problem(pth) is None
     for path in (st, pth):
         path.write_bytes(path.read_bytes()[:-10])
-        assert "truncated" in str(incomplete_reason(path))
+        problem = format_problem(path)
+        assert problem is not None and problem.cut and "truncated" in problem.text
 
 
 def test_check_file_records_and_compares_hashes(tmp_path: Path) -> None:
     path = tmp_path / "w.bin"
-    path.write_bytes(b"weights")
+    torch.save(_Net().state_dict(), path)
+    data = path.read_bytes()
     first = check_file(path)  # put there by hand: nothing to compare with, recorded
-    assert first.ok and first.basis == "" and first.sha256 == hashlib.sha256(b"weights").hexdigest()
+    assert first.ok and first.basis == "" and first.sha256 == hashlib.sha256(data).hexdigest()
     assert sidecar_path(path).is_file()
     assert check_file(path).basis == "its recorded sha256"
-    path.write_bytes(b"weight")
-    assert "was 7 when stored" in str(check_file(path).problem)
+    path.write_bytes(data[:-1])
+    assert f"was {len(data)} when stored" in str(check_file(path).problem)
+    path.write_bytes(data)
     assert "not the expected" in str(check_file(path, expected="00000000").problem)
 
 

@@ -58,8 +58,9 @@ def _add_verify_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> 
         parents=parents,
         help="hash every file again; damaged ones are an error",
         description="Hash the cached files again and check each against the hash recorded "
-        "when it was stored, or the hash in its name (NAME-HASH.pth). A damaged file is "
-        "fetched again the next time it is needed.",
+        "when it was stored, or the hash in its name (NAME-HASH.pth), and its format. A "
+        "damaged download is set aside (NAME.bad-TIMESTAMP) and fetched again the next time "
+        "it is needed.",
     )
     q.add_argument("names", metavar="NAME", nargs="*", help="only these (as list names them)")
     q.set_defaults(handler=_cmd_cache_verify)
@@ -98,18 +99,27 @@ def _add_add_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> Non
 
 
 def _add_convert_parser(actions: Any, parents: list[argparse.ArgumentParser]) -> None:
-    """``cache convert FILE [--out PATH]``: no --cache-dir, it writes beside FILE."""
+    """``cache convert FILE [--out PATH] [--trust]``: no --cache-dir, it writes beside FILE."""
     q = actions.add_parser(
         "convert",
         parents=parents,
-        help="rewrite a TRUSTED .pth as safetensors (may run its pickled code)",
+        help="rewrite a .pth as safetensors (one holding pickled code: only with --trust)",
         description="Rewrite a checkpoint as safetensors, which loads without running any "
-        "code. A file headstart refuses (pickled objects) is read with "
-        "torch.load(weights_only=False), which RUNS the code inside it: convert only files "
-        "you trust.",
+        "code. The file is read safely first (torch.load(weights_only=True)): plain tensor "
+        "checkpoints convert as they are. A file that holds other pickled objects (the one "
+        "headstart refuses) is refused here too, and nothing in it runs, unless you give "
+        "--trust: then it is read with torch.load(weights_only=False), which RUNS the code "
+        "inside it, with your permissions. Give --trust only for a file from a source you "
+        "trust.",
     )
-    q.add_argument("file", metavar="FILE", help="a .pth / .pt / .bin checkpoint you trust")
+    q.add_argument("file", metavar="FILE", help="a .pth / .pt / .bin checkpoint")
     q.add_argument("--out", default=None, help="where to write (default FILE.safetensors)")
+    q.add_argument(
+        "--trust",
+        action="store_true",
+        help="unpickle a file that holds pickled objects: this RUNS the code in it; only "
+        "for a file from a source you trust",
+    )
     q.set_defaults(handler=_cmd_cache_convert)
 
 
@@ -162,9 +172,9 @@ def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
         if args.json:  # the report still goes to stdout; the exit code says it failed
             sys.stdout.write(json.dumps(result) + "\n")
         raise WeightsError(
-            f"damaged in {result['cache_dir']}: {', '.join(damaged)}; a download is fetched "
-            "again when next needed; for a file you put there, put a good copy (headstart "
-            "cache add FILE --for SPEC)"
+            f"damaged in {result['cache_dir']}: {', '.join(damaged)}; a download is set "
+            "aside and fetched again when next needed; for a file you put there, put a good "
+            "copy (headstart cache add FILE --for SPEC)"
         )
     return result
 
@@ -194,9 +204,9 @@ def _cmd_cache_add(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_cache_convert(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.weights.cache import convert_to_safetensors
 
-    dest = convert_to_safetensors(args.file, args.out)
-    print_human(args, [f"written: {dest}"])
-    return {"path": str(dest)}
+    done = convert_to_safetensors(args.file, args.out, trust=args.trust)
+    print_human(args, [f"written: {done.path}"])
+    return {"path": str(done.path), "unpickled": done.unpickled}
 
 
 def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:

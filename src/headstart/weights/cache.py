@@ -4,7 +4,9 @@ The cache is the one folder :func:`headstart.weights.resolve.cache_dir` names.  
 weights files at the top (torch hub's layout: ``resnet18-f37072fd.pth``) or one folder
 down (timm's Hugging Face copies: ``timm--resnet18.a1_in1k/model.safetensors``), each
 with a sidecar ``NAME.sha256.json`` once it has been checked; ``NAME.partial`` is a
-download that was interrupted, which the next fetch resumes.  Downloading and the checks
+download that was interrupted, which the next fetch resumes; ``NAME.bad-TIMESTAMP`` is a
+file that failed its check or did not load, set aside so that the next run fetches it
+again (kept to look at until ``cache clear``).  Downloading and the checks
 themselves live in :mod:`headstart.weights.resolve` and :mod:`headstart.weights.download`;
 this module is what ``headstart cache`` runs.
 """
@@ -13,26 +15,34 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
+import re
+import shlex
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from headstart._io import LockedError, atomic_path, exclusive, remove_lock_if_free, sha256_file
 from headstart.errors import WeightsError
 from headstart.weights.download import (
     PARTIAL_SUFFIX,
-    SIDECAR_SUFFIX,
     cache_writer,
     check_file,
-    incomplete_reason,
     partial_path,
-    read_stamp,
     write_stamp,
 )
-from headstart.weights.files import load_state_dict, unwrap_state_dict
+from headstart.weights.files import (
+    SET_ASIDE,
+    SIDECAR_SUFFIX,
+    URL_SCHEMES,
+    format_problem,
+    load_state_dict,
+    pickled_code,
+    read_stamp,
+    set_aside,
+    unwrap_state_dict,
+)
 from headstart.weights.resolve import (
     WEIGHT_SUFFIXES,
     Remote,
@@ -48,9 +58,11 @@ class CacheEntry:
     """One file in the cache.
 
     ``status`` is, from :func:`list_cache`: ``checked`` (unchanged since its hash was
-    recorded), ``unchecked`` (no record yet, or changed since: checked on next use) or
-    ``partial``; from :func:`verify_cache`: ``ok``, ``recorded`` (nothing to check it
-    against: its hash is recorded now), ``damaged`` or ``partial``.
+    recorded), ``unchecked`` (no record yet, or changed since: checked on next use),
+    ``partial`` or ``set aside`` (``NAME.bad-TIMESTAMP``: never used); from
+    :func:`verify_cache`: ``ok``, ``recorded`` (nothing to check it against: its hash is
+    recorded now), ``damaged`` (a download is set aside: fetched again when next needed),
+    ``partial`` or ``set aside``.
     """
 
     name: str  # relative to the cache folder
@@ -84,18 +96,33 @@ def _files(folder: Path) -> Iterator[Path]:
                 yield path
 
 
+_SET_ASIDE = re.compile(re.escape(SET_ASIDE) + r"\d{8}T\d{6}(-\d+)?$")
+
+
+def _is_set_aside(name: str) -> bool:
+    match = _SET_ASIDE.search(name)
+    return match is not None and name[: match.start()].endswith(WEIGHT_SUFFIXES)
+
+
 def _is_entry(name: str) -> bool:
-    return name.endswith(WEIGHT_SUFFIXES) or name.endswith(PARTIAL_SUFFIX)
+    return name.endswith((*WEIGHT_SUFFIXES, PARTIAL_SUFFIX)) or _is_set_aside(name)
 
 
-def _partial_entry(path: Path, folder: Path) -> CacheEntry:
+def _unused_entry(path: Path, folder: Path) -> CacheEntry | None:
+    """The entry of a partial download or a file set aside; None for a cache file."""
+    if path.name.endswith(PARTIAL_SUFFIX):
+        status, detail = "partial", "an interrupted download; the next run that needs it resumes it"
+    elif _is_set_aside(path.name):
+        status, detail = "set aside", "failed its check; never used; cache clear --yes deletes it"
+    else:
+        return None
     return CacheEntry(
         name=str(path.relative_to(folder)),
         path=path,
         size=path.stat().st_size,
         sha256=None,
-        status="partial",
-        detail="an interrupted download; the next run that needs it resumes it",
+        status=status,
+        detail=detail,
     )
 
 
@@ -104,8 +131,8 @@ def list_cache(cache: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     folder = cache_dir(cache)
     entries = []
     for path in _files(folder):
-        if path.name.endswith(PARTIAL_SUFFIX):
-            entries.append(_partial_entry(path, folder))
+        if (unused := _unused_entry(path, folder)) is not None:
+            entries.append(unused)
             continue
         st = path.stat()
         stamp = read_stamp(path)
@@ -130,7 +157,8 @@ def verify_cache(
     """Hash every entry (or those ``names``) again and check it.
 
     A file is checked against its sidecar; one without a sidecar against the hash
-    prefix in its name (torch hub's ``NAME-HASH.pth``), else its hash is recorded.
+    prefix in its name (torch hub's ``NAME-HASH.pth``), else its hash is recorded.  A
+    damaged download is set aside, so that the next run that needs it fetches it again.
     Raises :class:`WeightsError` for a name that is not in the cache.
     """
     folder = cache_dir(cache)
@@ -145,8 +173,8 @@ def verify_cache(
         paths = [by_name[n] for n in names]
     entries = []
     for path in paths:
-        if path.name.endswith(PARTIAL_SUFFIX):
-            entries.append(_partial_entry(path, folder))
+        if (unused := _unused_entry(path, folder)) is not None:
+            entries.append(unused)
             continue
         stamp = read_stamp(path)
         expected = None if stamp is not None else hash_prefix_in_name(path.name)
@@ -155,6 +183,8 @@ def verify_cache(
             status, detail = ("ok", f"matches {check.basis}") if check.basis else ("recorded", "")
         else:
             status, detail = "damaged", str(check.problem)
+            if stamp is not None and stamp.source.startswith(URL_SCHEMES):
+                detail += _set_aside_for_next_run(path)
         entries.append(
             CacheEntry(
                 name=str(path.relative_to(folder)),
@@ -167,6 +197,17 @@ def verify_cache(
             )
         )
     return entries
+
+
+def _set_aside_for_next_run(path: Path) -> str:
+    """Set a damaged download aside (its hash alone may have changed, which its next use
+    would not see); what to add to its report."""
+    with cache_writer(path):  # not while a download of it is being written
+        try:
+            aside = set_aside(path)
+        except OSError as exc:
+            return f"; cannot set it aside ({exc.strerror or exc}): delete it"
+    return f"; set aside as {aside.name}: fetched again when next needed"
 
 
 def add_to_cache(file: str | os.PathLike[str], remote: Remote, *, spec: str) -> Path:
@@ -190,9 +231,9 @@ def add_to_cache(file: str | os.PathLike[str], remote: Remote, *, spec: str) -> 
             f"{file}: sha256 {digest[:16]}... is not the {remote.sha256[:16]}... of {spec}'s "
             f"weights ({remote.url}); a damaged download, or another file?"
         )
-    reason = incomplete_reason(file)
-    if reason:
-        raise WeightsError(f"{file} {reason}; download it again")
+    problem = format_problem(file, name=remote.dest.name)
+    if problem is not None:
+        raise WeightsError(f"{file} {problem}; download it again")
     load_state_dict(file)  # refuses a pickle that would run code, or an unreadable file
     with cache_writer(remote.dest):  # not while a download of it is being written
         try:
@@ -209,16 +250,27 @@ def add_to_cache(file: str | os.PathLike[str], remote: Remote, *, spec: str) -> 
     return remote.dest
 
 
-def convert_to_safetensors(
-    file: str | os.PathLike[str], out: str | os.PathLike[str] | None = None
-) -> Path:
-    """Rewrite a trusted ``.pth``/``.pt``/``.bin`` checkpoint as safetensors; return its path.
+class Conversion(NamedTuple):
+    """What :func:`convert_to_safetensors` wrote, and whether it had to unpickle."""
 
-    The file is first read safely (``weights_only=True``); only if that refuses it is it
-    read with ``weights_only=False``, which RUNS the pickled code in it: convert only
-    files you trust.  Wrappers (``state_dict``, ``model``, ``module.``) are unwrapped, a
-    pickled whole model becomes its state dict.
+    path: Path
+    unpickled: bool  # read with weights_only=False: the file's pickled code ran
+
+
+def convert_to_safetensors(
+    file: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, *, trust: bool = False
+) -> Conversion:
+    """Rewrite a ``.pth``/``.pt``/``.bin`` checkpoint as safetensors.
+
+    The file is read safely first (``torch.load(weights_only=True)``): plain tensors and
+    containers convert as they are.  A file that holds other pickled objects is refused,
+    and nothing in it runs, unless ``trust``: then it is read with ``weights_only=False``,
+    which RUNS the code pickled in it, with the user's permissions; for files from a
+    source you trust only.  Wrappers (``state_dict``, ``model``, ``module.``) are unwrapped,
+    a pickled whole model becomes its state dict.
     """
+    import pickle
+
     import torch
     from safetensors.torch import save_file
     from torch import nn
@@ -229,13 +281,35 @@ def convert_to_safetensors(
     dest = Path(out).expanduser() if out else file.with_suffix(".safetensors")
     if dest.exists():
         raise WeightsError(f"{dest} already exists; remove it or give another --out")
+    problem = format_problem(file)
+    if problem is not None:
+        raise WeightsError(f"{file} {problem}; not a checkpoint to convert")
+    unpickled = False
     try:
         try:
             obj = torch.load(str(file), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            log.warning("%s holds pickled objects: loading it runs their code", file)
+        except pickle.UnpicklingError as exc:
+            code = pickled_code(exc)
+            if code is None:
+                raise
+            if not trust:
+                raise WeightsError(
+                    f"{file}: not converted: it holds pickled objects ({code}) whose "
+                    "unpickling can run any code on this machine; nothing was run. Only if "
+                    "the file comes from a source you trust, run: headstart cache convert "
+                    f"{shlex.quote(str(file))} --trust"
+                ) from exc
+            log.warning(
+                "%s: --trust: unpickling it with torch.load(weights_only=False), which runs "
+                "the code it holds (%s)",
+                file,
+                code,
+            )
+            unpickled = True
             obj = torch.load(str(file), map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+    except WeightsError:
+        raise
+    except Exception as exc:  # a damaged file, or (trusted) pickled code that failed
         raise WeightsError(f"{file}: not a readable checkpoint ({str(exc)[:200]})") from exc
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
@@ -247,7 +321,7 @@ def convert_to_safetensors(
             save_file(tensors, str(tmp), metadata={"headstart.converted_from": file.name})
     except OSError as exc:
         raise WeightsError(f"cannot write {dest}: {exc.strerror or exc}") from exc
-    return dest
+    return Conversion(dest, unpickled)
 
 
 def _companions(path: Path) -> list[Path]:

@@ -1,6 +1,7 @@
 """Downloads into the weights cache: streamed to ``NAME.partial``, resumed with HTTP Range,
-retried with back-off, verified (hash and completeness) and only then moved into place;
-and the ``NAME.sha256.json`` stamps that say a cached file is intact.
+retried with back-off, verified (the hash, or without one the file's format) and only
+then moved into place; and the ``NAME.sha256.json`` stamps that say a cached file is
+intact.  A cached file that fails its check is set aside and fetched again.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import logging
 import os
 import re
 import socket
-import struct
 import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,11 +26,16 @@ from typing import Any
 
 from headstart._io import atomic_write_json, exclusive, fsync_dir, sha256_file
 from headstart.errors import WeightsError
+from headstart.weights.files import (
+    URL_SCHEMES,
+    Stamp,
+    format_problem,
+    read_stamp,
+    set_aside,
+    sidecar_path,
+)
 
 log = logging.getLogger(__name__)
-
-
-SIDECAR_SUFFIX = ".sha256.json"  # NAME.sha256.json: size, mtime and sha256 of NAME
 
 
 PARTIAL_SUFFIX = ".partial"  # NAME.partial: a download in progress or interrupted
@@ -49,36 +53,9 @@ _TIMEOUT_S = 60.0  # per socket operation, not for the whole transfer
 _CHUNK = 1 << 16
 
 
-def sidecar_path(path: Path) -> Path:
-    """``NAME.sha256.json``: what is known about the cached file ``NAME``."""
-    return path.with_name(path.name + SIDECAR_SUFFIX)
-
-
 def partial_path(dest: Path) -> Path:
     """``NAME.partial``: the download of ``NAME`` in progress, or interrupted."""
     return dest.with_name(dest.name + PARTIAL_SUFFIX)
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """A cached file's sidecar: its size, mtime and sha256 when last checked."""
-
-    size: int
-    mtime_ns: int
-    sha256: str
-    source: str  # the URL it was downloaded from, or how it came into the cache
-
-    def matches(self, st: os.stat_result) -> bool:
-        return self.size == st.st_size and self.mtime_ns == st.st_mtime_ns
-
-
-def read_stamp(path: Path) -> Stamp | None:
-    """The sidecar of ``path``, or None if it has none (or an unreadable one)."""
-    try:
-        d = json.loads(sidecar_path(path).read_text())
-        return Stamp(int(d["size"]), int(d["mtime_ns"]), str(d["sha256"]), str(d["source"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
 
 
 def write_stamp(path: Path, sha256: str, source: str) -> Stamp:
@@ -98,44 +75,6 @@ def file_sha256(path: Path) -> str:
     if stamp is not None and stamp.matches(path.stat()):
         return stamp.sha256
     return sha256_file(path)
-
-
-def discard(path: Path) -> None:
-    """Remove a cached file and its sidecar."""
-    for p in (path, sidecar_path(path)):
-        p.unlink(missing_ok=True)
-
-
-def incomplete_reason(path: Path) -> str | None:
-    """Why ``path`` is visibly cut short, judged by its own structure; None if it looks whole.
-
-    A safetensors header says exactly how long the file is; a zip (``torch.save``'s
-    format) ends in a directory that a truncated file lacks.  Other formats say nothing.
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
-        head = fh.read(8)
-        if path.suffix == ".safetensors":
-            if len(head) < 8:
-                return f"is truncated ({size} bytes)"
-            (header_len,) = struct.unpack("<Q", head)
-            if 8 + header_len > size:
-                return f"is truncated ({size} bytes; its header alone is {8 + header_len})"
-            try:
-                header = json.loads(fh.read(header_len))
-                end = max(
-                    (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
-                    default=0,
-                )
-            except (ValueError, KeyError, TypeError, IndexError, AttributeError):
-                return "is not a safetensors file (unreadable header)"
-            expected = 8 + header_len + end
-            if size != expected:
-                return f"is {size} bytes where its header says {expected} (truncated or altered)"
-            return None
-    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
-        return f"is truncated ({size} bytes, and the end of its zip archive is missing)"
-    return None
 
 
 @dataclass(frozen=True)
@@ -158,7 +97,8 @@ def check_file(
 ) -> FileCheck:
     """Check a cached file before it is used; its sidecar is updated when it is good.
 
-    Good means: not empty, not cut short (:func:`incomplete_reason`), and its sha256
+    Good means: not empty, whole and of its kind (:func:`~headstart.weights.files.
+    format_problem`; only the cheap part while the sidecar vouches for it), and its sha256
     starts with ``expected`` when that is given, else equals the one its sidecar
     recorded.  While size and mtime match the sidecar the recorded hash is trusted,
     unless ``rehash``.  A file with nothing to check it against (put there by hand) is
@@ -181,8 +121,8 @@ def check_file(
         if url is not None and stamp.source.startswith(URL_SCHEMES) and stamp.source != url:
             return bad(f"was downloaded from {stamp.source}, not from {url}")
     fresh = stamp is not None and stamp.matches(st) and not rehash
-    if not fresh and (reason := incomplete_reason(path)):
-        return bad(reason)
+    if problem := format_problem(path, quick=fresh):
+        return bad(problem.text)
     digest = stamp.sha256 if stamp is not None and fresh else sha256_file(path)
     if expected is not None:
         if not digest.startswith(expected):
@@ -217,10 +157,11 @@ def download(
     a fresh download.
 
     ``sha256`` is the file's hash or a prefix of it.  A cached file that fails its check
-    (:func:`check_file`) is reported and fetched again.  The download goes to
-    ``NAME.partial`` beside ``dest`` (resumed with a Range request when an earlier run
-    left one), is tried ``attempts`` times with exponential back-off from ``backoff_s``,
-    verified, fsynced and only then renamed to ``dest``.  ``for_spec`` (e.g.
+    (:func:`check_file`) is set aside (``NAME.bad-TIMESTAMP``) and fetched again.  The
+    download goes to ``NAME.partial`` beside ``dest`` (resumed with a Range request when an
+    earlier run left one), is tried ``attempts`` times with exponential back-off from
+    ``backoff_s``, verified (against ``sha256``; without one, by its format: a web page or
+    a cut file is never cached), fsynced and only then renamed to ``dest``.  ``for_spec`` (e.g.
     ``torchvision:resnet18``) is named in the offline message: ``headstart cache add FILE
     --for SPEC``.  Raises :class:`WeightsError` saying what to do.
     """
@@ -234,24 +175,36 @@ def download(
             check = check_file(dest, expected=sha256, url=url)
             if check.ok:
                 return dest
-            log.warning("%s %s; fetching it again from %s", dest, check.problem, url)
-            discard(dest)
+            try:
+                aside = set_aside(dest)
+            except OSError as exc:
+                raise WeightsError(
+                    f"{dest} {check.problem}; cannot move it aside ({exc.strerror or exc}): "
+                    "delete it, then run again"
+                ) from exc
+            log.warning(
+                "%s %s; set aside as %s, fetching it again from %s",
+                dest,
+                check.problem,
+                aside.name,
+                url,
+            )
         if offline:
             raise _offline(url, dest, for_spec, "offline (HEADSTART_OFFLINE is set)")
         fetch = _Fetch(url, dest, for_spec, attempts, backoff_s, progress)
         resumed = fetch.run()
-        digest, problem = _verify(fetch.partial, sha256)
+        digest, problem = _verify(fetch.partial, dest.name, sha256)
         if problem and resumed:
             # The part an earlier run left may be stale or damaged (a crash can leave
             # zeros in a file's last blocks): one more try, from the first byte.
             log.warning("%s: the resumed download %s; starting over", url, problem)
             fetch.discard_partial()
             fetch.run()
-            digest, problem = _verify(fetch.partial, sha256)
+            digest, problem = _verify(fetch.partial, dest.name, sha256)
         if problem:
             fetch.discard_partial()
             raise WeightsError(
-                f"{url}: the downloaded file {problem}; nothing was cached; check the URL"
+                f"{url}: {problem}; nothing was cached; check the URL"
                 + (" and the hash" if sha256 else "")
             )
         os.replace(fetch.partial, dest)
@@ -261,12 +214,18 @@ def download(
     return dest
 
 
-def _verify(path: Path, sha256: str | None) -> tuple[str, str | None]:
-    """The sha256 of a finished download, and what is wrong with it (None: nothing)."""
+def _verify(path: Path, name: str, sha256: str | None) -> tuple[str, str | None]:
+    """The sha256 of a finished download of ``name``, and what is wrong with it (None:
+    nothing).  A matching hash settles it; without one, the file's format has to."""
     digest = sha256_file(path)
-    if sha256 and not digest.startswith(sha256):
-        return digest, f"has sha256 {digest}, not {sha256}"
-    return digest, incomplete_reason(path)
+    if sha256 and digest.startswith(sha256):
+        return digest, None
+    problem = format_problem(path, name=name)
+    if problem is not None and problem.page:
+        return digest, f"the server sent a web page, not weights ({problem.page})"
+    if sha256:
+        return digest, f"the downloaded file has sha256 {digest}, not {sha256}"
+    return digest, None if problem is None else f"the downloaded file {problem}"
 
 
 class _Interrupted(OSError):
@@ -327,10 +286,16 @@ class _Fetch:
                     raise WeightsError(f"cannot write {self.partial}: {exc.strerror}") from exc
                 problem = _why(exc)
             if attempt == self.attempts:
+                kept = self.partial.is_file() and self.partial.stat().st_size > 0
                 raise WeightsError(
-                    f"could not download {self.url} ({problem}, {self.attempts} tries); the "
-                    f"part fetched so far is kept at {self.partial} and the next run resumes "
-                    f"it; or download the file by hand and put it at {self.dest}"
+                    f"could not download {self.url} ({problem}, {self.attempts} tries); "
+                    + (
+                        f"the part fetched so far is kept at {self.partial} and the next run "
+                        "resumes it; or "
+                        if kept
+                        else ""
+                    )
+                    + f"download the file by hand and put it at {self.dest}"
                 )
             delay = self.backoff_s * 2 ** (attempt - 1)
             log.warning(
@@ -364,8 +329,16 @@ class _Fetch:
         try:
             response = urllib.request.urlopen(request, timeout=_TIMEOUT_S)
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:  # the part is longer than the file: not its prefix
+            if exc.code == 416 and have:  # the server's file ends where the part does
+                cut = format_problem(self.partial, name=self.dest.name)
                 self.discard_partial()
+                if cut is not None and cut.cut and "If-Range" in headers:
+                    # A part that says it goes on, of the very file the server has: the
+                    # server's copy itself is cut short.
+                    raise WeightsError(
+                        f"{self.url}: the server's copy is cut short (the file it sends "
+                        f"{cut}); nothing was cached; check the URL"
+                    ) from exc
                 raise _Interrupted("the server cannot resume from the part kept") from exc
             raise
         with response:
@@ -411,6 +384,10 @@ class _Fetch:
         if total is not None and size != total:
             # http.client returns what it got when a connection closes early: check here.
             raise _Interrupted(f"connection closed after {size} of {total} bytes")
+        if total is None:  # no Content-Length: only the file's own structure tells
+            cut = format_problem(self.partial, name=self.dest.name)
+            if cut is not None and cut.cut:
+                raise _Interrupted(f"the transfer ended early: the file {cut}")
 
 
 _LOCAL_ERRNOS = {errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT}
@@ -467,6 +444,3 @@ def cache_writer(dest: Path) -> Iterator[None]:
     """
     with exclusive(dest, label=f"{dest.name} in the weights cache", wait=True, optional=True):
         yield
-
-
-URL_SCHEMES = ("http://", "https://")

@@ -5,18 +5,21 @@ initialisation), a local path, or a URL (``http(s)://...``, optionally ending in
 ``#sha256=HEX``).  Zoo defaults and URLs share one cache folder and one downloader:
 
 - a download is written to ``NAME.partial`` beside its final name, resumed with an HTTP
-  Range request after an interruption, retried with back-off, hash-checked, fsynced and
-  only then renamed to ``NAME``: nothing incomplete or unverified is ever under a final
-  name, whenever the process dies;
-- a cached file is checked before use (size and sha256, kept in ``NAME.sha256.json`` so
-  that the check is cheap next time); a damaged one is reported and fetched again, never
-  loaded; a file put there by hand with nothing to check it against is used as it is;
+  Range request after an interruption, retried with back-off, checked (its hash; without
+  one, its format: never a web page or a cut file), fsynced and only then renamed to
+  ``NAME``: nothing incomplete or unverified is ever under a final name, whenever the
+  process dies;
+- a cached file is checked before use (size, sha256 and format, kept in
+  ``NAME.sha256.json`` so that the check is cheap next time); a damaged one, or a
+  download that does not load, is set aside (``NAME.bad-TIMESTAMP``) and fetched again,
+  never loaded; a file put there by hand with nothing to check it against is used as it is;
 - offline (no network, or ``HEADSTART_OFFLINE=1``) a missing file is an error that says
   which URL to fetch and where to put it.
 
 Loading never executes pickled code: safetensors first, ``torch.load(weights_only=True)``
-otherwise.  Loading reports missing, unexpected and shape-mismatched keys by name; only
-the old output layer is dropped silently.
+otherwise; only ``headstart cache convert FILE --trust`` unpickles, when told to.  Loading
+reports missing, unexpected and shape-mismatched keys by name; only the old output layer
+is dropped silently.
 """
 
 from __future__ import annotations
