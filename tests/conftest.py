@@ -49,6 +49,7 @@ def tiny_fit_options(tmp_path: Path, name: str, **kw: Any) -> FitOptions:
         source="builtin:digits-cnn",
         weights="none",
         strategy="linear",
+        val_fraction=0.2,
         epochs=3,
         batch_size=8,
         augment="none",

@@ -41,6 +41,8 @@ FIT = [
     "--deterministic",
     "--seed",
     "3",
+    "--val-fraction",  # the kill points below count this split's steps and checkpoints
+    "0.2",
     "-q",
 ]
 

@@ -441,7 +441,9 @@ def test_minilm_cli_fit_predict_offline_with_the_folder_gone(
         "--max-length", "32", "--epochs", "2", "--lr", "0.01", "--out", run, "--json",
     )  # fmt: skip
     assert r.code == 0, r.stderr
-    assert r.json()["metrics"]["val_acc"] >= 0.9  # pretrained features separate the topics
+    # a few dozen texts: every label trains (no split to validate on); evaluate below
+    # shows the pretrained features separate the topics
+    assert r.json()["metrics"]["val_acc"] is None
     shutil.rmtree(folder)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     r = run_cli(
@@ -574,7 +576,9 @@ def test_recommend_measures_texts_in_item_order_and_fit_auto_trains_its_plan(
     assert m["leep"] is None and m["bn_shift"] is None  # no classifier head, no BatchNorm
     assert 0.0 <= m["probe_pretrained"] <= 1.0 and m["probe_random"] is not None
     assert any("LEEP skipped" in n for n in m["notes"])
-    result = fit(_options(sentiment_csv, tiny_bert, "auto", tmp_path / "auto", epochs=3))
+    result = fit(
+        _options(sentiment_csv, tiny_bert, "auto", tmp_path / "auto", epochs=3, val_fraction=0.2)
+    )
     meta = json.loads((tmp_path / "auto" / "headstart.json").read_text())
     chosen = meta["recommendation"]  # measured on the training split, not on all of it
     assert chosen["case"] and chosen["measurements"]["n_items"] < m["n_items"]

@@ -47,6 +47,7 @@ def test_fit_logs_params_live_metrics_and_files(tmp_path: Path) -> None:
             strategy="full",
             epochs=3,
             batch_size=8,
+            val_fraction=0.2,  # a validation accuracy per epoch to log
             out=str(tmp_path / "run"),
             progress=False,
             mlflow_uri=uri,

@@ -51,7 +51,7 @@ class HeadstartClassifier(BaseEstimator):
         weight_decay: float = _DEFAULTS.weight_decay,
         batch_size: int | None = _DEFAULTS.batch_size,
         val: str | None = _DEFAULTS.val,
-        val_fraction: float = _DEFAULTS.val_fraction,
+        val_fraction: float | None = _DEFAULTS.val_fraction,
         seed: int = _DEFAULTS.seed,
         patience: int | None = _DEFAULTS.patience,
         select: str = _DEFAULTS.select,

@@ -60,10 +60,14 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
 def _fit_lines(s: dict[str, Any]) -> list[str]:
     m = s["metrics"]
-    acc = "-" if m["val_acc"] is None else f"{m['val_acc']:.4f}"
-    f1 = "-" if m["val_f1"] is None else f"{m['val_f1']:.4f}"
+    scored = (
+        "no validation split (every label trained; --val-fraction 0.2 holds some out, "
+        "headstart compare cross-validates)"
+        if m["val_acc"] is None
+        else f"validation accuracy {m['val_acc']:.4f}, macro-F1 {m['val_f1']:.4f}"
+    )
     return [
-        f"{s['strategy']} on {s['source']}: validation accuracy {acc}, macro-F1 {f1} "
+        f"{s['strategy']} on {s['source']}: {scored} "
         f"(epoch {m['best_epoch']} of {m['epochs_run']}, {s['timings']['total_s']:.1f}s)",
         f"run dir: {s['run_dir']}",
     ]

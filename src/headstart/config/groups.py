@@ -82,8 +82,14 @@ class Holdout(Checked):
     val: str | None = option(
         "validation data (same forms as DATA) instead of a split", default=None
     )
-    val_fraction: float = option(
-        "fraction of DATA held out for validation (0: none)", default=0.2, at_least=0, below=1
+    val_fraction: float | None = option(
+        "fraction of DATA held out for validation (0: none; auto: 0.2 when that holds at "
+        "least 200 items, else none: on small data every label trains and the last epoch "
+        "is kept)",
+        default=None,
+        at_least=0,
+        below=1,
+        auto=True,
     )
 
 

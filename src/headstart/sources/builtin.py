@@ -96,6 +96,7 @@ DIGITS_PRETRAIN: dict[str, Any] = {
     "batch_size": 32,
     "lr": 1e-3,
     "select": "best",
+    "val_fraction": 0.2,
     "label_smoothing": 0.1,
     "seed": 0,
 }

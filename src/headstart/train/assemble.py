@@ -47,7 +47,7 @@ from headstart.train.auto import (
     solves_head,
     starts_solved,
 )
-from headstart.train.budget import Budget, size_budget
+from headstart.train.budget import Budget, holdout, size_budget
 from headstart.train.checkpoint import Checkpointer
 from headstart.train.head_solver import HeadSolution
 from headstart.train.loaders import Loaders, build_loaders
@@ -83,18 +83,21 @@ def _load_labelled(
 def _split(options: FitOptions, data: LabeledData) -> tuple[LabeledData, LabeledData | None]:
     if options.val:
         return data, _load_labelled(options, options.val, classes=data.classes)
-    if options.val_fraction == 0:
+    fraction, why = holdout(
+        len(data),
+        val_fraction=options.val_fraction,
+        needs_validation=options.patience is not None or options.select == Select.BEST,
+    )
+    if options.val_fraction is None:  # what auto decided is said; a value given is not
+        log.info("%s", why)
+    if fraction == 0:
         return data, None
     train_idx, val_idx = stratified_split(
-        data.targets, val_fraction=options.val_fraction, seed=options.seed, classes=data.classes
+        data.targets, val_fraction=fraction, seed=options.seed, classes=data.classes
     )
     return (
-        data.subset(
-            train_idx, note=f"train split ({1 - options.val_fraction:.0%}, seed {options.seed})"
-        ),
-        data.subset(
-            val_idx, note=f"validation split ({options.val_fraction:.0%}, seed {options.seed})"
-        ),
+        data.subset(train_idx, note=f"train split ({1 - fraction:.0%}, seed {options.seed})"),
+        data.subset(val_idx, note=f"validation split ({fraction:.0%}, seed {options.seed})"),
     )
 
 

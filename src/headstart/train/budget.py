@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "HOLDOUT",
     "MAX_BATCH",
     "MAX_EPOCHS",
     "MIN_BATCH",
@@ -34,6 +35,7 @@ __all__ = [
     "MIN_VAL_TO_SELECT",
     "TARGET_STEPS",
     "Budget",
+    "holdout",
     "size_budget",
     "steps_per_epoch",
 ]
@@ -46,6 +48,7 @@ MIN_EPOCHS, MAX_EPOCHS = 5, 100
 # Below this many validation items, one item moves the accuracy by more than half a
 # point and the best epoch is picked on noise: keep the last one.
 MIN_VAL_TO_SELECT = 200
+HOLDOUT = 0.2  # the validation split held out when the data are large enough for one
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,29 @@ class Budget:
             f"budget: batch {self.batch_size}, {self.epochs} epochs ({self.steps} optimizer "
             f"steps), keep the {self.select} epoch; " + "; ".join(self.why)
         )
+
+
+def holdout(
+    n_items: int, *, val_fraction: float | None, needs_validation: bool
+) -> tuple[float, str]:
+    """The share of the labelled items held out to validate on, and why.
+
+    ``auto`` (None) holds out :data:`HOLDOUT` when that gives at least
+    :data:`MIN_VAL_TO_SELECT` items; below, a split would only report noise (the last
+    epoch is kept anyway) and costs labels: every item trains (digits 5-9, 20 per class,
+    ``linear``: 0.960 with all 100 labels against 0.956 with 80; shifted digits 0.896
+    against 0.871; BBC News with MiniLM 0.904 against 0.892).  Early stopping or
+    ``--select best`` need a validation split: they keep :data:`HOLDOUT`."""
+    if val_fraction is not None:
+        return val_fraction, f"validation split {val_fraction:.0%} as given"
+    if needs_validation:
+        return HOLDOUT, f"validation split {HOLDOUT:.0%}: --patience or --select best need it"
+    if n_items * HOLDOUT >= MIN_VAL_TO_SELECT:
+        return HOLDOUT, f"validation split {HOLDOUT:.0%} ({int(n_items * HOLDOUT)} items)"
+    return 0.0, (
+        f"no validation split: {HOLDOUT:.0%} of {n_items} items would be too few to choose "
+        "or measure by, so every labelled item trains"
+    )
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
