@@ -241,6 +241,7 @@ def no_flag_fit(
     code, _ = cli(hs, *argv, log_to=run.with_suffix(".fit.log"))
     wall = time.perf_counter() - t0
     row: dict[str, Any] = {"command": "headstart " + " ".join(argv), "wall_s": round(wall, 2)}
+    row["tree"] = tree_state()
     if code != 0:
         row["error"] = f"fit exited {code}: see {run.with_suffix('.fit.log')}"
         return row
@@ -546,6 +547,7 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if args.quick and case.kind == "images":
         grid = IMAGE_QUICK
     points: list[dict[str, Any]] = []
+    tree_before = tree_state()
     plan = [(s, p) for s in grid.strategies for p in grid.points]
     if not args.quick:
         plan += [(s, p) for s, ps in case.extra_points.items() for p in ps]
@@ -560,6 +562,7 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     row["grid"] = {
         "what": what,
         "note": "best point chosen on the test set: an optimistic upper bound",
+        "tree": sorted({str(tree_before), str(tree_state())}),
         "points": points,
         "best": {s: best_of([p for p in points if p["strategy"] == s]) for s in dict(plan)},
     }
@@ -687,6 +690,27 @@ def main(argv: list[str] | None = None) -> int:
     for line in table(out):
         print(f"# {line}", flush=True)
     return 0
+
+
+def tree_state() -> str | None:
+    """COMMIT or COMMIT+DIFFHASH of the headstart source that runs (its working tree may
+    change while the bench runs: each no-flag fit records the state it ran on)."""
+    try:
+        import hashlib
+
+        import headstart
+
+        here = Path(headstart.__file__).resolve().parent
+        git = ["git", "-C", str(here)]
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        diff = subprocess.run(
+            [*git, "diff", "HEAD", "--", "."], capture_output=True, check=True
+        ).stdout
+    except (ImportError, OSError, subprocess.CalledProcessError):
+        return None
+    return commit + (f"+{hashlib.sha1(diff).hexdigest()[:8]}" if diff else "")
 
 
 def _provenance() -> dict[str, Any]:
