@@ -142,6 +142,12 @@ CASES = {
 }
 
 
+VAL0_KEYS = (
+    "command", "test_acc", "wall_s", "tree", "train_items", "budget", "lr_find",
+    "head_solver", "feature_cache", "error",
+)  # fmt: skip
+
+
 def log(msg: str) -> None:
     print(f"# {msg}", file=sys.stderr, flush=True)
 
@@ -538,9 +544,7 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         r = no_flag_fit(
             hs, info["train"], info["test"], info["source"], runs / f"{strategy}-val0", extra
         )
-        row["val_fraction_0"][strategy] = {
-            k: r.get(k) for k in ("command", "test_acc", "train_items", "budget", "error") if k in r
-        }
+        row["val_fraction_0"][strategy] = {k: r.get(k) for k in VAL0_KEYS if k in r}
 
     # 2. grid
     grid = TEXT_QUICK if (args.quick and case.kind == "texts") else case.grid
