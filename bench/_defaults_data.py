@@ -163,6 +163,10 @@ def bbc(folder: Path, *, per_class: int = 32, test_per_class: int = 100) -> dict
 CLIPART = Path("/usr/share/openclipart/png")  # Debian's openclipart-png
 CLIPART_SOURCE = ("computer", "shapes", "signs_and_symbols")
 CLIPART_TARGET = ("animals", "food", "people", "recreation", "transportation")
+# A few clipart PNGs are huge (up to ~600 megapixels: one takes GBs and many seconds to
+# decode, and Pillow refuses some as decompression bombs); a 32 px render needs none of
+# that detail, so files over this size are skipped (counted in files_skipped).
+MAX_PIXELS = 4_000_000
 
 
 def _render(path: Path, size: int) -> Any:
@@ -170,6 +174,8 @@ def _render(path: Path, size: int) -> Any:
     from PIL import Image
 
     with Image.open(path) as im:
+        if im.width * im.height > MAX_PIXELS:  # read from the header, before decoding
+            raise ValueError(f"{im.width}x{im.height}: too large to decode cheaply")
         im.load()
         rgba = im.convert("RGBA")
     side = max(rgba.size)
@@ -184,6 +190,8 @@ def _draw(
     """Up to ``n`` distinct renders of ``category`` (in a seeded random order); renders whose
     pixels were already drawn (here or in another category) or that cannot be read are
     skipped.  Returns the images and how many files were skipped."""
+    from PIL import Image
+
     files = sorted((CLIPART / category).rglob("*.png"))
     rng.shuffle(files)
     images, skipped = [], 0
@@ -192,7 +200,7 @@ def _draw(
             break
         try:
             img = _render(f, size)
-        except (OSError, ValueError):
+        except (OSError, ValueError, Image.DecompressionBombError):
             skipped += 1
             continue
         digest = hashlib.sha1(img.tobytes()).hexdigest()
