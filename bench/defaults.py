@@ -233,6 +233,13 @@ def describe_run(run: Path) -> dict[str, Any]:
             "probe_gain": meas.get("probe_gain"),
             "bn_shift": meas.get("bn_shift"),
         }
+        if isinstance(race := rec.get("race"), dict):
+            out["race"] = {k: race.get(k) for k in ("raced", "winner", "stopped", "total_s")}
+            out["race"]["why"] = race.get("why")
+            out["race"]["candidates"] = {
+                c["label"]: round(c["mean_accuracy"], 4) if c.get("mean_accuracy") else None
+                for c in race.get("candidates") or []
+            }
     return out
 
 
