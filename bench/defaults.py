@@ -2,11 +2,11 @@
 
 Issue #16 item 7.  Per case, on one fixed train/test split (bench/_defaults_data.py):
 
-1. **No flags**: ``headstart fit TRAIN --source S --out RUN`` (the default strategy,
-   ``linear`` at the time of writing), the same with ``--strategy full`` alone and with
-   ``--strategy auto`` alone; each scored by ``headstart evaluate RUN TEST --json``, its
-   wall time taken around the ``fit`` command (a subprocess, imports included), and the
-   range test's share read from RUN/headstart.json (``lr_find.seconds`` against
+1. **No flags**: ``headstart fit TRAIN --source S --out RUN`` (the default strategy:
+   ``linear`` until main's 700ab00, ``auto`` since), the same with ``--strategy full``
+   alone and with ``--strategy auto`` alone; each scored by ``headstart evaluate RUN
+   TEST --json``, its wall time taken around the ``fit`` command (a subprocess, imports
+   included), and the range test's share read from RUN/headstart.json (``lr_find.seconds`` against
    ``timings.train_s`` and the wall time).  ``--seeds`` repeats the three with
    ``--seed K`` (the one flag added) to show how far one draw of the defaults moves.
 2. **Grid**: ``--lr`` x ``--epochs`` x ``--batch-size`` for ``full`` and ``scratch`` (the
@@ -26,10 +26,12 @@ Issue #16 item 7.  Per case, on one fixed train/test split (bench/_defaults_data
    epochs and batch size headstart's no-flag ``full`` fit sized (the same number of
    optimizer steps; fastai itself has no default for either that fits 100 images).
 
-A **diagnostic** row per case: the no-flag ``linear`` and ``full`` fits again with
-``--val-fraction 0``: the defaults hold 20% of the labels out for validation, and with
-fewer than 200 validation items ``--select auto`` keeps the last epoch, so those labels
-choose nothing; the row shows what training on them instead is worth.
+A **diagnostic** row per case: ``--strategy linear`` and ``--strategy full`` with
+``--val-fraction 0``.  Until main's b6751af the defaults held 20% of the labels out for
+validation, and with fewer than 200 validation items ``--select auto`` keeps the last
+epoch, so those labels chose nothing; the row shows what training on them is worth.
+Since b6751af (``--val-fraction auto``) small data hold nothing out and the ``full`` row
+repeats the no-flag ``full`` fit; the ``linear`` row is then what ``linear`` alone gives.
 
 Cases: ``digits-similar`` (digits 5-9 from builtin:digits-cnn, pre-trained on 0-4),
 ``digits-dissimilar`` (the same, inverted and turned 90 degrees), ``bbc-minilm`` (BBC
@@ -625,7 +627,7 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
 
 def table(out: Path) -> list[str]:
     cols = ["case", "no flags", "full", "auto", "grid best", "logreg-CV", "fastai",
-            "default val0", "fit s (lr_find s)"]  # fmt: skip
+            "linear, all labels", "fit wall s (lr_find s)"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name in CASES:
         f = out / f"{name}.json"
