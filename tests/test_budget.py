@@ -121,3 +121,32 @@ def test_lr_find_plots_the_rate_fit_would_take(tmp_path: Path, digits_folder: Pa
     same = run_cli("lr-find", digits_folder, "--seed", "3", "--epochs", "1",
                    "--out", tmp_path / "lrf1", "--json")  # fmt: skip
     assert same.json()["lr"] == pytest.approx(meta["lr_find"]["lr"])
+
+
+def test_a_sweep_of_noise_does_not_leave_the_head_at_the_sweeps_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Batch-8 noise whose lowest point came first: the rule's "never fell" cap is the
+    start of the sweep (clip-art: 4e-6, a head that never learned); the fit falls back."""
+    import numpy as np
+
+    from headstart.train.auto import safe_rate
+    from headstart.train.lr_find import LrCurve
+    from headstart.train.lr_rules import suggest_explained
+
+    lrs = tuple(float(x) for x in np.geomspace(1e-6, 0.3, 30))
+    noise = [1.61 + 0.04 * np.sin(i) for i in range(30)]
+    losses = tuple(float(v) for v in noise[:3] + [1.5] + noise[4:])  # lowest: first kept
+    rate, rule = suggest_explained(lrs, losses, "minimum/10")
+    assert "never fell" in rule and rate < 1e-5  # the rule's cap: near the start
+    curve = LrCurve(lrs, losses, losses, rate, rule, "reached end_lr", 30, 0.1)
+    with caplog.at_level("WARNING", logger="headstart.train.auto"):
+        safe = safe_rate(curve)
+    assert safe.suggestion == pytest.approx(1e-3) and "noise-safe fallback" in safe.rule
+    assert any("never clearly fell" in r.message for r in caplog.records)
+    # a sweep that diverged at a low rate is not pushed above a decade below it
+    short = LrCurve(lrs[:5], losses[:5], losses[:5], rate, rule, "diverged", 5, 0.1)
+    assert safe_rate(short) is short  # lrs[4] / 10 is below the rule's own pick
+    # a curve the rule read normally is left alone
+    fine = LrCurve(lrs, losses, losses, 5e-3, "minimum/10", "reached end_lr", 30, 0.1)
+    assert safe_rate(fine) is fine
