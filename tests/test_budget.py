@@ -136,7 +136,7 @@ def test_a_sweep_of_noise_does_not_leave_the_head_at_the_sweeps_start(
 
     lrs = tuple(float(x) for x in np.geomspace(1e-6, 0.3, 30))
     noise = [1.61 + 0.04 * np.sin(i) for i in range(30)]
-    losses = tuple(float(v) for v in noise[:3] + [1.5] + noise[4:])  # lowest: first kept
+    losses = tuple(float(v) for v in [*noise[:3], 1.5, *noise[4:]])  # lowest: first kept
     rate, rule = suggest_explained(lrs, losses, "minimum/10")
     assert "never fell" in rule and rate < 1e-5  # the rule's cap: near the start
     curve = LrCurve(lrs, losses, losses, rate, rule, "reached end_lr", 30, 0.1)
