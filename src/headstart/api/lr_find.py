@@ -91,7 +91,9 @@ def _lr_find(options: LrFindOptions) -> LrFindResult:
     assert run.lr_curve is not None
     title = f"{run.source.spec} · {run.plan.strategy} · {options.data}"
     plot_lr_curve(run.lr_curve, out / "lr_find.png", title=title)
-    result = LrFindResult(run.lr_curve, str(run.plan.strategy), run.budget, run.solved, out, 0.0)
-    result.seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    result = LrFindResult(
+        run.lr_curve, str(run.plan.strategy), run.budget, run.solved, out, seconds
+    )
     atomic_write_json(out / "lr_find.json", result.summary())
     return result
