@@ -280,15 +280,24 @@ def no_flag_fit(
 
 
 def grid_fit(
-    train: str, test: str, source: str, run: Path, strategy: str, point: tuple[float, int, int]
+    train: str,
+    test: str,
+    source: str,
+    run: Path,
+    strategy: str,
+    point: tuple[float, int, int],
+    seed: int = 0,
 ) -> dict[str, Any]:
     lr, epochs, batch = point
     row: dict[str, Any] = {"strategy": strategy, "lr": lr, "epochs": epochs, "batch_size": batch}
+    if seed:
+        row["seed"] = seed
     t0 = time.perf_counter()
     try:
         inproc(
             "fit", train, "--source", source, "--strategy", strategy, "--lr", str(lr),
             "--epochs", str(epochs), "--batch-size", str(batch), "--out", str(run), "--overwrite",
+            "--seed", str(seed),
         )  # fmt: skip
         row["test_acc"] = round(float(inproc("evaluate", str(run), test)["accuracy"]), 4)
         row["val_acc"] = _meta(run)["metrics"].get("val_acc")
@@ -579,6 +588,13 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "points": points,
         "best": {s: best_of([p for p in points if p["strategy"] == s]) for s in dict(plan)},
     }
+    # The best point was picked on the test set among many noisy points, so its own
+    # accuracy is biased upwards (on 500 test items one fit's accuracy has a standard
+    # error of about a point, and the maximum of 32 such draws sits well above their
+    # mean).  Its settings re-run at the seeds the defaults were repeated at measure the
+    # settings, not the luck of one draw: the fair target for the defaults' seed mean.
+    if seeds and case.kind == "images":
+        row["grid"]["best_reseeded"] = _reseed_best(info, runs, row["grid"]["best"], seeds, args)
 
     # 3. peers
     row["sklearn_logreg_cv"] = sklearn_peer(hs, case, info, work)
@@ -594,6 +610,36 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     if not args.keep:
         shutil.rmtree(runs, ignore_errors=True)
     return row
+
+
+def _reseed_best(
+    info: dict[str, Any],
+    runs: Path,
+    best: dict[str, Any],
+    seeds: list[int],
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Each strategy's best grid point re-run at ``seeds``: accuracies (seed 0 first, the
+    grid's own fit) and their mean."""
+    out: dict[str, Any] = {}
+    for strategy, point in best.items():
+        if not point:
+            continue
+        settings = (point["lr"], point["epochs"], point["batch_size"])
+        accs = [point["test_acc"]]
+        for seed in seeds:
+            run = runs / f"best-{strategy}-seed{seed}"
+            r = grid_fit(info["train"], info["test"], info["source"], run, strategy, settings, seed)
+            accs.append(r.get("test_acc"))
+            if not args.keep:
+                shutil.rmtree(run, ignore_errors=True)
+        ok = [a for a in accs if a is not None]
+        out[strategy] = {
+            "lr": settings[0], "epochs": settings[1], "batch_size": settings[2],
+            "seeds": [0, *seeds], "test_acc": accs,
+            "mean": round(float(np.mean(ok)), 4) if ok else None,
+        }  # fmt: skip
+    return out
 
 
 def verdict(row: dict[str, Any]) -> dict[str, Any]:
@@ -618,6 +664,14 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
         for peer, p in peers.items():
             if isinstance(p, dict) and "test_acc" in p:
                 v[f"vs_{peer}_pts"] = round(100 * (acc - p["test_acc"]), 1)
+        spread = row.get("seed_spread")
+        reseeded = row["grid"].get("best_reseeded") or {}
+        means = [b["mean"] for b in reseeded.values() if b.get("mean") is not None]
+        if isinstance(spread, dict) and spread.get(name, {}).get("mean") is not None and means:
+            # seed means against seed means: the settings, not one draw's luck
+            v["seed_mean"] = spread[name]["mean"]
+            v["grid_best_reseeded_mean"] = max(means)
+            v["vs_grid_best_reseeded_pts"] = round(100 * (v["seed_mean"] - max(means)), 1)
         out[name] = v
     return out
 
@@ -627,7 +681,8 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
 
 def table(out: Path) -> list[str]:
     cols = ["case", "no flags", "full", "auto", "grid best", "logreg-CV", "fastai",
-            "linear, all labels", "fit wall s (lr_find s)"]  # fmt: skip
+            "linear, all labels", "seed means: no flags / grid best re-run",
+            "fit wall s (lr_find s)"]  # fmt: skip
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name in CASES:
         f = out / f"{name}.json"
@@ -657,11 +712,17 @@ def table(out: Path) -> list[str]:
             if "wall_s" in v
         )
         val0 = r.get("val_fraction_0", {}).get("linear", {})
+        d = r["verdict"].get("default", {})
+        means = (
+            f"{d['seed_mean']:.3f} / {d['grid_best_reseeded_mean']:.3f}"
+            if "seed_mean" in d
+            else "-"
+        )
         lines.append(
             "| " + " | ".join([
                 name, named(nf["default"]), acc(nf["full"]), named(nf["auto"]), best_s,
                 acc(r["sklearn_logreg_cv"]), acc(fa) if isinstance(fa, dict) else "not run",
-                acc(val0), timing,
+                acc(val0), means, timing,
             ]) + " |"
         )  # fmt: skip
     return lines

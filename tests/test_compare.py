@@ -137,21 +137,20 @@ def test_auto_recommends_per_fold_from_the_training_part_only(
     assert set().union(*seen) == set(range(36))
     assert all(len(a & b) == 12 for a, b in [(seen[0], seen[1]), (seen[1], seen[2])])
     chosen = [r["chosen"] for r in auto_rows]
-    # small + similar: the head alone for 1 of the 2 epochs, then everything at x0.1
-    assert chosen == ["full (head 1, x0.1)"] * 3
+    # small + similar: everything at once, the backbone at x0.1
+    assert chosen == ["full (x0.1)"] * 3
     # auto trains exactly what it chose: same folds, same seed, same scores as that plan
     twin_out = tmp_path / "twin"
     twin = run_cli(
         "compare", spec, "--source", "builtin:digits-cnn", "--strategies", "linear,full",
-        "--head-epochs", "1", "--folds", "3", "--epochs", "2", "--batch-size", "16",
-        "--out", twin_out,
+        "--folds", "3", "--epochs", "2", "--batch-size", "16", "--out", twin_out,
     )  # fmt: skip
     assert twin.code == 0, twin.stderr
     twin_rows = list(csv.DictReader((twin_out / "compare.csv").open()))
     twins = {r["fold"]: r for r in twin_rows if r["strategy"] == "full"}
     for row in auto_rows:
         assert row["accuracy"] == twins[row["fold"]]["accuracy"]
-    # --head-epochs leaves linear alone (it trains only the head anyway): same scores
+    # the same folds and seed: linear scores the same in both comparisons
     linear = {r["fold"]: r["accuracy"] for r in rows if r["strategy"] == "linear"}
     assert linear == {r["fold"]: r["accuracy"] for r in twin_rows if r["strategy"] == "linear"}
     assert "auto chose per fold: " + "; ".join(chosen) in result.stdout

@@ -65,9 +65,11 @@ def _fake(
     *,
     seconds: float | dict[str, float] = 1.0,
     fails: tuple[str, ...] = (),
+    loss: dict[str, list[float]] | None = None,
 ) -> list[tuple[str, int]]:
-    """``train_on`` replaced: each strategy's held-out accuracy per fold and seconds per
-    fit as given; ``fails`` raise a ConfigError.  Returns the (strategy, fold) calls."""
+    """``train_on`` replaced: each strategy's held-out accuracy (and loss: 1.0 unless
+    given) per fold and seconds per fit as given; ``fails`` raise a ConfigError.
+    Returns the (strategy, fold) calls."""
     calls: list[tuple[str, int]] = []
 
     def train_on(options: FitOptions, train: LabeledData, held: LabeledData) -> Any:
@@ -81,7 +83,10 @@ def _fake(
             raise ConfigError(f"strategy {strategy!r}: K must be 1..3")
         secs = seconds if isinstance(seconds, float) else seconds[strategy]
         return SimpleNamespace(
-            metrics={"val_acc": accuracy[strategy][fold]},
+            metrics={
+                "val_acc": accuracy[strategy][fold],
+                "val_loss": (loss or {}).get(strategy, [1.0] * 3)[fold],
+            },
             timings={"load_s": 0.25 * secs, "train_s": 0.75 * secs},
         )
 
@@ -113,8 +118,8 @@ def _m(per_class: int, gain: float, params: int = 1_000_000) -> Measurements:
 @pytest.mark.parametrize(
     ("per_class", "gain", "labels"),
     [
-        (20, 0.2, ["full (head 2, x0.1)", "linear", "partial:2 (head 2, x0.1)"]),
-        (20, 0.0, ["partial:2 (x0.1)", "full (head 2, x0.1)", "scratch"]),
+        (20, 0.2, ["full (x0.1)", "full (head 2, x0.1)", "linear"]),
+        (20, 0.0, ["partial:2 (x0.1)", "full (x0.1)", "scratch"]),
         (LARGE_PER_CLASS, 0.2, ["full (x0.1)", "partial:2 (x0.1)"]),
         (LARGE_PER_CLASS, -0.1, ["full (x1)", "scratch"]),
     ],
@@ -139,9 +144,12 @@ def test_each_case_leaves_its_rivals_open_the_recommended_first(
     assert "also open: " + "; ".join(labels[1:]) in rec.describe()
 
 
-def test_no_partial_rival_for_a_backbone_of_one_stage() -> None:
+def test_the_rivals_of_small_similar_data_on_one_stage_and_one_epoch() -> None:
     plans = decide(_m(20, 0.2), ("body",), epochs=10).candidates()
-    assert [c.label for c in plans] == ["full (head 2, x0.1)", "linear"]
+    assert [c.label for c in plans] == ["full (x0.1)", "full (head 2, x0.1)", "linear"]
+    # a run of one epoch leaves no room for a head-only phase: no LP-FT rival
+    plans = decide(_m(20, 0.2), ("body",), epochs=1).candidates()
+    assert [c.label for c in plans] == ["full (x0.1)", "linear"]
 
 
 def test_plan_labels_show_the_rate_only_where_it_applies() -> None:
@@ -234,6 +242,24 @@ def test_ties_go_to_the_recommended_plan(
         result = race(options, data, order, folds=3, budget=None)
         assert result.winner == order[0].label
         assert result.rounds[0].kept == [order[0].label, order[1].label]
+
+
+def test_a_tie_in_accuracy_goes_to_the_lower_held_out_loss(
+    monkeypatch: pytest.MonkeyPatch, options: FitOptions, data: LabeledData
+) -> None:
+    """A third of a small training set moves accuracy in steps of several points, so two
+    plans often tie; the loss, which every held-out item moves a little, decides."""
+    accuracy = {s: [0.75] * 3 for s in ("full", "linear", "partial:2")}
+    loss = {"full": [0.9] * 3, "linear": [0.5] * 3, "partial:2": [0.7] * 3}
+    for order in ([FULL, LINEAR, PARTIAL], [PARTIAL, FULL, LINEAR]):
+        _fake(monkeypatch, accuracy, loss=loss)
+        result = race(options, data, order, folds=3, budget=None)
+        assert result.winner == LINEAR.label
+        assert result.rounds[0].kept == [LINEAR.label, PARTIAL.label]
+        assert _entry(result, "linear").losses == [0.5, 0.5]
+    # accuracy still comes first
+    _fake(monkeypatch, {**accuracy, "full": [0.8] * 3}, loss=loss)
+    assert race(options, data, [LINEAR, FULL], folds=3, budget=None).winner == FULL.label
 
 
 def test_the_result_does_not_depend_on_the_order_of_the_plans(

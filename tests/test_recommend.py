@@ -102,7 +102,7 @@ def _m(per_class: int, gain: float, params: int = 1_000_000) -> Measurements:
 @pytest.mark.parametrize(
     ("per_class", "gain", "case", "strategy", "mult", "head"),
     [
-        (20, 0.2, "small + similar", "full", 0.1, 2),
+        (20, 0.2, "small + similar", "full", 0.1, 0),
         (20, 0.0, "small + dissimilar", "partial:2", 0.1, 0),
         (LARGE_PER_CLASS, 0.2, "large + similar", "full", 0.1, 0),
         (LARGE_PER_CLASS, -0.1, "large + dissimilar", "full", 1.0, 0),
@@ -149,9 +149,11 @@ def test_recommend_cli_and_fit_auto_save_the_reasoning(digits_source: Path, tmp_
     assert result.code == 0, result.stderr
     rec = result.json()
     assert rec["case"] == "small + similar" and rec["strategy"] == "full"
-    # a fifth of the epochs the fit's budget gives 100 items (batch 8: 24 epochs)
+    # fine-tuning from the start, the backbone slowly; LP-FT with a fifth of the epochs
+    # the fit's budget gives 100 items (batch 8: 24 epochs) is a rival
     assert size_budget(100, 0).epochs == 24
-    assert rec["head_epochs"] == 5 and rec["backbone_lr_mult"] == 0.1
+    assert rec["head_epochs"] == 0 and rec["backbone_lr_mult"] == 0.1
+    assert [a["label"] for a in rec["alternatives"]] == ["full (head 5, x0.1)", "linear"]
     assert rec["measurements"]["leep"] is not None
     fitted = fit(
         FitOptions(

@@ -58,21 +58,18 @@ def plan_for(
 ) -> tuple[str, str, float, int, str]:
     """The case's name, strategy, backbone rate multiplier, head-only epochs and why."""
     n = len(stage_names)
-    head = head_epochs_for(epochs)
-    plural = "s" if head != 1 else ""
-    first = f"train the new head alone for {head} epoch{plural}, then " if head else ""
     if not large and similar:
         return (
             "small + similar",
             "full",
             0.1,
-            head,
+            0,
             (
-                "the source's features already separate the classes, and a few labels could "
-                f"still pull them out of shape: {first}fine-tune every stage at a tenth of the "
-                "head's rate (linear probing then fine-tuning, LP-FT: Kumar et al., ICLR 2022, "
-                "beat both freezing and plain fine-tuning; freezing outright gives up what a "
-                "small rate can still adapt, Kornblith et al., CVPR 2019)"
+                "the source's features already separate the classes, and a small rate can "
+                "still adapt them: fine-tune every stage at a tenth of the head's rate "
+                "(freezing outright gives up what a small rate can still adapt, Kornblith et "
+                "al., CVPR 2019; on digits 5-9 from a 0-4 source, 20 per class, 3 seeds: "
+                "0.970 against 0.951 with the head solved first, LP-FT, which races as a rival)"
             ),
         )
     if not large and not similar:
@@ -149,39 +146,35 @@ def _halves(stage_names: tuple[str, ...]) -> tuple[int, str, str, bool]:
 
 
 def _small_similar_rivals(stage_names: tuple[str, ...], epochs: int) -> list[Candidate]:
-    k, early, late, partial_ok = _halves(stage_names)
-    out = [
+    head = head_epochs_for(epochs)
+    out = []
+    if head:
+        out.append(
+            Candidate(
+                {"strategy": "full", "backbone_lr_mult": 0.1, "head_epochs": head},
+                f"linear probing, then fine-tuning (LP-FT, Kumar et al., ICLR 2022): the head "
+                f"solved on the frozen features first ({head} of {epochs} epochs), so that a "
+                "random head's first gradients cannot distort good features (it won on "
+                "clip-art, 0.451 against 0.421, and lost on the digits)",
+            )
+        )
+    out.append(
         Candidate(
             {"strategy": "linear", "backbone_lr_mult": 0.1, "head_epochs": 0},
             "the articles' plan for small + similar: keep the whole source frozen and "
             "train only the new head; with this few labels, fine-tuning may move the "
             "features for nothing",
         )
-    ]
-    if partial_ok:
-        out.append(
-            Candidate(
-                {
-                    "strategy": f"partial:{k}",
-                    "backbone_lr_mult": 0.1,
-                    "head_epochs": head_epochs_for(epochs),
-                },
-                f"in between: keep the early stages ({early}) and fine-tune the later ones "
-                f"({late}), small + dissimilar's strategy (the head first, as here), "
-                "should the similarity measure overrate the source",
-            )
-        )
+    )
     return out
 
 
 def _small_dissimilar_rivals(stage_names: tuple[str, ...], epochs: int) -> list[Candidate]:
-    head = head_epochs_for(epochs)
     return [
         Candidate(
-            {"strategy": "full", "backbone_lr_mult": 0.1, "head_epochs": head},
+            {"strategy": "full", "backbone_lr_mult": 0.1, "head_epochs": 0},
             "the plan for small + similar, should the similarity measure underrate the "
-            f"source: {'the head alone first, then ' if head else ''}every stage at a "
-            "tenth of the head's rate",
+            "source: every stage at a tenth of the head's rate",
         ),
         Candidate(
             {"strategy": "scratch", "backbone_lr_mult": 1.0, "head_epochs": 0},

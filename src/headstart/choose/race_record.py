@@ -72,13 +72,14 @@ class RaceBudget:
 
 @dataclass
 class RaceEntry:
-    """One plan in the race: what it sets, why it raced, its held-out accuracy and
+    """One plan in the race: what it sets, why it raced, its held-out accuracy, loss and
     seconds per fold trained (in fold order), and why it left the race ("" for the winner)."""
 
     label: str
     changes: dict[str, Any]
     reason: str
     accuracies: list[float] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)  # held-out cross-entropy per fold
     seconds: list[float] = field(default_factory=list)
     out: str = ""
     failed: str = ""  # a ConfigError's message: the plan cannot train on this backbone
@@ -87,14 +88,20 @@ class RaceEntry:
     def mean(self) -> float | None:
         return float(np.mean(self.accuracies)) if self.accuracies else None
 
+    @property
+    def mean_loss(self) -> float | None:
+        return float(np.mean(self.losses)) if self.losses else None
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
             "changes": dict(self.changes),
             "reason": self.reason,
             "accuracies": list(self.accuracies),
+            "losses": list(self.losses),
             "seconds": list(self.seconds),
             "mean_accuracy": self.mean,
+            "mean_loss": self.mean_loss,
             "out": self.out,
             "failed": self.failed,
         }

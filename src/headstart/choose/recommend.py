@@ -340,8 +340,9 @@ def decide(
 ) -> Recommendation:
     """The articles' four cases, decided from measurements, each turned into a plan.
 
-    The cases and plans are the articles', but for small + similar: the head trains
-    alone first and the backbone then moves slowly, instead of staying frozen.
+    The cases and plans are the articles', but for small + similar: the backbone moves
+    slowly (a tenth of the head's rate) instead of staying frozen; freezing and linear
+    probing first (LP-FT) are its rivals in the race.
     """
     large, size_reason = _size(m)
     similar, sim_reason = _similarity(m)
