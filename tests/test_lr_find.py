@@ -54,6 +54,8 @@ def test_steepest_and_minimum_rules_on_a_u_curve() -> None:
     assert -3.0 <= math.log10(steepest) <= -2.5
     minimum = suggest(LRS, u_curve(), "minimum/10")
     assert minimum == pytest.approx(LRS[np.argmin(u_curve())] / 10)
+    third = suggest(LRS, u_curve(), "minimum/3")
+    assert third == pytest.approx(LRS[np.argmin(u_curve())] / 3)
 
 
 def test_a_flat_curve_falls_back_and_says_so() -> None:
@@ -61,7 +63,7 @@ def test_a_flat_curve_falls_back_and_says_so() -> None:
     assert lr == FALLBACK_LR
     assert rule.startswith("valley (loss flat") and "fallback 0.001" in rule
     noisy = 1.5 + 0.001 * np.random.default_rng(0).standard_normal(100)
-    for name in ("valley", "steepest", "minimum/10"):
+    for name in ("valley", "steepest", "minimum/10", "minimum/3"):
         lr, rule = suggest_explained(LRS, noisy, name)
         assert lr == FALLBACK_LR and "fallback" in rule and rule.startswith(name)
 
@@ -77,7 +79,7 @@ def test_nan_at_the_end_is_cut_off() -> None:
     losses = u_curve()
     losses[-20:] = np.nan
     losses[-25] = np.inf
-    for name in ("valley", "steepest", "minimum/10"):
+    for name in ("valley", "steepest", "minimum/10", "minimum/3"):
         lr = suggest(LRS, losses, name)
         assert math.isfinite(lr) and LRS[0] <= lr <= LRS[-26]
     assert 1e-4 < suggest(LRS, losses) < 10**MIN_LOG_LR
@@ -100,6 +102,8 @@ def test_minimum_over_ten_never_goes_below_the_range() -> None:
     lr, rule = suggest_explained(LRS, losses, "minimum/10")
     assert lr == LRS[10]
     assert rule.startswith("minimum/10 (a tenth of") and "below the rates tested" in rule
+    lr, rule = suggest_explained(LRS, losses, "minimum/3")
+    assert lr == LRS[10] and rule.startswith("minimum/3 (a third of")
 
 
 def test_suggest_rejects_what_it_cannot_read() -> None:

@@ -14,8 +14,12 @@ Rules (:data:`RULES`):
   log-spaced, and against lr itself a slope at 1e-6 would weigh a million times one at 1.
 - ``minimum/10``: a tenth of the rate at the lowest loss (fastai's ``minimum``: an order
   of magnitude below where the loss bottoms out).
+- ``minimum/3``: a third of it (``fit --lr auto``'s rule): the peak of a warm-up and
+  cosine schedule, which spends most of its steps far below its peak, may sit closer
+  to where the loss bottoms out (Smith, "Cyclical Learning Rates", 2017, takes the
+  bound where the loss stops falling and a third to a quarter of it as the low end).
 
-All three look at the curve as fastai's ``lr_find`` hands it to them: cut at the first
+All four look at the curve as fastai's ``lr_find`` hands it to them: cut at the first
 non-finite loss, the first tenth of the planned steps and the last five points dropped
 (the start is still noise, the end already diverging).  A curve too short to read, flat,
 or never falling gets :data:`FALLBACK_LR` (kept inside the rates tested) and says so in
@@ -41,7 +45,7 @@ __all__ = [
     "suggest_explained",
 ]
 
-RULES = ("valley", "steepest", "minimum/10")
+RULES = ("valley", "steepest", "minimum/10", "minimum/3")
 
 # The rate when the curve says nothing (headstart's --lr default before --lr auto).
 FALLBACK_LR = 1e-3
@@ -128,11 +132,13 @@ def suggest_explained(
         value = float(x[idx])
     elif rule == "steepest":
         value = float(x[int(np.argmin(np.gradient(y, np.log10(x))))])
-    else:  # minimum/10
+    else:  # minimum/10, minimum/3
         lowest = float(x[int(np.argmin(y))])
-        value = lowest / 10
+        divisor = int(rule.split("/")[1])
+        value = lowest / divisor
         if value < x.min():
-            return float(x.min()), f"{rule} (a tenth of {lowest:.3g} is below the rates tested)"
+            share = {10: "a tenth", 3: "a third"}[divisor]
+            return float(x.min()), f"{rule} ({share} of {lowest:.3g} is below the rates tested)"
     return value, rule
 
 
