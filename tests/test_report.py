@@ -135,3 +135,12 @@ def test_compare_report_with_label_fractions(tmp_path: Path) -> None:
     _check_images_and_page(
         tmp_path / "cmp", "compare.html", ["compare.png", "curves.png", "labels.png"]
     )
+
+
+def test_the_page_escapes_html_and_names_a_missing_plot(tmp_path: Path) -> None:
+    from headstart.choose.html import html_page
+
+    page = html_page("# A `title`\n\n<script>x()</script>\n\n![gone](gone.png)\n", tmp_path)
+    assert "<title>A title</title>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "[plot not written: gone.png]" in page and "<img" not in page
