@@ -76,6 +76,7 @@ def test_compare_writes_everything_on_the_same_folds(tmp_path: Path) -> None:
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page
     stored = json.loads((out / "compare.json").read_text())
     assert stored["best"] == result.best and len(stored["scores"]) == 6
+    assert stored["classes"] == 3  # the plots' chance line: 1/3
     # linear's head is solved on the frozen features (one measurement), scratch trains
     assert all(len(s.curve) == (1 if s.strategy == "linear" else 2) for s in result.scores)
     # --augment auto: linear trains on un-augmented images, scratch on light augmentation

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import re
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -41,11 +41,32 @@ def _run(folder: Path, strategy: str, curve: list[float], *, scratch: bool = Fal
     return write_run(folder, model=TargetModel(source.backbone, 2), meta=meta, metrics_rows=rows)
 
 
+class _Page(HTMLParser):
+    """The images (their ``data-file`` and ``src``) and header cells of an HTML page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: dict[str, str] = {}
+        self.headers = 0
+        self.viewport = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "img":
+            self.images[a.get("data-file") or "?"] = a.get("src") or ""
+        self.headers += tag == "th"
+        self.viewport |= tag == "meta" and a.get("name") == "viewport"
+
+
 def _check_images_and_page(folder: Path, page: str, pngs: list[str]) -> None:
     html = (folder / page).read_text()
     assert html.startswith("<!doctype html>") and "</html>" in html
-    embedded = re.findall(r'alt="([^"]+)" src="data:image/png;base64,', html)
-    assert sorted(embedded) == sorted(pngs), "the HTML must embed every plot"
+    parsed = _Page()
+    parsed.feed(html)
+    assert sorted(parsed.images) == sorted(pngs), "the HTML must embed every plot"
+    assert all(src.startswith("data:image/png;base64,") for src in parsed.images.values())
+    assert parsed.headers >= 5 and parsed.viewport, "tables have header cells; phones scale"
+    assert "<td>---" not in html and "|" not in html.split("<main>")[1], "raw markdown table"
     for name in pngs:
         path = folder / name
         assert path.stat().st_size > 5_000, f"{name} looks empty"
@@ -114,3 +135,12 @@ def test_compare_report_with_label_fractions(tmp_path: Path) -> None:
     _check_images_and_page(
         tmp_path / "cmp", "compare.html", ["compare.png", "curves.png", "labels.png"]
     )
+
+
+def test_the_page_escapes_html_and_names_a_missing_plot(tmp_path: Path) -> None:
+    from headstart.choose.html import html_page
+
+    page = html_page("# A `title`\n\n<script>x()</script>\n\n![gone](gone.png)\n", tmp_path)
+    assert "<title>A title</title>" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "[plot not written: gone.png]" in page and "<img" not in page

@@ -44,7 +44,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from headstart.api.predict import evaluate
-from headstart.choose.report import plot_curves, write_report_md
+from headstart.choose.html import write_html_page
+from headstart.choose.plots import plot_curves
+from headstart.choose.report import write_report_md
 from headstart.config.options import AdaptOptions
 from headstart.config.strategies import resolve_augment, strategy_of
 from headstart.data.images import load_data
@@ -263,9 +265,10 @@ def _adapt(options: AdaptOptions) -> AdaptResult:
 
     def extras(folder: Path) -> None:
         title = f"{source.spec} · adapt {options.method} · {options.data} -> {options.target}"
-        plot_curves(rows, folder / "curves.png", title=title)
+        plot_curves(rows, folder / "curves.png", title=title, classes=len(meta["classes"]))
         timings["total_s"] = time.perf_counter() - t_start
         write_report_md(meta, rows, folder / "report.md")
+        write_html_page(folder / "report.md", folder / "report.html")
 
     run_dir = write_run(
         out, model=model, meta=meta, metrics_rows=rows, extras=extras, overwrite=options.overwrite

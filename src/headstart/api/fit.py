@@ -19,9 +19,11 @@ import numpy as np
 
 from headstart.api.launch import launch
 from headstart.api.result import FitResult
+from headstart.choose.html import write_html_page
+from headstart.choose.plots import plot_curves
 from headstart.choose.race import RaceBudget, race, should_race
 from headstart.choose.recommend import Recommendation, recommend_for
-from headstart.choose.report import plot_curves, write_report_md
+from headstart.choose.report import write_report_md
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.config.strategies import is_auto
 from headstart.data.checks import data_checks
@@ -321,11 +323,12 @@ def _write(
         if trained.adapter is not None:
             save_adapter(folder, trained.adapter)
         title = f"{source.spec} · {plan.strategy} · {options.data}"
-        plot_curves(rows, folder / "curves.png", title=title)
+        plot_curves(rows, folder / "curves.png", title=title, classes=len(meta["classes"]))
         if trained.lr_find is not None:
             plot_lr_curve(trained.lr_find, folder / "lr_find.png", title=title)
         timings["total_s"] = time.perf_counter() - t_start
         write_report_md(meta, rows, folder / "report.md")
+        write_html_page(folder / "report.md", folder / "report.html")
 
     kill_point("run:write")
     return write_run(

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from headstart._io import atomic_write_json, atomic_write_text
-from headstart.choose.report import plot_confusion
+from headstart.choose.plots import plot_confusion
 from headstart.data.labelled import LabeledData
 from headstart.errors import DataError
 from headstart.features.extract import in_item_order

@@ -116,7 +116,11 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     tracker.start(out.name, {"kind": "compare", **run_config(options)})
     scores = _cross_validate(options, data, strategies, fractions, tracker)
     result = CompareResult(
-        out_dir=out, scores=scores, summary=summarise(scores), data_checks=checks
+        out_dir=out,
+        scores=scores,
+        summary=summarise(scores),
+        data_checks=checks,
+        classes=len(data.classes),
     )
     result.timings["total_s"] = time.perf_counter() - t0
     write_comparison(result, options)

@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from headstart._io import atomic_path, atomic_write_json, atomic_write_text
-from headstart.choose.report import benefits, benefits_table, check_lines, html_page, plot_lines
+from headstart._io import atomic_write_json, atomic_write_text
+from headstart.choose.html import write_html_page
+from headstart.choose.plots import plot_folds, plot_lines
+from headstart.choose.report import benefits, benefits_table, check_lines
 from headstart.config.options import CompareOptions
 from headstart.config.strategies import reinitialises
 
@@ -94,7 +96,7 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
         "fold after the last epoch. Differences are paired (fold by fold) against the best, "
         "with a 95% interval from the corrected resampled t-test (Nadeau & Bengio, 2003).",
         "",
-        f"| strategy | accuracy (mean +- std) | macro-F1 | difference vs {best} [95% CI] "
+        f"| strategy | accuracy (mean ± std) | macro-F1 | difference vs {best} [95% CI] "
         "| seconds per fold |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
@@ -105,7 +107,7 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
             else (f"{s.diff_vs_best:+.3f} [{s.ci_low:+.3f}, {s.ci_high:+.3f}]")
         )
         lines.append(
-            f"| `{s.strategy}` | {s.mean:.3f} +- {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
+            f"| `{s.strategy}` | {s.mean:.3f} ± {s.std:.3f} | {s.f1_mean:.3f} | {vs} | "
             f"{s.seconds:.1f} |"
         )
     lines += [
@@ -113,8 +115,9 @@ def _markdown(result: CompareResult, options: CompareOptions) -> str:
         *[f"- {line}" for line in auto_choices(result.summary) + augmentation_line(result.summary)],
     ]
     lines += ["", _verdict(result), ""]
-    if result.data_checks:
-        lines += ["## Data checks", "", *check_lines(result.data_checks), ""]
+    checked = check_lines(result.data_checks)
+    if checked:
+        lines += ["## Data checks", "", *checked, ""]
     curves = mean_curves(result)
     named = [(name, benefits(mean)) for name, (mean, _) in curves.items()]
     baseline = next((name for name in curves if reinitialises(name)), None)
@@ -151,10 +154,7 @@ def _labels_table(result: CompareResult) -> str:
         "| --- |" + " ---: |" * len(fractions),
     ]
     for name in names:
-        cells = [
-            np.mean([r.accuracy for r in result.scores if r.strategy == name and r.fraction == f])
-            for f in fractions
-        ]
+        cells = [_mean_accuracy(result, name, f) for f in fractions]
         lines.append(f"| `{name}` | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
     return "\n".join(lines)
 
@@ -183,64 +183,60 @@ def _verdict(result: CompareResult) -> str:
 
 
 def _plots(result: CompareResult, folder: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [s.strategy for s in result.summary]
-    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 4))
-    for i, name in enumerate(names):
-        accs = [r.accuracy for r in result.scores if r.strategy == name]
-        jitter = np.linspace(-0.12, 0.12, len(accs)) if len(accs) > 1 else [0.0]
-        ax.scatter(i + np.asarray(jitter), accs, alpha=0.6, zorder=2)
-        s = result.summary[i]
-        ax.errorbar(i, s.mean, yerr=s.std, fmt="o", color="black", capsize=6, zorder=3)
-    ax.set_xticks(range(len(names)), labels=names)
-    ax.set(ylabel="held-out accuracy", title="accuracy per fold (mean +- std)")
-    ax.grid(alpha=0.3, axis="y")
-    fig.tight_layout()
-    with atomic_path(folder / "compare.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
+    """``compare.png`` (each fold's accuracy), ``curves.png`` (accuracy per epoch) and,
+    with label fractions, ``labels.png`` (accuracy against labels per class)."""
+    classes = result.classes or None
+    plot_folds(
+        [
+            (
+                s.strategy,
+                [r.accuracy for r in result.scores if r.strategy == s.strategy],
+                s.mean,
+                s.std,
+            )
+            for s in result.summary
+        ],
+        folder / "compare.png",
+        title="accuracy per fold (mean ± std)",
+        classes=classes,
+    )
     curves = mean_curves(result)
     plot_lines(
         [(name, mean, std) for name, (mean, std) in curves.items()],
         folder / "curves.png",
-        title="held-out accuracy per epoch (mean +- std over folds)",
+        title="held-out accuracy per epoch (mean ± std over folds)",
         xlabel="epoch",
         ylabel="held-out accuracy",
+        classes=classes,
     )
     fractions = sorted({r.fraction for r in result.scores})
     if len(fractions) > 1:
-        series = []
         xs = [
             float(np.mean([r.labels_per_class for r in result.scores if r.fraction == f]))
             for f in fractions
         ]
-        for name in names:
-            accs = [
-                float(
-                    np.mean(
-                        [
-                            r.accuracy
-                            for r in result.scores
-                            if r.strategy == name and r.fraction == f
-                        ]
-                    )
-                )
-                for f in fractions
-            ]
-            series.append((name, accs, None))
+        series = [
+            (s.strategy, [_mean_accuracy(result, s.strategy, f) for f in fractions], None)
+            for s in result.summary
+        ]
         plot_lines(
             series,
             folder / "labels.png",
             xs=xs,
-            xlabel="labels per class",
+            xlabel="training labels per class (mean over folds)",
             ylabel="held-out accuracy",
             title="accuracy against labels per class",
+            classes=classes,
         )
+
+
+def _mean_accuracy(result: CompareResult, strategy: str, fraction: float) -> float:
+    """``strategy``'s mean held-out accuracy over the folds trained on ``fraction``."""
+    return float(
+        np.mean(
+            [r.accuracy for r in result.scores if r.strategy == strategy and r.fraction == fraction]
+        )
+    )
 
 
 def mean_curves(result: CompareResult) -> dict[str, tuple[list[float], list[float]]]:
@@ -295,12 +291,8 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
         )
     atomic_write_text(folder / "compare.csv", buf.getvalue())
     _plots(result, folder)
-    markdown_text = _markdown(result, options)
-    atomic_write_text(folder / "compare.md", markdown_text)
-    title = f"headstart compare: {options.source} on {options.data}"
-    images = [folder / n for n in ("compare.png", "curves.png", "labels.png")]
-    page = html_page(title, markdown_text, [p for p in images if p.is_file()])
-    atomic_write_text(folder / "compare.html", page)
+    atomic_write_text(folder / "compare.md", _markdown(result, options))
+    write_html_page(folder / "compare.md", folder / "compare.html")
     atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": run_config(options)})
     log.info("comparison written to %s", folder)
 
@@ -352,6 +344,7 @@ class CompareResult:
     summary: list[StrategySummary]
     timings: dict[str, float] = field(default_factory=dict)
     data_checks: dict[str, Any] = field(default_factory=dict)  # headstart.data.checks.data_checks
+    classes: int = 0  # the data's number of classes (the plots' chance line); 0: unknown
 
     @property
     def best(self) -> str:
@@ -365,6 +358,7 @@ class CompareResult:
             "scores": [asdict(s) for s in self.scores],
             "timings": self.timings,
             "data_checks": self.data_checks,
+            "classes": self.classes,
         }
 
 

@@ -1,20 +1,20 @@
-"""What is drawn and written for people: the plots, a run dir's ``report.md``, the three
-benefits of transfer (start, slope, asymptote), and ``headstart report`` over several runs.
-Also the standalone HTML page that ``report`` and ``compare`` write beside their markdown.
+"""What is written for people: a run dir's ``report.md``, the three benefits of transfer
+(start, slope, asymptote), and ``headstart report`` over several runs (its ``report.md``
+and, through :mod:`headstart.choose.html`, ``report.html``).  The plots are
+:mod:`headstart.choose.plots`'.
 """
 
 from __future__ import annotations
 
 import csv
-import textwrap
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from headstart._io import atomic_path, atomic_write_text
+from headstart._io import atomic_write_text
+from headstart.choose.html import write_html_page
+from headstart.choose.plots import plot_lines
 from headstart.choose.race import report_lines as race_report_lines
 from headstart.config.strategies import BatchNorm
 from headstart.errors import RunError
@@ -25,67 +25,9 @@ __all__ = [
     "benefits",
     "benefits_table",
     "check_lines",
-    "html_page",
-    "plot_confusion",
-    "plot_curves",
-    "plot_lines",
     "report_runs",
     "write_report_md",
 ]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display; files only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_curves(rows: Sequence[dict[str, Any]], dest: Path, *, title: str) -> None:
-    """Loss and accuracy per epoch (train and validation) as one PNG."""
-    plt = _pyplot()
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label="train")
-    ax_acc.plot(epochs, [r["train_acc"] for r in rows], marker="o", label="train")
-    if any(r.get("val_acc") is not None for r in rows):
-        ax_loss.plot(epochs, [r["val_loss"] for r in rows], marker="o", label="validation")
-        ax_acc.plot(epochs, [r["val_acc"] for r in rows], marker="o", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
-def plot_confusion(matrix: np.ndarray, classes: Sequence[str], dest: Path, *, title: str) -> None:
-    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
-    plt = _pyplot()
-    n = len(classes)
-    size = max(4.0, 0.5 * n + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(n), labels=list(classes), rotation=45, ha="right")
-    ax.set_yticks(range(n), labels=list(classes))
-    ax.set(xlabel="predicted", ylabel="true")
-    # Data specs can be long (builtin:digits?classes=...): wrap rather than cut off.
-    ax.set_title(textwrap.fill(title, width=int(8 * size)), fontsize=9)
-    top = matrix.max() if matrix.size else 0
-    for i in range(n):
-        for j in range(n):
-            color = "white" if top and matrix[i, j] > top / 2 else "black"
-            ax.text(j, i, str(int(matrix[i, j])), ha="center", va="center", color=color)
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
 
 
 def _fmt(v: Any) -> str:
@@ -214,7 +156,7 @@ def write_report_md(meta: dict[str, Any], rows: Sequence[dict[str, Any]], dest: 
         f"- time: {meta['timings']['train_s']:.1f} s training, "
         f"{meta['timings']['total_s']:.1f} s in all",
         "",
-        "![curves](curves.png)",
+        "![loss and accuracy per epoch](curves.png)",
         "",
         "| epoch | train loss | train acc | val loss | val acc | val F1 | s |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -307,77 +249,6 @@ def benefits_table(named: Sequence[tuple[str, Benefits]], *, baseline: str | Non
     return lines
 
 
-def html_page(title: str, markdown_text: str, images: Sequence[Path]) -> str:
-    """A standalone HTML page: the markdown's paragraphs and tables, plots embedded."""
-    import base64
-    import html
-
-    parts: list[str] = [f"<h1>{html.escape(title)}</h1>"]
-    for block in markdown_text.split("\n\n"):
-        block = block.strip()
-        if not block or block.startswith(("# ", "![")):
-            continue
-        if block.startswith("## "):
-            parts.append(f"<h2>{html.escape(block[3:])}</h2>")
-        elif block.startswith("|"):
-            rows = [line for line in block.splitlines() if not line.startswith("| ---")]
-            cells = [
-                "<tr>"
-                + "".join(
-                    f"<td>{html.escape(c.strip().strip('`'))}</td>"
-                    for c in line.strip().strip("|").split("|")
-                )
-                + "</tr>"
-                for line in rows
-            ]
-            parts.append("<table>" + "".join(cells) + "</table>")
-        else:
-            parts.append(f"<p>{html.escape(block.replace('**', ''))}</p>")
-    for image in images:
-        data = base64.b64encode(image.read_bytes()).decode()
-        parts.append(
-            f'<figure><img alt="{html.escape(image.name)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(image.name)}</figcaption></figure>"
-        )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;max-width:60em;margin:2em auto;line-height:1.4}"
-        "table{border-collapse:collapse;margin:1em 0}td{border:1px solid #ccc;"
-        "padding:.3em .6em}tr:first-child td{font-weight:bold;background:#f3f3f3}"
-        "img{max-width:100%}</style></head><body>" + "".join(parts) + "</body></html>\n"
-    )
-
-
-def plot_lines(
-    series: Sequence[tuple[str, Sequence[float], Sequence[float] | None]],
-    dest: Path,
-    *,
-    title: str,
-    xlabel: str,
-    ylabel: str = "validation accuracy",
-    xs: Sequence[float] | None = None,
-) -> None:
-    """Several curves on one plot (``(label, values, std or None)``), e.g. transfer vs
-    scratch per epoch, or accuracy against labels per class."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for label, values, std in series:
-        x = np.asarray(xs if xs is not None else range(1, len(values) + 1), dtype=float)
-        y = np.asarray(values, dtype=float)
-        ax.plot(x, y, marker="o", label=label)
-        if std is not None:
-            s = np.asarray(std, dtype=float)
-            ax.fill_between(x, y - s, y + s, alpha=0.15)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_path(dest) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     """``headstart report RUN...``: the runs' validation curves on one plot and the three
     benefits of each, with gains over the scratch run when one is among them.
@@ -392,16 +263,18 @@ def report_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Any]:
     labelled = _labelled([_read_curve(Path(run)) for run in runs])
     baseline = next((label for label, _, info in labelled if info["reinitialise"]), None)
     named = [(label, benefits(curve)) for label, curve, _ in labelled]
+    classes = {info["classes"] for _, _, info in labelled}
     plot_lines(
         [(label, curve, None) for label, curve, _ in labelled],
         folder / "curves.png",
         title="validation accuracy per epoch",
         xlabel="epoch",
+        # one chance line where the runs share their number of classes
+        classes=classes.pop() if len(classes) == 1 else None,
     )
     markdown_text = _runs_markdown(labelled, named, baseline)
     atomic_write_text(folder / "report.md", markdown_text)
-    page = html_page("headstart report", markdown_text, [folder / "curves.png"])
-    atomic_write_text(folder / "report.html", page)
+    write_html_page(folder / "report.md", folder / "report.html")
     return {
         "out_dir": str(folder),
         "baseline": baseline,
@@ -432,6 +305,7 @@ def _read_curve(path: Path) -> _Curve:
         "run": str(path),
         "source": meta["source"]["spec"],
         "reinitialise": meta["plan"]["reinitialise"],
+        "classes": len(meta["classes"]),
     }
     return meta["plan"]["strategy"], curve, info
 
@@ -454,8 +328,9 @@ def _runs_markdown(
     lines = [
         "# headstart report: what the pretraining bought",
         "",
-        "Runs: "
-        + ", ".join(f"`{label}` = {info['run']} ({info['source']})" for label, _, info in labelled),
+        "## The runs",
+        "",
+        *(f"- `{label}`: `{info['run']}`, from `{info['source']}`" for label, _, info in labelled),
         "",
         "## The three benefits of transfer",
         "",

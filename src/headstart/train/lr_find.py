@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from headstart._io import atomic_path
+from headstart._plot import styled
 from headstart.errors import ConfigError
 from headstart.train.lr_rules import (
     FALLBACK_LR,
@@ -330,6 +331,7 @@ def _to(value: Any, device: torch.device) -> Any:
 # --- the picture ------------------------------------------------------------------------
 
 
+@styled
 def plot_lr_curve(curve: LrCurve, path: Path, *, title: str | None = None) -> Path:
     """The smoothed loss against the learning rate (log axis), the batches' own losses
     faintly behind it and the suggestion as a vertical line labelled with its value and
