@@ -225,7 +225,9 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
         [
             f"{result.format}: {result.path} (max |logit difference| from PyTorch "
             f"{result.max_abs_diff:.2g})",
-            f"preprocessing: {result.preprocessing}",
+            f"loads with: {result.loader}"
+            if result.loader
+            else f"preprocessing: {result.preprocessing}",
         ],
     )
     return result.summary()

@@ -222,19 +222,25 @@ def _add_predict_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _add_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    """``headstart export RUN [--format onnx|torchscript]``."""
+    """``headstart export RUN [--format onnx|torchscript|timm|hf]``."""
     p = sub.add_parser(
         "export",
         parents=[common],
-        help="export a run's model to ONNX or TorchScript",
-        description="Write the run's model as ONNX (onnxruntime) or TorchScript, checked "
-        "against PyTorch on a random batch, with STEM.preprocessing.json beside it: the "
-        "classes and how to turn an image into the input tensor.",
+        help="export a run's model to ONNX, TorchScript, a timm or a Hugging Face folder",
+        description="Write the run's model as ONNX (onnxruntime) or TorchScript, with "
+        "STEM.preprocessing.json beside it: the classes and how to turn an image into the "
+        "input tensor; or as a folder with a model card that timm (timm: runs; "
+        'timm.create_model("local-dir:OUT", pretrained=True)) or transformers (hf: runs; '
+        "the Auto classes, or sentence-transformers for mean-pooled text encoders) loads. "
+        "Each export is loaded back and checked against the run's PyTorch model.",
     )
     p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript"])
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "timm", "hf"])
     p.add_argument(
-        "--out", default=None, help="file to write (default RUN/export/model.onnx or model.pt)"
+        "--out",
+        default=None,
+        help="file (onnx, torchscript) or folder (timm, hf) to write (default "
+        "RUN/export/model.onnx, model.pt, timm or hf)",
     )
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -1,4 +1,4 @@
-"""``headstart export RUN --format onnx|torchscript``: a run's model for other runtimes.
+"""``headstart export RUN --format onnx|torchscript``: a run's model as one file.
 
 Writes the model (``model.onnx`` or ``model.pt``; default folder ``RUN/export``) and,
 beside it, ``STEM.preprocessing.json``: the classes in output order and exactly how to
@@ -21,40 +21,24 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from headstart._io import atomic_write_json, exclusive, fsync_dir
+from headstart._io import atomic_write_json, fsync_dir
 from headstart.errors import ConfigError, RunError
-from headstart.sources.target import LoadedRun, load_run
+from headstart.export.result import ExportResult
+from headstart.sources.target import LoadedRun
 
-__all__ = ["FORMATS", "ExportResult", "export", "preprocessing_spec"]
+__all__ = ["FILE_FORMATS", "export_file", "preprocessing_spec"]
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+FILE_FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 DEFAULT_OPSET = 18
 TOLERANCE = 1e-3  # max |logit difference| accepted between the export and PyTorch
-
-
-@dataclass
-class ExportResult:
-    path: Path
-    preprocessing: Path
-    format: str
-    max_abs_diff: float
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "path": str(self.path),
-            "preprocessing": str(self.preprocessing),
-            "format": self.format,
-            "max_abs_diff": self.max_abs_diff,
-        }
 
 
 def preprocessing_spec(run: LoadedRun, fmt: str) -> dict[str, Any]:
@@ -146,25 +130,6 @@ def _run_torchscript(path: Path, x: np.ndarray) -> np.ndarray:
         return np.asarray(module(torch.from_numpy(x)).numpy())
 
 
-def export(
-    run: str | os.PathLike[str] | LoadedRun,
-    *,
-    format: str = "onnx",
-    out: str | os.PathLike[str] | None = None,
-    opset: int = DEFAULT_OPSET,
-    overwrite: bool = False,
-) -> ExportResult:
-    """Export a run's model; return where it went and how closely it matches PyTorch."""
-    if format not in FORMATS:
-        raise ConfigError(f"--format {format!r}; valid: {', '.join(FORMATS)}")
-    loaded = run if isinstance(run, LoadedRun) else load_run(run)
-    dest = Path(out).expanduser() if out else loaded.path / "export" / f"model{FORMATS[format]}"
-    if dest.is_dir():
-        raise ConfigError(f"--out {dest}: is a folder; give a file name")
-    with exclusive(dest, label=f"--out {dest}", instead="choose another --out"):
-        return _export(loaded, format, dest, opset, overwrite)
-
-
 def _replaceable(dest: Path, side: Path, overwrite: bool) -> None:
     """Refuse to write over anything but an earlier export (a model file with its
     ``.preprocessing.json`` beside it), and over that without ``overwrite``."""
@@ -189,9 +154,13 @@ def _is_export_spec(side: Path) -> bool:
     return isinstance(spec, dict) and {"format", "classes", "input", "steps"} <= spec.keys()
 
 
-def _export(
+def export_file(
     loaded: LoadedRun, format: str, dest: Path, opset: int, overwrite: bool
 ) -> ExportResult:
+    """Write ``dest`` (ONNX or TorchScript) and its preprocessing JSON, checked against
+    PyTorch; the caller holds the lock on ``dest``."""
+    if dest.is_dir():
+        raise ConfigError(f"--out {dest}: is a folder; give a file name")
     side = dest.with_name(dest.stem + ".preprocessing.json")
     _replaceable(dest, side, overwrite)
     model = loaded.model.cpu().eval()
