@@ -342,8 +342,10 @@ def plot_lr_curve(curve: LrCurve, path: Path, *, title: str | None = None) -> Pa
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     if curve.lrs:
-        ax.plot(curve.lrs, curve.raw_losses, color="tab:blue", alpha=0.25, lw=0.8, label="batch")
-        ax.plot(curve.lrs, curve.losses, color="tab:blue", lw=1.8, label="smoothed")
+        (line,) = ax.plot(curve.lrs, curve.losses, lw=1.8, label="smoothed")
+        ax.plot(
+            curve.lrs, curve.raw_losses, color=line.get_color(), alpha=0.25, lw=0.8, label="batch"
+        )
         lo, hi = min(curve.losses), max(curve.losses)
         pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
         ax.set_ylim(lo - pad, hi + pad)  # the raw losses' spikes must not squash the curve
@@ -351,13 +353,13 @@ def plot_lr_curve(curve: LrCurve, path: Path, *, title: str | None = None) -> Pa
         ax.text(0.5, 0.5, "no loss recorded", ha="center", va="center", transform=ax.transAxes)
     ax.axvline(
         curve.suggestion,
-        color="tab:red",
+        color="C1",
         ls="--",
         label=f"suggestion {curve.suggestion:.3g}: {curve.rule}",
     )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("training loss (smoothed)")
+    ax.set_ylabel("training loss (cross-entropy, nats)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     if title:
