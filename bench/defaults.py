@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import io
 import itertools
 import json
@@ -80,7 +81,12 @@ from typing import Any
 import _defaults_data as data_mod
 import numpy as np
 
+from headstart.config.options import FitOptions
+
 FASTAI_PYTHON = "/tmp/fastai-venv/bin/python"
+DEFAULT_STRATEGY = str(
+    next(f for f in dataclasses.fields(FitOptions) if f.name == "strategy").default
+)
 
 
 @dataclass(frozen=True)
@@ -528,10 +534,16 @@ def run_case(case: Case, args: argparse.Namespace, out: Path) -> dict[str, Any]:
 
     # 1. no flags (and one strategy flag)
     flavours = {"default": [], "full": ["--strategy", "full"], "auto": ["--strategy", "auto"]}
+    if DEFAULT_STRATEGY == "auto":
+        # `fit` with no flag IS `fit --strategy auto` (the same options, the same seed):
+        # run once, recorded under both names
+        del flavours["auto"]
     row["no_flags"] = {
         name: no_flag_fit(hs, info["train"], info["test"], info["source"], runs / name, extra)
         for name, extra in flavours.items()
     }
+    if "auto" not in flavours:
+        row["no_flags"]["auto"] = {**row["no_flags"]["default"], "same_as": "default"}
     seeds = [] if args.quick else [int(s) for s in args.seeds.split(",") if s]
     if seeds and case.kind == "images":
         spread: dict[str, Any] = {}
@@ -667,9 +679,10 @@ def verdict(row: dict[str, Any]) -> dict[str, Any]:
         spread = row.get("seed_spread")
         reseeded = row["grid"].get("best_reseeded") or {}
         means = [b["mean"] for b in reseeded.values() if b.get("mean") is not None]
-        if isinstance(spread, dict) and spread.get(name, {}).get("mean") is not None and means:
+        own = fit.get("same_as", name)  # auto recorded as the default's run
+        if isinstance(spread, dict) and spread.get(own, {}).get("mean") is not None and means:
             # seed means against seed means: the settings, not one draw's luck
-            v["seed_mean"] = spread[name]["mean"]
+            v["seed_mean"] = spread[own]["mean"]
             v["grid_best_reseeded_mean"] = max(means)
             v["vs_grid_best_reseeded_pts"] = round(100 * (v["seed_mean"] - max(means)), 1)
         out[name] = v
