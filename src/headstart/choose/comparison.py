@@ -302,7 +302,7 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     page = html_page(title, markdown_text, [p for p in images if p.is_file()])
     atomic_write_text(folder / "compare.html", page)
     atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": run_config(options)})
-    log.info("comparison written to %s", folder)
+    log.debug("comparison written to %s", folder)  # compare says it, with its time
 
 
 @dataclass(frozen=True)
