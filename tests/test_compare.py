@@ -154,7 +154,7 @@ def test_auto_recommends_per_fold_from_the_training_part_only(
     # the same folds and seed: linear scores the same in both comparisons
     linear = {r["fold"]: r["accuracy"] for r in rows if r["strategy"] == "linear"}
     assert linear == {r["fold"]: r["accuracy"] for r in twin_rows if r["strategy"] == "linear"}
-    assert "auto chose per fold: " + "; ".join(chosen) in result.stdout
+    assert "auto chose per fold: " + "; ".join(chosen) in result.stderr  # one voice: stderr
     assert "auto chose per fold" in (out / "compare.md").read_text()
     stored = json.loads((out / "compare.json").read_text())
     assert [s["chosen"] for s in stored["scores"] if s["strategy"] == "auto"] == chosen

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from headstart.cli.demo import STRATEGIES, format_table, rank_verdict, run_demo
 
 
-def test_demo_runs_and_prints_a_table(tmp_path: Path) -> None:
+def test_demo_runs_and_prints_a_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     demo = run_demo(tmp_path, seeds=2, per_class=3, epochs=2)
+    said = capsys.readouterr()
+    assert demo.verdict and demo.verdict not in said.err + said.out  # once: under the table
     rows = demo.rows
     assert sorted({r["strategy"] for r in rows}) == sorted(STRATEGIES)
     assert len(rows) == 2 * len(STRATEGIES)

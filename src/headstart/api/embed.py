@@ -134,7 +134,7 @@ def embed(options: EmbedOptions) -> EmbedResult:
         atomic_write_json(meta_file, {**described, "items": items})
     else:
         _write_parquet(out, feats, labels, items, data.classes, described)
-    log.info("wrote %s: %d x %d features", out, *feats.shape)
+    log.debug("wrote %s: %d x %d features", out, *feats.shape)  # the command says it
     return EmbedResult(
         out=out,
         files=_files_for(out),

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from headstart._progress import inner
 from headstart.api.launch import launch
 from headstart.api.result import FitResult
 from headstart.choose.html import write_html_page
@@ -24,6 +25,7 @@ from headstart.choose.plots import plot_curves
 from headstart.choose.race import RaceBudget, race, should_race
 from headstart.choose.recommend import Recommendation, recommend_for
 from headstart.choose.report import write_report_md
+from headstart.choose.seen import sketch
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.config.strategies import is_auto
 from headstart.data.checks import data_checks
@@ -134,6 +136,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         "val": val_data.describe() if val_data is not None else None,
         "spec": options.data,
         "checks": checks,
+        "seen": sketch(train_data, val_data),  # rank tells a candidate that saw its data
     }
     meta = _meta(options, kind, trained, data.classes, data_meta, recommendation, saved, timings)
     run_dir = _write(out, options, trained, meta, timings, t_start, resumed=saved is not None)
@@ -142,7 +145,7 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     rows = trained.history.rows()
     tracker.log_metrics({f"final_{k}": v for k, v in trained.metrics.items()}, step=len(rows))
     tracker.log_artifacts(run_dir)
-    log.info("run dir: %s", run_dir)
+    log.debug("run dir: %s", run_dir)  # the command says it, with the result
     return _result(run_dir, trained, data.classes, timings)
 
 
@@ -254,7 +257,8 @@ def _race(
     if not go:
         log.info("auto: no race (%s)", why)
         return options, {"raced": False, "why": why}
-    result = race(options, train_data, plans, budget=options.budget, seed=options.seed)
+    with inner():  # the race's runs: -v only; its result is said below
+        result = race(options, train_data, plans, budget=options.budget, seed=options.seed)
     log.info("%s", result.describe())
     return replace(options, **result.options()), {**result.to_dict(), "why": why}
 

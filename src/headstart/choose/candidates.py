@@ -140,6 +140,8 @@ class CandidateResult:
     # a shared machine the wall clock of a sub-second step moves with what else runs
     scoring_cpu_s: float = 0.0
     finetune_cpu_s: float | None = None
+    # a file:RUN candidate trained on items of the data ranked: why it is out of the verdict
+    seen_data: str = ""
 
     @property
     def scoring_s(self) -> float:
@@ -170,6 +172,7 @@ class CandidateResult:
             "finetune_s": self.finetune_s,
             "scoring_cpu_s": self.scoring_cpu_s,
             "finetune_cpu_s": self.finetune_cpu_s,
+            "seen_data": self.seen_data,
         }
 
 
@@ -207,11 +210,14 @@ class RankResult:
 def ranked(candidates: list[CandidateResult], method: str) -> list[CandidateResult]:
     """``candidates`` best first by ``method``'s score, except that a pretrained source
     not clearly above its own network at random (``vs_random[method].above`` false) goes
-    just below that random initialisation when it scored higher; unscored ones last."""
+    just below that random initialisation when it scored higher; unscored ones, and then
+    those trained on the data ranked (``seen_data``: their scores say nothing), last."""
     by_name = {c.candidate: c for c in candidates}
 
     def key(c: CandidateResult) -> tuple[int, float, int, float]:
         value = c.scores[method].value
+        if c.seen_data:
+            return (2, -(value or 0.0), 0, 0.0)
         if value is None:
             return (1, 0.0, 0, 0.0)
         line = c.vs_random.get(method)
@@ -246,7 +252,10 @@ def format_rank(result: RankResult) -> str:
     """The ranked table (each score with its seconds, and the first method's difference
     from the random initialisation), the notes, and the validation."""
     first = result.ranked_by
-    names = [c.candidate + (" (reference)" if c.reference else "") for c in result.candidates]
+    names = [
+        c.candidate + (" (reference)" if c.reference else "") + (" (seen!)" if c.seen_data else "")
+        for c in result.candidates
+    ]
     width = max(len("candidate"), *(len(n) for n in names))
     cell = 17
     header = f"{'#':>2}  {'candidate':<{width}}  " + "  ".join(
@@ -285,6 +294,8 @@ def format_rank(result: RankResult) -> str:
             acc = "-" if c.accuracy is None else f"{c.accuracy:.3f}"
             row += f"  {acc:>14}  {c.finetune_s or 0.0:>11.1f}"
         lines.append(row)
+    if any(c.seen_data for c in result.candidates):
+        lines.append("seen!: trained on items of the data ranked; out of the ranking")
     lines += [f"note: {n}" for n in result.notes]
     lines += _validation_lines(result)
     return "\n".join(lines)

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from headstart._progress import inner, open_bar
 from headstart.choose.comparison import (
     CompareResult,
     FoldScore,
@@ -151,20 +152,30 @@ def _cross_validate(
 
     scores: list[FoldScore] = []
     total = options.seeds * options.folds * len(strategies) * len(fractions)
-    for repeat in range(options.seeds):
-        seed = options.seed + repeat
-        splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
-        for fold, (train_idx, test_idx) in enumerate(splitter.split(data.targets, data.targets)):
-            test_data = data.subset(test_idx, note=f"fold {fold + 1} held out (repeat {repeat})")
-            for fraction in fractions:
-                idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
-                train_data = data.subset(
-                    idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
+    with open_bar(total, "compare", enabled=options.progress, unit="fit") as bar:
+        for repeat in range(options.seeds):
+            seed = options.seed + repeat
+            splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
+            for fold, (train_idx, test_idx) in enumerate(
+                splitter.split(data.targets, data.targets)
+            ):
+                test_data = data.subset(
+                    test_idx, note=f"fold {fold + 1} held out (repeat {repeat})"
                 )
-                for strategy in strategies:
-                    at = _Fold(repeat, fold, fraction, seed, len(scores) + 1, total)
-                    score = _train_fold(options, strategy, at, train_data, test_data, tracker)
-                    scores.append(score)
+                for fraction in fractions:
+                    idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
+                    train_data = data.subset(
+                        idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
+                    )
+                    for strategy in strategies:
+                        at = _Fold(repeat, fold, fraction, seed, len(scores) + 1, total)
+                        bar.set_postfix_str(f"fold {fold + 1} {strategy}")
+                        with inner():  # each fold's plan and epochs: -v only
+                            score = _train_fold(
+                                options, strategy, at, train_data, test_data, tracker
+                            )
+                        scores.append(score)
+                        bar.update(1)
     return scores
 
 

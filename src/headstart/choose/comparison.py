@@ -294,7 +294,7 @@ def write_comparison(result: CompareResult, options: CompareOptions) -> None:
     atomic_write_text(folder / "compare.md", _markdown(result, options))
     write_html_page(folder / "compare.md", folder / "compare.html")
     atomic_write_json(folder / "compare.json", {**result.to_dict(), "config": run_config(options)})
-    log.info("comparison written to %s", folder)
+    log.debug("comparison written to %s", folder)  # compare says it, with its time
 
 
 @dataclass(frozen=True)

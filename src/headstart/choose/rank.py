@@ -28,10 +28,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from headstart._progress import bar, inner
 from headstart.choose.candidates import (
     Candidate,
     CandidateResult,
@@ -49,12 +51,14 @@ from headstart.choose.rank_validate import (
 )
 from headstart.choose.rankers import RANKERS, score_features
 from headstart.choose.scores import NO_SOURCE_HEAD
+from headstart.choose.seen import overlap
 from headstart.choose.vs_random import compare_features
 from headstart.config.options import RankOptions
 from headstart.config.strategies import strategy_of
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError, DataError, HeadstartError
 from headstart.features.extract import Features, extract_features
+from headstart.rundir import META_FILE, read_meta
 from headstart.runtime import seed_everything
 from headstart.sources.base import Source
 from headstart.sources.inputs import check_candidate
@@ -112,7 +116,7 @@ def _score_candidate(
                 scores[name] = replace(
                     scores[name], note="the source's classifier head is randomly initialised"
                 )
-    log.info(
+    log.debug(  # the table says it again
         "%s: %s (%.2fs)",
         candidate.text,
         ", ".join(f"{m} {'-' if s.value is None else f'{s.value:.4f}'}" for m, s in scores.items()),
@@ -219,7 +223,10 @@ def rank_sources(options: RankOptions) -> RankResult:
     splits = validation_folds(data, options.folds, options.seed) if options.validate else []
 
     notes: list[str] = []
-    scored = [_score_candidate(c, data, options, methods) for c in candidates]
+    scored = [
+        _score_candidate(c, data, options, methods)
+        for c in bar(candidates, desc="rank", enabled=options.progress)
+    ]
     if options.random_init:
         _add_random_references(scored, data, options, methods, notes)
     _compare_with_random(scored, methods, options.seed)
@@ -227,6 +234,7 @@ def rank_sources(options: RankOptions) -> RankResult:
     del scored  # the features and the built sources are not needed past this point
     t_scored = time.perf_counter()
     notes += _head_notes(results, methods)
+    _mark_seen(results, data, options.data)
     notes += line_notes(results, methods[0])
     validation = (
         _validate(results, data, options, splits, methods, notes) if options.validate else None
@@ -246,6 +254,24 @@ def rank_sources(options: RankOptions) -> RankResult:
         notes=notes,
         timings=timings,
     )
+
+
+def _mark_seen(results: list[CandidateResult], data: LabeledData, spec: str) -> None:
+    """A ``file:RUN`` candidate trained on items of the data ranked scores them from
+    memory: warned of, marked (``seen_data``), and left out of the verdict (ranked last)."""
+    for r in results:
+        run = Path(r.source.removeprefix("file:"))
+        if not r.source.startswith("file:") or not (run / META_FILE).is_file():
+            continue
+        found = overlap(read_meta(run), data, spec)
+        if found is None:
+            continue
+        r.seen_data = found.why
+        log.warning(
+            "%s was trained on the data ranked (%s): its scores measure memory, not "
+            "transfer; left out of the ranking (listed last, marked seen!)",
+            *(r.candidate, found.why),
+        )
 
 
 def _check_validate(options: RankOptions) -> None:
@@ -294,8 +320,9 @@ def _validate(
             f"{options.epochs} epochs of the smallest fold are fewer than {MIN_STEPS} "
             "optimizer steps"
         )
-    for r in results:
-        finetune_on_folds(r, data, replace(options, epochs=epochs), splits)
+    for r in bar(results, desc="rank --validate", enabled=options.progress):
+        with inner():  # each candidate's folds: -v only
+            finetune_on_folds(r, data, replace(options, epochs=epochs), splits)
     scoring_s = sum(r.scoring_s for r in results)
     finetune_s = sum(r.finetune_s or 0.0 for r in results)
     scoring_cpu_s = sum(r.scoring_cpu_s for r in results)

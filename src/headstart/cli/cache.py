@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from headstart.cli.output import print_human
+from headstart.cli.output import print_data, print_human
 
 __all__ = ["add_cache_parser"]
 
@@ -146,7 +146,7 @@ def _cmd_cache_list(args: argparse.Namespace) -> dict[str, Any]:
         f"{'x'.join(map(str, e.meta.get('shape', [])))}  {e.meta.get('data')}"
         for e in features
     ]
-    print_human(
+    print_data(
         args, [f"cache: {cache_dir(args.cache_dir)}", *_entry_lines(entries), *feature_lines]
     )
     return {
@@ -166,7 +166,7 @@ def _cmd_cache_verify(args: argparse.Namespace) -> dict[str, Any]:
         "cache_dir": str(cache_dir(args.cache_dir)),
         "entries": [e.to_dict() for e in entries],
     }
-    print_human(args, _entry_lines(entries))
+    print_data(args, _entry_lines(entries))
     damaged = [e.name for e in entries if e.status == "damaged"]
     if damaged:
         if args.json:  # the report still goes to stdout; the exit code says it failed
@@ -185,9 +185,9 @@ def _cmd_cache_path(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.spec:
         remote = location_for(args.spec, args.cache_dir)
-        print_human(args, [str(remote.dest)])
+        print_data(args, [str(remote.dest)])
         return {"spec": args.spec, "path": str(remote.dest), "url": remote.url}
-    print_human(args, [str(cache_dir(args.cache_dir))])
+    print_data(args, [str(cache_dir(args.cache_dir))])
     return {"cache_dir": str(cache_dir(args.cache_dir))}
 
 
@@ -220,7 +220,7 @@ def _cmd_cache_clear(args: argparse.Namespace) -> dict[str, Any]:
     files = f"{len(removed)} file{'' if len(removed) == 1 else 's'}"
     if not args.yes and removed:
         size = sum(p.stat().st_size for p in removed) / 2**20
-        print_human(args, [str(p) for p in removed], stream=sys.stderr)
+        print_human(args, [str(p) for p in removed])
         raise ConfigError(
             f"nothing deleted: {files} ({size:.1f} MB) in {cache_dir(args.cache_dir)}; run "
             "again with --yes to delete them"

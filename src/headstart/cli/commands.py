@@ -8,12 +8,11 @@ torch.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from typing import Any
 
 from headstart.cli.flags import options_from
-from headstart.cli.output import print_human
+from headstart.cli.output import print_data, print_human
 from headstart.config.options import (
     AdaptOptions,
     CompareOptions,
@@ -93,7 +92,7 @@ def cmd_recommend(args: argparse.Namespace) -> dict[str, Any]:
     from headstart.choose.recommend import recommend
 
     rec = recommend(options_from(RecommendOptions, args))
-    print_human(args, [rec.describe()])
+    # nothing printed: recommend logs rec.describe() itself, as `fit --strategy auto` shows it
     return rec.to_dict()
 
 
@@ -210,7 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
                 + ")"
             )
         lines.append(f"{r['path']}\t{r['label']}\t{r['probability']:.4f}{extra}")
-    print_human(args, lines, stream=sys.stderr if args.json else sys.stdout)
+    print_data(args, lines)
     return {"run_dir": args.run, "predictions": rows}
 
 

@@ -17,16 +17,16 @@ Run it with ``python -m headstart.cli.demo [--out runs/demo] [--seeds 3]``.
 from __future__ import annotations
 
 import argparse
-import logging
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from headstart._progress import bar, inner, write
 from headstart.api.fit import fit, pretrain
 from headstart.api.predict import evaluate
+from headstart.cli.output import setup_logging
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.sources.builtin import DIGITS_PRETRAIN
 
@@ -93,32 +93,33 @@ def run_demo(
     """Run the demo: one row per (strategy, seed), and rank's verdict on the source.
 
     Each fit takes fit's defaults; ``epochs`` only shortens a test of the demo itself."""
-    source_run = pretrain(
-        PretrainOptions(
-            data="builtin:digits?classes=0-4",
-            source="builtin:digits-cnn",
-            out=str(out / "pretrain-digits0-4"),
-            overwrite=True,
-            progress=False,
-            **DIGITS_PRETRAIN,
+    write("pre-training builtin:digits-cnn on digits 0-4 (the source task)")
+    with inner("pre-training on digits 0-4"):  # the runs' own plans and epochs: -v only
+        source_run = pretrain(
+            PretrainOptions(
+                data="builtin:digits?classes=0-4",
+                source="builtin:digits-cnn",
+                out=str(out / "pretrain-digits0-4"),
+                overwrite=True,
+                **DIGITS_PRETRAIN,
+            )
         )
-    )
-    print(
+    write(
         f"pre-trained builtin:digits-cnn on digits 0-4: validation accuracy "
-        f"{source_run.metrics['val_acc']:.3f} ({source_run.timings['total_s']:.1f}s)",
-        file=sys.stderr,
+        f"{source_run.metrics['val_acc']:.3f} ({source_run.timings['total_s']:.1f}s)"
     )
     demo = DemoResult()
-    demo.verdict = rank_verdict(
-        source_run.run_dir, TARGET.format(per_class=per_class, seed=0), seed=0
-    )
-    print(demo.verdict, file=sys.stderr)
+    with inner():  # said once, beneath the table
+        demo.verdict = rank_verdict(
+            source_run.run_dir, TARGET.format(per_class=per_class, seed=0), seed=0
+        )
     rows = demo.rows
-    for seed in range(seeds):
+    runs = [(seed, strategy) for seed in range(seeds) for strategy in STRATEGIES]
+    for seed, strategy in bar(runs, desc="fine-tuning on digits 5-9"):
         train_spec = TARGET.format(per_class=per_class, seed=seed)
         held_out = train_spec + "&split=rest"
-        for strategy in STRATEGIES:
-            t0 = time.perf_counter()
+        t0 = time.perf_counter()
+        with inner():
             result = fit(
                 FitOptions(
                     data=train_spec,
@@ -131,21 +132,18 @@ def run_demo(
                     progress=False,
                 )
             )
-            seconds = time.perf_counter() - t0
-            scored = evaluate(result.run_dir, held_out)
-            rows.append(
-                {
-                    "strategy": strategy,
-                    "seed": seed,
-                    "accuracy": scored.accuracy,
-                    "seconds": seconds,
-                    "run_dir": str(result.run_dir),
-                }
-            )
-            print(
-                f"  seed {seed} {strategy:<8} accuracy {scored.accuracy:.3f} ({seconds:.1f}s)",
-                file=sys.stderr,
-            )
+        seconds = time.perf_counter() - t0
+        scored = evaluate(result.run_dir, held_out)
+        rows.append(
+            {
+                "strategy": strategy,
+                "seed": seed,
+                "accuracy": scored.accuracy,
+                "seconds": seconds,
+                "run_dir": str(result.run_dir),
+            }
+        )
+        write(f"  seed {seed} {strategy:<8} accuracy {scored.accuracy:.3f} ({seconds:.1f}s)")
     return demo
 
 
@@ -177,11 +175,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--per-class", type=int, default=5)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    setup_logging()  # headstart's one voice: stderr, bars on a terminal, warnings once
     t0 = time.perf_counter()
     demo = run_demo(Path(args.out), seeds=args.seeds, per_class=args.per_class)
-    print(format_table(demo.rows, per_class=args.per_class, verdict=demo.verdict))
-    print(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
+    write(format_table(demo.rows, per_class=args.per_class, verdict=demo.verdict))
+    write(f"\ndemo finished in {time.perf_counter() - t0:.0f}s")
     return 0
 
 

@@ -74,7 +74,7 @@ def options_from(cls: type, args: argparse.Namespace) -> Any:
 
 
 def common_flags() -> argparse.ArgumentParser:
-    """The flags every command takes (``--json``, ``--debug``, ``--quiet``), as a parent
+    """The flags every command takes (``--json``, ``--debug``, ``-q``, ``-v``), as a parent
     parser for ``add_parser(parents=[...])``."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -83,5 +83,13 @@ def common_flags() -> argparse.ArgumentParser:
         help="print one JSON object on stdout (human output on stderr)",
     )
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
-    common.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    loud.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also every epoch and the inner runs (compare's folds, the race of --strategy "
+        "auto, rank --validate, a built-in source's pre-training)",
+    )
     return common

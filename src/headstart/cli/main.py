@@ -19,6 +19,7 @@ from headstart._version import __version__
 from headstart.cli import commands
 from headstart.cli.cache import add_cache_parser
 from headstart.cli.flags import add_dataclass_flags, common_flags
+from headstart.cli.output import setup_logging
 from headstart.config.options import (
     AdaptOptions,
     CompareOptions,
@@ -247,15 +248,6 @@ def _add_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(handler=commands.cmd_export)
 
 
-def _setup_logging(quiet: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root = logging.getLogger("headstart")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.WARNING if quiet else logging.INFO)
-    root.propagate = False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``headstart`` command; returns the exit code."""
     from headstart.errors import HeadstartError
@@ -266,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse has printed its message
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    _setup_logging(args.quiet)
+    setup_logging(quiet=args.quiet, verbose=args.verbose)
     try:
         result = args.handler(args)
     except HeadstartError as exc:

@@ -199,5 +199,5 @@ def export_file(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     atomic_write_json(side, preprocessing_spec(loaded, format))
-    log.info("exported %s (max |logit difference| %.2g): %s", format, diff, dest)
+    log.debug("exported %s (max |logit difference| %.2g): %s", format, diff, dest)
     return ExportResult(path=dest, preprocessing=side, format=format, max_abs_diff=diff)

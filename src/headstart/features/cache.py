@@ -40,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from headstart._io import atomic_path, atomic_write_json
+from headstart._progress import bar
 from headstart.data.labelled import LabeledData
 from headstart.data.transforms import ImageDataset, Preprocessing, make_transform
 from headstart.errors import ConfigError, DataError
@@ -393,8 +394,6 @@ def extract(
     The global random state is left as it was, so training afterwards draws the same
     dropout masks and shuffles as it would have without this call.
     """
-    from tqdm.auto import tqdm
-
     pre: Preprocessing = source.preprocessing
     transform = make_transform(
         pre, train=view.augmented, augment=view.augment, allow_hflip=view.allow_hflip
@@ -418,7 +417,7 @@ def extract(
     with torch.random.fork_rng(devices=[]), torch.inference_mode():
         backbone.to(device).eval()
         try:
-            for x, _ in tqdm(loader, desc="features", leave=False, disable=not progress):
+            for x, _ in bar(loader, desc="features", enabled=progress):
                 f = run(x.to(device, non_blocking=True)).float().flatten(1).cpu().numpy()
                 out[row : row + len(f)] = f
                 row += len(f)

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from headstart._progress import bar
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError
 from headstart.runtime import resolve_device
@@ -102,9 +102,7 @@ def extract_features(
         for m in modules:
             m.to(dev).eval()
         with torch.no_grad():
-            for x, _ in tqdm(
-                loader, desc=f"features {source.spec}", leave=False, disable=not progress
-            ):
+            for x, _ in bar(loader, desc=f"features {source.spec}", enabled=progress):
                 f = source.backbone(x.to(dev)).float()
                 feats.append(f.cpu())
                 if head is not None:

@@ -102,6 +102,11 @@ DIGITS_PRETRAIN: dict[str, Any] = {
 }
 
 
+def _trained_on(model: BuiltinModel) -> str:
+    """What its default weights were trained on, as its summary says ("digits 0-4")."""
+    return model.summary.split(": ")[-1]
+
+
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "digits-cnn": BuiltinModel(
         make=lambda: SmallCNN(1, (32, 32, 64, 128), (False, False, True, False)),
@@ -185,8 +190,12 @@ class BuiltinAdapter:
                 # one process makes them; another one waits, then loads them
                 with cache_writer(path):
                     if not path.is_file():
+                        log.info(
+                            "building builtin:%s's default weights on %s (once, cached at %s)",
+                            *(name, _trained_on(spec), path),
+                        )
                         options.make_weights(f"builtin:{name}", spec.recipe, path)
-            description = f"builtin:{name} default weights ({spec.summary.split(': ')[-1]})"
+            description = f"builtin:{name} default weights ({_trained_on(spec)})"
         else:
             path = weights_file(request, cache=options.cache_dir)
             description = request.describe_file(path)

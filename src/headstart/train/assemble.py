@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from headstart._io import atomic_write_json
+from headstart._progress import bars_on, inner
 from headstart.config.fields import Select
 from headstart.config.options import FitOptions, PretrainOptions
 from headstart.config.strategies import (
@@ -76,7 +77,7 @@ def _load_labelled(
         text_col=options.text_col,
         label_col=options.label_col,
         skip_bad=options.skip_bad,
-        progress=options.progress,
+        progress=options.progress and bars_on(),  # the pre-scan's bar: on a terminal only
     )
 
 
@@ -112,11 +113,13 @@ def make_default_weights(spec: str, recipe: dict[str, Any], dest: Path) -> None:
     says and put its weights at ``dest``, its classes in ``dest``'s ``.json`` beside it.
 
     The same training as ``headstart pretrain`` with those options, without a run dir."""
-    log.info("%s: pre-training its default weights (first use; kept at %s)", spec, dest)
-    options = PretrainOptions(source=spec, progress=False, **recipe).fit_options()
-    data = load_training_data(options)
-    train_data, val_data = _split(options, data)
-    trained = train_on(options, train_data, val_data)
+    # The adapter has said what is being built; this run is not the user's: its plan and
+    # epochs are an inner run's (-v), its bar is named for what it builds.
+    options = PretrainOptions(source=spec, **recipe).fit_options()
+    with inner(f"{spec} default weights"):
+        data = load_training_data(options)
+        train_data, val_data = _split(options, data)
+        trained = train_on(options, train_data, val_data)
     dest.parent.mkdir(parents=True, exist_ok=True)
     save_model(dest, trained.model, arch=trained.source.arch, arch_options={})
     atomic_write_json(dest.with_suffix(".json"), {"source": spec, "classes": list(data.classes)})

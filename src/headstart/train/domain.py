@@ -245,7 +245,7 @@ class DomainObjective(Objective):
                 "seconds": time.perf_counter() - self.t0,
             }
         )
-        log.info(_format_row(self.rows[-1], self.method, self.epochs))
+        log.debug(_format_row(self.rows[-1], self.method, self.epochs))  # -v: every epoch
 
 
 _SUMS = ("align", "seen", "dom_correct", "dom_seen")

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from headstart._progress import Bar, bar, open_bar
 from headstart.config.strategies import check_head_epochs, parse_strategy
 from headstart.config.train import TrainConfig
 from headstart.data.sampling import EpochBatchSampler
@@ -128,7 +128,7 @@ def predict_loader(
     """Run ``model`` over ``loader`` in eval mode; targets of -1 are not scored in the loss."""
     model.eval()
     probs, targets, total_loss, n = [], [], 0.0, 0
-    for x, y in tqdm(loader, desc="predict", leave=False, disable=not progress):
+    for x, y in bar(loader, desc="predict", enabled=progress):
         logits = model(x.to(device))
         y = y.to(device)
         scored = y >= 0
@@ -198,8 +198,9 @@ class Objective:
         return StepLoss(loss, logits, loss_sum)
 
     def end_epoch(self, row: EpochMetrics) -> None:
-        """Called with each epoch's metrics once measured: says them in the log."""
-        log.info(_format_row(row))
+        """Called with each epoch's metrics once measured: says them in the log (DEBUG:
+        the command line shows them with -v; the bar counts the epochs)."""
+        log.debug(_format_row(row))
 
 
 @dataclass
@@ -217,6 +218,7 @@ class _Fit:
     checkpointer: Checkpointer | None
     on_epoch: Callable[[EpochMetrics], None] | None
     backbone_trainable: list[nn.Parameter]  # frozen during the head-only epochs
+    bar: Bar = field(default_factory=Bar)  # over the fit's steps: one bar, not one an epoch
 
 
 def train(
@@ -267,8 +269,13 @@ def train(
             "resumed from %s: epoch %d, %d of %d steps done",
             *(saved.path, p.epoch, p.step_in_epoch, steps_per_epoch),
         )
-    while state.progress.epoch <= config.epochs and not state.progress.stopped_early:
-        _epoch(run, state)
+    run.bar = open_bar(
+        config.epochs * steps_per_epoch, "fit", enabled=config.progress,
+        initial=state.progress.global_step, unit="step",
+    )  # fmt: skip
+    with run.bar:
+        while state.progress.epoch <= config.epochs and not state.progress.stopped_early:
+            _epoch(run, state)
     for w in run.backbone_trainable:
         w.requires_grad_(True)
     if state.best is not None:
@@ -331,14 +338,7 @@ def _train_steps(run: _Fit, state: TrainState, t0: float) -> None:
     if isinstance(sampler, EpochBatchSampler):
         sampler.set_epoch(p.epoch, skip=p.step_in_epoch)
     state.epoch_start_loader = loader.generator.get_state() if loader.generator else None
-    bar = tqdm(
-        loader,
-        desc=f"epoch {p.epoch}/{run.config.epochs}",
-        leave=False,
-        disable=not run.config.progress,
-        initial=p.step_in_epoch,
-    )
-    for x, y in bar:
+    for x, y in loader:
         x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
         global_n = run.group.global_batch(sampler, p.step_in_epoch, len(y))
         out = run.objective.loss(
@@ -353,7 +353,10 @@ def _train_steps(run: _Fit, state: TrainState, t0: float) -> None:
         p.loss_sum += out.loss_sum
         p.correct += int((out.logits.argmax(1) == y).sum())
         p.seen += len(y)
-        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.4f}")
+        run.bar.update(1)
+        run.bar.set_postfix_str(
+            f"epoch {p.epoch}/{run.config.epochs} loss {p.loss_sum / p.seen:.4f}"
+        )
         kill_point(f"step:{p.global_step}")
         ck = run.checkpointer
         if ck is not None and ck.due(p.global_step) and p.step_in_epoch < len(loader):

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from headstart._io import atomic_write_json, exclusive, fsync_dir, sha256_file
+from headstart._progress import open_bar
 from headstart.errors import WeightsError
 from headstart.weights.files import (
     URL_SCHEMES,
@@ -311,8 +311,6 @@ class _Fetch:
 
     def _transfer(self) -> None:
         """One request: the rest of the file after the part already here, or all of it."""
-        from tqdm import tqdm
-
         have = self.partial.stat().st_size if self.partial.is_file() else 0
         meta = _read_json(self.meta) if have else {}
         headers = {"User-Agent": "headstart"}
@@ -364,15 +362,14 @@ class _Fetch:
                 )
             with (
                 open(self.partial, "ab" if have else "wb") as fh,
-                tqdm(
-                    total=total,
+                open_bar(
+                    total,
+                    self.dest.name,
+                    enabled=self.progress,
                     initial=have,
-                    desc=self.dest.name,
                     unit="B",
                     unit_scale=True,
                     unit_divisor=1024,
-                    file=sys.stderr,
-                    disable=None if self.progress else True,  # None: only on a terminal
                 ) as bar,
             ):
                 while chunk := response.read(_CHUNK):
