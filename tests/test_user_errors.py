@@ -16,9 +16,11 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import run_cli, write_digit_pngs
+from tests.fs_faults import disk_full, read_only
 
 # Fast fits: a tiny CNN at random, one epoch, no range test, no augmentation.
 FAST = (
@@ -60,6 +62,164 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.fixture
 def data(tmp_path: Path) -> Path:
     return write_digit_pngs(tmp_path / "data", digits=(0, 1, 2), per_class=8)
+
+
+# -- item 6: read-only folders ----------------------------------------------------------
+
+
+def test_fit_into_a_read_only_out_is_refused_before_training(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "ro"
+    out.mkdir()
+    with read_only(out, monkeypatch):
+        result = run_cli("fit", data, "--out", out, *FAST)
+    line = _user_error(result, f"at {out}:", "no permission to write", "choose another --out")
+    assert "make it writable" in line
+    assert "optimizer steps" not in result.stderr  # refused before any training
+    # inside a read-only folder: the same, about that folder
+    with read_only(out, monkeypatch):
+        result = run_cli("fit", data, "--out", out / "run", *FAST)
+    _user_error(result, f"at {out}:", "choose another --out")
+
+
+@pytest.mark.parametrize("command", ["export", "evaluate", "embed"])
+def test_outputs_into_a_read_only_folder_are_refused(
+    command: str,
+    run_dir: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    run, data = run_dir
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    args = {
+        "export": ("export", run, "--format", "torchscript", "--out", folder / "m.pt"),
+        "evaluate": ("evaluate", run, data, "--out", folder / "eval"),
+        "embed": ("embed", data, *FAST[:4], "--out", folder / "f.npz"),
+    }[command]
+    with read_only(folder, monkeypatch):
+        result = run_cli(*args)
+    _user_error(result, str(folder), "no permission to write", "choose another --out")
+    assert not any(folder.iterdir())
+
+
+def test_a_read_only_weights_cache_is_named_with_what_to_do(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("HEADSTART_CACHE", str(cache))
+    # builtin:digits-cnn's default weights are made on first use and kept in the cache
+    args = ("fit", data, "--source", "builtin:digits-cnn", "--strategy", "linear", "--epochs", "1")
+    with read_only(cache, monkeypatch):
+        result = run_cli(*args, "--out", tmp_path / "run")
+    _user_error(result, f"at {cache}:", "no permission to write", "HEADSTART_CACHE")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_output_no_command_converts_is_still_a_user_error(
+    run_dir: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run, _ = run_dir
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    with read_only(folder, monkeypatch):
+        result = run_cli("report", run, "--out", folder / "report")
+    _user_error(result, str(folder / "report"), "no permission to write")
+
+
+# -- item 6: a full disk ----------------------------------------------------------------
+
+
+def test_disk_full_while_the_run_dir_is_written(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "runs" / "a"
+    disk_full(tmp_path / "runs", monkeypatch, only=lambda p: ".a.partial-" in str(p))
+    result = run_cli("fit", data, "--out", out, *FAST)
+    _user_error(
+        result,
+        f"the disk is full (no space left on device) at {out}: free space or choose another --out",
+    )
+    monkeypatch.undo()
+    assert not out.exists()
+    assert not list((tmp_path / "runs").glob(".a.partial-*"))  # the half-written run is gone
+
+
+def test_disk_full_while_a_checkpoint_is_written_says_the_disk_is_full(
+    data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "runs" / "a"
+    disk_full(tmp_path / "runs", monkeypatch, only=lambda p: ".step-" in str(p))
+    args = ("--strategy", "full", "--checkpoint-every", "1")
+    result = run_cli("fit", data, "--out", out, *FAST, *args)
+    line = _user_error(result, "cannot write checkpoint", "the disk is full")
+    assert "free space, then continue with --resume" in line
+    # and when the checkpoint folder itself cannot be made
+    monkeypatch.undo()
+    disk_full(tmp_path / "runs", monkeypatch, only=lambda p: ".b.checkpoint" in str(p))
+    result = run_cli("fit", data, "--out", tmp_path / "runs" / "b", *FAST, *args)
+    _user_error(result, "the disk is full (no space left on device) at", ".b.checkpoint")
+
+
+# -- the exit codes: one rule ------------------------------------------------------------
+
+
+def test_exit_codes_follow_one_rule(run_dir: tuple[Path, Path], tmp_path: Path) -> None:
+    """2: argparse refuses the command line; 1: headstart refuses what parsed (flag values
+    out of range included); 3 never for either."""
+    run, data = run_dir
+    image = next(data.rglob("*.png"))
+    usage = [
+        ("fit", data, "--no-such-flag"),
+        ("fit", data, "--epochs", "ten"),
+        ("evaluate", run),  # DATA missing
+        ("predict", run, image, "--top-k", "two"),
+        ("export", run, "--format", "tflite"),
+        ("nonsense",),
+    ]
+    refused = [
+        ("fit", data, "--lr", "nan"),
+        ("fit", data, "--image-size", "0"),
+        ("fit", data, "--image-size", "-5"),
+        ("fit", data, "--strategy", "everything"),
+        ("compare", data, "--folds", "1"),
+        ("embed", data, "--batch-size", "0", "--out", tmp_path / "f.npz"),
+        ("evaluate", run, data, "--batch-size", "0", "--out", tmp_path / "ev"),
+        ("predict", run, image, "--top-k", "0"),
+        ("predict", run, image, "--batch-size", "-1"),
+    ]
+    for args in usage:
+        result = run_cli(*args)
+        assert result.code == 2, (args, result.code, result.stderr)
+        assert "usage: headstart" in result.stderr
+    for args in refused:
+        _user_error(run_cli(*args), code=1)
+    assert not (tmp_path / "ev").exists()
+
+
+# -- item 7a: evaluate replaces an earlier evaluation only when told ----------------------
+
+
+def test_evaluate_keeps_an_earlier_evaluation_without_overwrite(
+    run_dir: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, data = run_dir
+    out = tmp_path / "ev"
+    assert run_cli("evaluate", run, data, "--out", out).code == 0
+    (out / "my-notes.txt").write_text("mine")
+    before = _files(out)
+    few = write_digit_pngs(tmp_path / "few", digits=(0, 1), per_class=3)
+    line = _user_error(run_cli("evaluate", run, few, "--out", out), str(out), "--overwrite")
+    assert "holds a headstart evaluation" in line
+    assert _files(out) == before
+    assert run_cli("evaluate", run, few, "--out", out, "--overwrite").code == 0
+    assert json.loads((out / "eval.json").read_text())["n_items"] == 6
+    assert (out / "my-notes.txt").read_text() == "mine"  # only its own files replaced
+    # RUN/eval, the default, the same
+    assert run_cli("evaluate", run, data).code == 0
+    _user_error(run_cli("evaluate", run, data), str(run / "eval"), "--overwrite")
 
 
 # -- item 7b: a symlink loop is a bad file, not a file that vanishes -------------------
@@ -155,3 +315,29 @@ def test_a_million_character_field_is_read(
     texts.write_text("text,label\n" + "word " * 200_000 + ",long\nshort one,short\n")
     loaded = load_labelled(texts)
     assert loaded.classes == ["long", "short"] and len(str(loaded.items[0])) == 1_000_000
+
+
+# -- item 7e: embed --overwrite replaces only what embed wrote ---------------------------
+
+
+def test_embed_overwrite_replaces_only_its_own_files(data: Path, tmp_path: Path) -> None:
+    embed = ("embed", data, *FAST[:4], "--overwrite", "--out")
+    theirs = tmp_path / "theirs.npz"
+    np.savez(theirs, features=np.ones((2, 3)), labels=np.zeros(2))
+    before = theirs.read_bytes()
+    line = _user_error(run_cli(*embed, theirs), str(theirs), "not written by headstart embed")
+    assert "never replaces it, even with --overwrite" in line
+    assert theirs.read_bytes() == before
+    # .npy: the sidecar says who wrote it
+    mine = tmp_path / "mine.npy"
+    np.save(mine, np.ones(3))
+    mine.with_suffix(".json").write_text('{"my": "notes"}')
+    _user_error(run_cli(*embed, mine), "not written by headstart embed")
+    assert np.load(mine).tolist() == [1.0, 1.0, 1.0]
+    # its own: replaced
+    ours = tmp_path / "ours.npz"
+    for _ in range(2):
+        assert run_cli(*embed, ours).code == 0
+    with np.load(ours) as z:
+        assert json.loads(str(z["headstart"]))["written_by"] == "headstart embed"
+        assert z["features"].shape[0] == 24
