@@ -180,7 +180,7 @@ def test_csv_extra_columns_any_order(folder: Path) -> None:
 
 def test_csv_without_columns_lists_found(folder: Path) -> None:
     (folder / "l.csv").write_text("file,class\ncat/0.png,cat\n")
-    with pytest.raises(DataError, match=r"l\.csv: needs columns 'path' and 'label'.*'file'"):
+    with pytest.raises(DataError, match=r"l\.csv: the header must name .* \(found: file, class\)"):
         load_data(folder / "l.csv")
 
 

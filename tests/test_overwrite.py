@@ -221,9 +221,10 @@ def test_evaluate_refuses_a_folder_that_is_not_an_evaluation(
     _refused(run_cli("evaluate", run, data, "--out", data), "is the input data")
     _refused(run_cli("evaluate", run, data, "--out", data.parent), "holds the input data")
     assert _snapshot(data) == data_before
-    # its own earlier evaluation is replaced, as before
+    # its own earlier evaluation is replaced when told (tests/test_user_errors.py: not
+    # without --overwrite)
     assert run_cli("evaluate", run, data, "--out", tmp_path / "ev").code == 0
-    assert run_cli("evaluate", run, data, "--out", tmp_path / "ev").code == 0
+    assert run_cli("evaluate", run, data, "--out", tmp_path / "ev", "--overwrite").code == 0
 
 
 def test_export_refuses_a_file_that_is_not_an_export(

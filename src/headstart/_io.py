@@ -1,6 +1,9 @@
 """Atomic file writes: a reader never sees a half-written file under its final name.
 
-And :func:`exclusive`: one writer at a time for a path, by a lock file beside it.
+And :func:`exclusive`: one writer at a time for a path, by a lock file beside it; and
+:func:`writes_to`: a write that fails for a reason the user can fix (no permission, a
+read-only file system, a full disk) is one :class:`~headstart.errors.StorageError` naming
+the place and what to do.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from headstart.errors import ConfigError
+from headstart.errors import ConfigError, storage_error
 
 __all__ = [
     "LockedError",
@@ -33,6 +36,7 @@ __all__ = [
     "lock_path",
     "remove_lock_if_free",
     "sha256_file",
+    "writes_to",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,6 +67,22 @@ def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def writes_to(
+    where: str | os.PathLike[str], *, instead: str = "choose another --out"
+) -> Iterator[None]:
+    """Turn an ``OSError`` in the block that the user can fix (permission denied, a
+    read-only file system, a full disk or quota) into a :class:`StorageError` naming
+    ``where`` and ``instead`` (what else to do); anything else goes through as it is."""
+    try:
+        yield
+    except OSError as exc:
+        error = storage_error(exc, where, instead=instead)
+        if error is None:
+            raise
+        raise error from exc
 
 
 def current_umask() -> int:
@@ -211,6 +231,9 @@ def exclusive(
         fd = _acquire(fcntl, path, label, instead, wait)
     except OSError as exc:
         if not optional:
+            full = storage_error(exc, path.parent, instead=instead)
+            if full is not None:
+                raise full from exc
             raise ConfigError(
                 f"{label}: cannot create the lock file {path} ({exc.strerror or exc}); is the "
                 "folder writable?"

@@ -35,9 +35,10 @@ from headstart._io import (
     atomic_write_text,
     current_umask,
     exclusive,
+    writes_to,
 )
 from headstart._version import __version__
-from headstart.errors import ConfigError, RunError
+from headstart.errors import ConfigError, RunError, storage_error
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
@@ -147,11 +148,14 @@ def prepare_out(
     """Check that ``out`` may be written: a new or empty folder, or (with ``overwrite``)
     a headstart ``what``, the folder that holds ``marker``; never one of ``inputs``
     (:func:`input_paths`), a folder that holds one or a folder inside one.  Anything else
-    is a :class:`ConfigError` naming the folder and why."""
+    is a :class:`ConfigError` naming the folder and why; a folder that cannot be written
+    (read-only, no permission, a full disk) a :class:`StorageError`, before any work."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{flag} {out}: exists and is not a folder")
     check_not_inputs(out, inputs, flag=flag)
+    if out.is_dir():
+        _check_writable(out, flag)
     if out.is_dir() and any(out.iterdir()):
         if not (out / marker).is_file():
             raise ConfigError(
@@ -165,6 +169,19 @@ def prepare_out(
                 "--overwrite to replace it"
             )
     return out
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """A file made and dropped in ``folder``: the kernel's answer, which ``os.access``
+    cannot give (root, read-only mounts, ACLs)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".headstart-probe-"):
+            pass
+    except OSError as exc:
+        error = storage_error(exc, folder, instead=f"choose another {flag}")
+        if error is None:
+            raise
+        raise error from exc
 
 
 @contextmanager
@@ -200,6 +217,18 @@ def write_run(
     ``extras(folder)`` may add files (plots, report) before the folder is moved in.
     """
     out = prepare_out(out, overwrite=overwrite)
+    with writes_to(out, instead="choose another --out"):
+        return _write_run(out, model=model, meta=meta, metrics_rows=metrics_rows, extras=extras)
+
+
+def _write_run(
+    out: Path,
+    *,
+    model: nn.Module,
+    meta: dict[str, Any],
+    metrics_rows: list[dict[str, Any]],
+    extras: Callable[[Path], None] | None,
+) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700
@@ -216,16 +245,28 @@ def write_run(
         meta = {"format_version": FORMAT_VERSION, **meta, "versions": library_versions()}
         atomic_write_json(staging / META_FILE, meta)
         if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            os.replace(staging, out)
-            shutil.rmtree(trash, ignore_errors=True)
+            _replace_folder(out, staging)
         else:
             os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _replace_folder(out: Path, new: Path) -> None:
+    """``new`` in place of the folder ``out``; the old one is kept until the new one is in
+    (and put back if it cannot be), then removed."""
+    trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    try:
+        os.replace(out, trash / "old")
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(trash / "old", out)
+            raise
+    finally:
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def is_run_dir(path: str | os.PathLike[str]) -> bool:

@@ -11,6 +11,10 @@ The format follows ``--out``'s extension:
 
 Features are the backbone's outputs on the evaluation preprocessing, taken from (and
 added to) the feature cache unless ``--no-feature-cache``.
+
+Each format says that embed wrote it (``MARK``: the ``.npz``'s ``headstart`` array, the
+``.npy``'s ``STEM.json``, the ``.parquet``'s schema metadata), and ``--overwrite``
+replaces only such files: never a file of the user's that has the same name.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from headstart._io import atomic_path, atomic_write_json
+from headstart._io import atomic_path, atomic_write_json, writes_to
 from headstart.config.options import EmbedOptions
 from headstart.data.images import load_data
 from headstart.errors import ConfigError
@@ -37,6 +42,7 @@ log = logging.getLogger(__name__)
 
 
 FORMATS = (".npz", ".npy", ".parquet")
+MARK = "headstart"  # the .npz array, the parquet metadata key, the sidecar's written_by
 
 
 @dataclass
@@ -78,9 +84,46 @@ def _check_out(options: EmbedOptions) -> Path:
     if out.is_dir():
         raise ConfigError(f"--out {out}: is a folder; give a file name")
     for f in _files_for(out):
-        if f.exists() and not options.overwrite:
+        if not f.exists():
+            continue
+        if not _written_by_embed(out):
+            raise ConfigError(
+                f"--out {out}: {f} exists and was not written by headstart embed (no "
+                f"{_mark_of(out)}); headstart never replaces it, even with --overwrite; "
+                "choose another --out"
+            )
+        if not options.overwrite:
             raise ConfigError(f"--out {out}: {f} exists; choose another --out or pass --overwrite")
     return out
+
+
+def _mark_of(out: Path) -> str:
+    return {
+        ".npz": f"{MARK!r} array in it",
+        ".npy": f"{out.with_suffix('.json').name} written by embed beside it",
+        ".parquet": f"{MARK!r} key in its metadata",
+    }[out.suffix.lower()]
+
+
+def _written_by_embed(out: Path) -> bool:
+    """Whether ``out`` (and, for ``.npy``, its sidecar) is an earlier embed's output."""
+    suffix = out.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with zipfile.ZipFile(out) as z:
+                return f"{MARK}.npy" in z.namelist()
+        if suffix == ".npy":
+            meta = json.loads(out.with_suffix(".json").read_text())
+            return isinstance(meta, dict) and (
+                meta.get("written_by") == "headstart embed"
+                or {"source", "classes", "shape", "items"} <= meta.keys()  # before the mark
+            )
+        import pyarrow.parquet as pq  # type: ignore[import-not-found,unused-ignore]
+
+        metadata = pq.read_schema(out).metadata or {}
+        return MARK.encode() in metadata
+    except Exception:  # unreadable, not a zip, not JSON, not parquet: not embed's
+        return False
 
 
 def _files_for(out: Path) -> list[Path]:
@@ -110,30 +153,14 @@ def embed(options: EmbedOptions) -> EmbedResult:
     labels = np.asarray(data.targets, dtype=np.int64)
     items = [data.name_of(i) for i in range(len(data))]
     described = {
+        "written_by": "headstart embed",
         "source": source.describe(),
         "data": options.data,
         "classes": list(data.classes),
         "shape": list(feats.shape),
     }
-    suffix = out.suffix.lower()
-    if suffix == ".npz":
-        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
-            np.savez(
-                fh,
-                features=feats,
-                labels=labels,
-                classes=np.asarray(data.classes, dtype=str),
-                items=np.asarray(items, dtype=str),
-            )
-    elif suffix == ".npy":
-        feats_file, labels_file, meta_file = _files_for(out)
-        with atomic_path(feats_file) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, feats)
-        with atomic_path(labels_file) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, labels)
-        atomic_write_json(meta_file, {**described, "items": items})
-    else:
-        _write_parquet(out, feats, labels, items, data.classes, described)
+    with writes_to(out, instead="choose another --out"):  # read-only, full disk: say so
+        _write(out, feats, labels, items, data.classes, described)
     log.debug("wrote %s: %d x %d features", out, *feats.shape)  # the command says it
     return EmbedResult(
         out=out,
@@ -143,6 +170,36 @@ def embed(options: EmbedOptions) -> EmbedResult:
         cache_hit=hit,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _write(
+    out: Path,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    items: list[str],
+    classes: list[str],
+    described: dict[str, Any],
+) -> None:
+    suffix = out.suffix.lower()
+    if suffix == ".npz":
+        arrays = {
+            "features": feats,
+            "labels": labels,
+            "classes": np.asarray(classes, dtype=str),
+            "items": np.asarray(items, dtype=str),
+            MARK: np.asarray(json.dumps(described, default=str)),  # embed wrote it
+        }
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)  # type: ignore[arg-type]
+    elif suffix == ".npy":
+        feats_file, labels_file, meta_file = _files_for(out)
+        with atomic_path(feats_file) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, feats)
+        with atomic_path(labels_file) as tmp, open(tmp, "wb") as fh:
+            np.save(fh, labels)
+        atomic_write_json(meta_file, {**described, "items": items})
+    else:
+        _write_parquet(out, feats, labels, items, classes, described)
 
 
 def _write_parquet(
@@ -166,6 +223,6 @@ def _write_parquet(
             "features": pa.FixedSizeListArray.from_arrays(flat, d),
         }
     )
-    table = table.replace_schema_metadata({"headstart": json.dumps(described, default=str)})
+    table = table.replace_schema_metadata({MARK: json.dumps(described, default=str)})
     with atomic_path(out) as tmp:
         pq.write_table(table, str(tmp))

@@ -12,10 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from headstart._io import atomic_write_json, atomic_write_text
+from headstart._io import atomic_write_json, atomic_write_text, writes_to
 from headstart.choose.plots import plot_confusion
+from headstart.config.fields import flag
 from headstart.data.labelled import LabeledData
-from headstart.errors import DataError
+from headstart.errors import ConfigError, DataError
 from headstart.features.extract import in_item_order
 from headstart.rundir import prepare_out, writing
 from headstart.runtime import resolve_device
@@ -48,6 +49,13 @@ class EvalResult:
             "per_class": self.per_class,
             "confusion_matrix": self.confusion,
         }
+
+
+def _check_at_least_one(**counts: int) -> None:
+    """Refuse a count below 1 (``--batch-size 0``, ``--top-k -1``) before any work."""
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{flag(name)} must be at least 1 (got {value})")
 
 
 def _as_run(run: str | Path | LoadedRun) -> LoadedRun:
@@ -84,19 +92,23 @@ def evaluate(
     device: str = "auto",
     text_col: str | None = None,
     label_col: str | None = None,
+    overwrite: bool = False,
 ) -> EvalResult:
     """Score a run on labelled data: accuracy, macro-F1, a per-class table, a confusion PNG.
 
     Files go to ``out`` (default ``RUN/eval``): ``eval.json``, ``per_class.csv`` and
-    ``confusion_matrix.png``.  ``out`` must be new, empty or an earlier evaluation (it
-    holds ``eval.json``), never the data nor a folder holding it; one process at a time
-    writes it.
+    ``confusion_matrix.png``.  ``out`` must be new, empty or (with ``overwrite``) an
+    earlier evaluation (it holds ``eval.json``), whose three files are replaced; never the
+    data nor a folder holding it.  One process at a time writes it.
     """
+    _check_at_least_one(batch_size=batch_size)
     loaded = _as_run(run)
     out_dir = Path(out) if out is not None else loaded.path / "eval"
     inputs = [("DATA", str(data))]
     with writing(out_dir, inputs=inputs):
-        prepare_out(out_dir, overwrite=True, inputs=inputs, marker=EVAL_FILE, what="evaluation")
+        prepare_out(
+            out_dir, overwrite=overwrite, inputs=inputs, marker=EVAL_FILE, what="evaluation"
+        )
         return _evaluate(
             loaded,
             data,
@@ -146,7 +158,6 @@ def _evaluate(
         for name in loaded.classes
     ]
     matrix = confusion_matrix(preds.targets, preds.preds, labels=labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = EvalResult(
         run_dir=loaded.path,
         out_dir=out_dir,
@@ -156,19 +167,27 @@ def _evaluate(
         per_class=per_class,
         confusion=matrix.tolist(),
     )
+    with writes_to(out_dir, instead="choose another --out"):  # read-only, full disk: say so
+        _write_eval(result, matrix, loaded.classes, data)
+    return result
+
+
+def _write_eval(result: EvalResult, matrix: np.ndarray, classes: list[str], data: str) -> None:
+    """An evaluation's three files; ``eval.json`` last (it marks the folder as one)."""
+    out_dir = result.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
     plot_confusion(
         matrix,
-        loaded.classes,
+        classes,
         out_dir / "confusion_matrix.png",
         title=f"{data}: accuracy {result.accuracy:.3f} on {result.n_items} items",
     )
     csv_lines = ["class,precision,recall,f1,support"] + [
         f"{r['class']},{r['precision']:.4f},{r['recall']:.4f},{r['f1']:.4f},{r['support']}"
-        for r in per_class
+        for r in result.per_class
     ]
     atomic_write_text(out_dir / "per_class.csv", "\n".join(csv_lines) + "\n")
     atomic_write_json(out_dir / EVAL_FILE, {"data": str(data), **result.summary()})
-    return result
 
 
 def predict(
@@ -191,6 +210,7 @@ def predict(
     checked first, all of them (:mod:`headstart.data.scan`): unreadable ones are one error
     listing them, or with ``skip_bad`` rows with an ``error`` and no label.
     """
+    _check_at_least_one(batch_size=batch_size, top_k=top_k)
     loaded = _as_run(run)
     given = loaded.inputs.to_label(
         inputs,

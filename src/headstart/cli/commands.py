@@ -167,6 +167,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:
         device=args.device,
         text_col=args.text_col,
         label_col=args.label_col,
+        overwrite=args.overwrite,
     )
     width = max(len(r["class"]) for r in result.per_class)
     lines = [f"{'class':<{width}}  precision  recall     f1  support"]

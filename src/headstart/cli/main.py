@@ -36,10 +36,14 @@ __all__ = ["EXIT_BUG", "EXIT_ERROR", "EXIT_USAGE", "build_parser", "main"]
 log = logging.getLogger("headstart")
 
 
+# The one rule: 2 when argparse refuses the command line (an unknown command or flag, a
+# missing argument, a value of the wrong type or not in the flag's list); 1 for all that
+# headstart refuses once it parsed, flag values out of range included (a HeadstartError,
+# or a write the user can fix: full disk, read-only folder); 3 only for a bug.
 EXIT_ERROR = 1  # a HeadstartError: bad input, the message says what to do
 
 
-EXIT_USAGE = 2  # argparse's own code for bad flags
+EXIT_USAGE = 2  # argparse's own code: the command line does not parse
 
 
 EXIT_BUG = 3  # anything else escaped: a bug in headstart
@@ -192,6 +196,9 @@ def _add_evaluate_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--text-col", default=None, help="texts: the text column (default: the run's)")
     p.add_argument("--label-col", default=None, help="texts: the label column (default: the run's)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier evaluation in --out"
+    )
     p.set_defaults(handler=commands.cmd_evaluate)
 
 
@@ -250,7 +257,7 @@ def _add_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``headstart`` command; returns the exit code."""
-    from headstart.errors import HeadstartError
+    from headstart.errors import HeadstartError, storage_error
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -272,6 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
+        user = storage_error(exc) if isinstance(exc, OSError) else None
+        if user is not None:  # a full disk, a read-only folder: the user's to fix
+            print(f"headstart: error: {user}", file=sys.stderr)
+            return EXIT_ERROR
         first = str(exc).splitlines()[0] if str(exc) else ""
         print(
             f"headstart: internal error: {type(exc).__name__}: {first} (this is a bug; "

@@ -3,7 +3,8 @@
 Spec forms (:func:`load_data`):
 
 - a folder with one sub-folder per class (images found recursively inside each);
-- a ``.csv`` file with a ``path,label`` header, paths relative to the CSV's folder;
+- a ``.csv`` file with a ``path,label`` header (``file``, ``filename`` or ``image`` for
+  ``path``; ``,``, ``;`` or tab between fields), paths relative to the CSV's folder;
 - ``builtin:digits`` (scikit-learn's 8x8 digits) with options, e.g.
   ``builtin:digits?classes=0-4&per_class=10&seed=1`` or ``...&split=rest``.
 
@@ -29,6 +30,7 @@ from urllib.parse import parse_qsl
 import numpy as np
 
 from headstart.data.checks import _duplicate_groups, _label_conflicts
+from headstart.data.csvfiles import csv_rows, path_column
 from headstart.data.labelled import (
     IMG_EXTENSIONS,
     UNLABELLED,
@@ -146,8 +148,8 @@ def _load_folder(root: Path, *, allow_empty: bool) -> LabeledData:
 
 def _load_csv(path: Path) -> LabeledData:
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+        with csv_rows(path) as reader:
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from exc
     # Rows are numbered as a spreadsheet shows them: the header is row 1; blank rows keep
@@ -157,12 +159,13 @@ def _load_csv(path: Path) -> LabeledData:
         raise DataError(f"{path}: empty CSV; expected a header 'path,label' and one row per image")
     header_line, header_row = numbered[0]
     header = [h.strip().lower() for h in header_row]
-    if "path" not in header or "label" not in header:
+    found_pi = path_column(header_row)
+    if found_pi is None or "label" not in header:
         raise DataError(
-            f"{path}: needs columns 'path' and 'label'; found: "
-            + ", ".join(repr(h.strip()) for h in header_row)
+            f"{path}: the header must name the image column 'path' and the label column "
+            f"'label' (found: {', '.join(h.strip() for h in header_row)})"
         )
-    pi, li = header.index("path"), header.index("label")
+    pi, li = found_pi, header.index("label")
     body = numbered[1:]
     if not body:
         raise DataError(f"{path}: no rows after the header (row {header_line})")
@@ -185,7 +188,7 @@ def _load_csv(path: Path) -> LabeledData:
             problems["empty label"].append(str(line))
         elif file in first_row:
             problems["file listed again"].append(f"{line} ({cell}, first on row {first_row[file]})")
-        elif not file.is_file():
+        elif not file.is_file() and not file.is_symlink():  # a bad link: the scan says why
             problems["missing file"].append(f"{line} ({cell})")
         else:
             first_row[file] = line

@@ -40,13 +40,16 @@ def _hidden(name: str) -> bool:
 
 
 def _images_under(folder: Path) -> list[Path]:
-    """Image files anywhere below ``folder``, skipping hidden files and folders, sorted."""
+    """Image files anywhere below ``folder``, skipping hidden files and folders, sorted.
+
+    A symlink with an image's name that leads nowhere (a loop, a target that is gone) is
+    listed too: the pre-scan names it as a bad file rather than it vanishing silently."""
     return sorted(
         p
         for p in folder.rglob("*")
         if p.suffix.lower() in IMG_EXTENSIONS
         and not any(_hidden(part) for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.is_dir()))
     )
 
 
@@ -193,7 +196,7 @@ def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     found: set[Path] = set()
     for given in inputs:
         path = Path(given).expanduser()
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():  # a bad link: the scan says why
             raise DataError(f"{path}: no such file or folder")
         if path.is_dir():
             images = _images_under(path)

@@ -20,6 +20,7 @@ Kept free of torch and numpy so that scan workers start quickly.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -119,10 +120,27 @@ class _TooLarge(Exception):
     """An image over the pixel limit; the message says so."""
 
 
+def _link_problem(path: Path) -> str | None:
+    """Why a symlink leads to no file (a loop, a target that is gone), or None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "symlink loop (the link leads back to itself)"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"broken symlink (its target {os.readlink(path)} does not exist)"
+    return None
+
+
 def image_problem(path: Path, exc: BaseException) -> str:
     """Why ``path`` cannot be used, in words, from the exception opening it raised."""
     if isinstance(exc, _TooLarge):
         return str(exc)
+    link = _link_problem(path)
+    if link:
+        return link
     try:
         if path.stat().st_size == 0:
             return "empty file (0 bytes)"

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from headstart.data.csvfiles import csv_rows, path_column, read_header
 from headstart.data.images import load_data
 from headstart.data.labelled import IMG_EXTENSIONS, UNLABELLED, LabeledData, _listed
 from headstart.data.sampling import EpochBatchSampler, _epoch_plan
@@ -98,8 +99,8 @@ def _is_text_folder(path: Path) -> bool:
 
 
 def is_text_data(spec: str | os.PathLike[str]) -> bool:
-    """Whether ``spec`` is text data: a TSV/JSONL, a CSV without a ``path`` column, or a
-    folder of class folders holding ``.txt`` files (and no images)."""
+    """Whether ``spec`` is text data: a TSV/JSONL, a CSV without an image column (``path``
+    or another name: ``csvfiles.path_column``), or class folders of ``.txt`` (no images)."""
     text = os.fspath(spec)
     if text.startswith("builtin:"):
         return False
@@ -111,11 +112,10 @@ def is_text_data(spec: str | os.PathLike[str]) -> bool:
         return True
     if suffix == ".csv" and path.is_file():
         try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                header = next(csv.reader(fh), [])
+            header = read_header(path)
         except (OSError, UnicodeDecodeError, csv.Error):
             return False  # data.load_data reports it
-        return "path" not in {h.strip().lower() for h in header}
+        return path_column(header) is None
     return False
 
 
@@ -132,9 +132,11 @@ def _pick(header: list[str], given: str | None, defaults: Sequence[str], what: s
 def _column_error(path: Path, header: list[str], given: str | None, kind: str) -> DataError:
     defaults = TEXT_COLUMNS if kind == "text" else LABEL_COLUMNS
     asked = f"no column {given!r}" if given else f"no {kind} column ({', '.join(defaults)})"
+    images = kind == "text" and not given and path.suffix.lower() == ".csv"  # or images?
     return DataError(
         f"{path}: {asked}; found columns: {', '.join(repr(h) for h in header) or '(none)'}; "
         f"pass --{kind}-col NAME"
+        + ("; a CSV of images needs the columns 'path' and 'label'" if images else "")
     )
 
 
@@ -162,8 +164,7 @@ def _read_table(path: Path) -> tuple[list[str], list[tuple[str, list[str]]]]:
                 for where, obj in records
             ]
             return header, rows
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+        with csv_rows(path) as reader:
             table = [(reader.line_num, row) for row in reader]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc

@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from headstart._io import exclusive
+from headstart._io import exclusive, writes_to
 from headstart.errors import ConfigError
 from headstart.export.folder import FOLDER_FORMATS, export_folder
 from headstart.export.onnx import DEFAULT_OPSET, FILE_FORMATS, export_file, preprocessing_spec
@@ -55,7 +55,10 @@ def export(
         raise ConfigError(f"--format {format!r}; valid: {', '.join(FORMATS)}")
     loaded = run if isinstance(run, LoadedRun) else load_run(run)
     dest = Path(out).expanduser() if out else _default_out(loaded, format)
-    with exclusive(dest, label=f"--out {dest}", instead="choose another --out"):
+    with (
+        exclusive(dest, label=f"--out {dest}", instead="choose another --out"),
+        writes_to(dest, instead="choose another --out"),  # read-only, full disk: say so
+    ):
         if format in FILE_FORMATS:
             return export_file(loaded, format, dest, opset, overwrite)
         return export_folder(loaded, format, dest, overwrite)

@@ -169,13 +169,15 @@ class Trained:
 
 
 def check_options(options: FitOptions) -> None:
-    """Fail on a typo in the strategy or source before any slow work."""
+    """Fail on a typo in the strategy, source or device before any slow work (and
+    before ``--strategy auto``'s race, which would call it a plan that cannot train)."""
     if not options.data:
         raise ConfigError("no training data given (DATA)")
     if not is_auto(options.strategy):
         name, _ = parse_strategy(options.strategy)
         check_head_epochs(name, options.head_epochs, options.epochs)
     parse_source_spec(options.source)
+    resolve_device(options.device)
 
 
 def load_training_data(options: FitOptions) -> LabeledData:

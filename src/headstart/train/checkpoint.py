@@ -46,7 +46,7 @@ from headstart._io import (
     fsync_dir,
     sha256_file,
 )
-from headstart.errors import RunError
+from headstart.errors import RunError, os_problem, storage_error
 from headstart.rundir import is_run_dir
 
 FORMAT = 1
@@ -219,7 +219,10 @@ class Checkpointer:
                 fsync_dir(folder.parent)
             except OSError as exc:
                 shutil.rmtree(tmp, ignore_errors=True)
-                raise CheckpointError(f"cannot create {folder}: {exc.strerror or exc}") from exc
+                user = storage_error(exc, folder, instead="choose another --out")
+                raise CheckpointError(
+                    str(user) if user else f"cannot create {folder}: {exc.strerror or exc}"
+                ) from exc
         return cls(folder, every=every, writer=writer)
 
     @classmethod
@@ -314,11 +317,11 @@ class Checkpointer:
                 if previous
                 else ("no earlier checkpoint exists")
             )
-            full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
-            what = "no space left on device" if full else str(exc)
+            what = os_problem(exc)
+            todo = "free space" if not what or what.startswith("the disk") else "make it writable"
             raise CheckpointError(
-                f"cannot write checkpoint {final}: {what}; {kept}; free space, then continue "
-                "with --resume"
+                f"cannot write checkpoint {final}: {what or exc}; {kept}; {todo}, then "
+                "continue with --resume"
             ) from exc
         for old in previous:
             shutil.rmtree(old, ignore_errors=True)

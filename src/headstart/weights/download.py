@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from headstart._io import atomic_write_json, exclusive, fsync_dir, sha256_file
+from headstart._io import atomic_write_json, exclusive, fsync_dir, sha256_file, writes_to
 from headstart._progress import open_bar
-from headstart.errors import WeightsError
+from headstart.errors import WeightsError, storage_error
 from headstart.weights.files import (
     URL_SCHEMES,
     Stamp,
@@ -51,6 +51,10 @@ _TIMEOUT_S = 60.0  # per socket operation, not for the whole transfer
 
 
 _CHUNK = 1 << 16
+
+
+# What to do when the cache folder cannot be written (read-only, full).
+CACHE_INSTEAD = "set HEADSTART_CACHE (or --cache-dir) to another folder"
 
 
 def partial_path(dest: Path) -> Path:
@@ -283,7 +287,8 @@ class _Fetch:
                 if isinstance(exc, urllib.error.URLError) and isinstance(exc.reason, str):
                     raise WeightsError(f"cannot download {self.url}: {exc.reason}") from exc
                 if isinstance(exc, OSError) and exc.errno in _LOCAL_ERRNOS:
-                    raise WeightsError(f"cannot write {self.partial}: {exc.strerror}") from exc
+                    local = storage_error(exc, self.partial, instead=CACHE_INSTEAD)
+                    raise (local or WeightsError(f"cannot write {self.partial}")) from exc
                 problem = _why(exc)
             if attempt == self.attempts:
                 kept = self.partial.is_file() and self.partial.stat().st_size > 0
@@ -439,5 +444,9 @@ def cache_writer(dest: Path) -> Iterator[None]:
     The kernel drops an ``flock`` when its process dies, so a killed run never leaves
     the lock held.  Without ``fcntl`` (not POSIX) or a writable folder, go without.
     """
-    with exclusive(dest, label=f"{dest.name} in the weights cache", wait=True, optional=True):
+    label = f"{dest.name} in the weights cache"
+    with (
+        exclusive(dest, label=label, wait=True, optional=True),
+        writes_to(dest.parent, instead=CACHE_INSTEAD),
+    ):
         yield
