@@ -128,7 +128,10 @@ def test_adapt_cli_leaves_a_run_dir_predict_and_evaluate_use(
     assert pred.code == 0, pred.stderr
     predictions = pred.json()["predictions"]
     assert len(predictions) == 36 and {p["label"] for p in predictions} <= {"d0", "d1", "d2"}
+    # adapt evaluated into RUN/eval already: evaluate keeps it unless told to replace it
     ev = run_cli("evaluate", out, shifted["labelled"], "--json")
+    assert ev.code == 1 and "--overwrite" in ev.stderr
+    ev = run_cli("evaluate", out, shifted["labelled"], "--json", "--overwrite")
     assert ev.code == 0, ev.stderr
     assert ev.json()["accuracy"] == pytest.approx(summary["metrics"]["target_acc"])
 
