@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from headstart.config.fields import Augment, Checked, Precision, Select, option
 from headstart.config.strategies import StrategyName, check_head_epochs
+from headstart.errors import ConfigError
 
 __all__ = [
     "Adapters",
@@ -33,6 +34,7 @@ __all__ = [
     "Texts",
     "Tracking",
     "Transfer",
+    "main_address",
 ]
 
 
@@ -330,6 +332,47 @@ class Resumable(Checked):
         default=1,
         at_least=1,
     )
+    nodes: int = option(
+        "machines in the data-parallel group, each running the same command with its own "
+        "--node-rank and --processes per machine; --out must be a folder all of them see",
+        default=1,
+        at_least=1,
+    )
+    node_rank: int = option(
+        "this machine's place in the group, 0 to --nodes - 1; machine 0 is the main one "
+        "(it writes the run dir and the checkpoints)",
+        default=0,
+        at_least=0,
+    )
+    main_address: str | None = option(
+        "with --nodes > 1: where the group meets, the main machine's HOST:PORT as the "
+        "others reach it (torch.distributed's MASTER_ADDR and MASTER_PORT)",
+        default=None,
+        metavar="HOST:PORT",
+    )
+
+    def _check(self) -> None:
+        if self.node_rank >= self.nodes:
+            raise ConfigError(
+                f"--node-rank {self.node_rank} with --nodes {self.nodes}: the ranks are 0 "
+                f"to {self.nodes - 1}"
+            )
+        if self.nodes > 1 and self.main_address is None:
+            raise ConfigError(
+                f"--nodes {self.nodes}: give --main-address HOST:PORT, the main machine's "
+                "address and a free port, the same on every machine"
+            )
+        if self.main_address is not None:
+            main_address(self.main_address)
+
+
+def main_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as ``(host, port)``, or a :class:`ConfigError`."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--main-address {text!r}: give HOST:PORT, e.g. 10.0.0.1:29500")
+    return host, int(port)
 
 
 @dataclass(frozen=True, kw_only=True)
