@@ -34,6 +34,7 @@ __all__ = [
     "Texts",
     "Tracking",
     "Transfer",
+    "Trials",
     "main_address",
 ]
 
@@ -393,4 +394,31 @@ class Tracking(Checked):
         default=None,
         const="runs/tensorboard",
         metavar="DIR",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trials(Checked):
+    """How ``compare``'s trials (one strategy on one fold each) run: one after another in
+    this process, or as the trials of an Optuna study, by several workers and machines."""
+
+    trials_in_parallel: int = option(
+        "worker processes on this machine that run the trials (one strategy on one fold "
+        "each) as an Optuna study's; 1: one after another in this process (unless "
+        "--storage is given)",
+        default=1,
+        at_least=1,
+    )
+    storage: str | None = option(
+        "the Optuna storage the trials' study lives in, shared by every machine that works "
+        "on it: postgresql://USER:PASSWORD@HOST:5432/DB (many machines) or sqlite:///PATH "
+        "(one); default with --trials-in-parallel > 1: sqlite:///OUT/trials.db",
+        default=None,
+        metavar="URL",
+    )
+    study: str | None = option(
+        "the study's name in --storage (default: compare- and a hash of what the trials "
+        "compute, so the same command on every machine joins one study)",
+        default=None,
+        metavar="NAME",
     )
