@@ -73,6 +73,13 @@ def test_two_workers_give_the_scores_of_one(one_by_one: Path, tmp_path: Path) ->
         (f, s) for f in range(3) for s in ("linear", "scratch")
     )
     assert all(t.value == t.user_attrs["accuracy"] for t in trials)
+    # stopped before its results were written: the same command trains nothing again
+    for written in (tmp_path / "cmp").iterdir():
+        if written.name != "trials.db":
+            written.unlink()
+    compare(CompareOptions(**BASE, out=str(tmp_path / "cmp"), trials_in_parallel=2))
+    assert _scores(tmp_path / "cmp") == _scores(one_by_one)
+    assert len(study.get_trials()) == 6
 
 
 def test_a_study_made_for_other_options_is_refused(tmp_path: Path) -> None:

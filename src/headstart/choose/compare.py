@@ -108,13 +108,16 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     """Check everything a fold could trip on, train every fold, then write and log."""
     t0 = time.perf_counter()
     strategies = _strategies(options.strategies)
-    out = prepare_out(
-        options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
-        overwrite=options.overwrite,
-        inputs=input_paths(options),
-        marker="compare.json",
-        what="comparison",
-    )
+    assert options.out is not None  # named by compare()
+    out = Path(options.out)
+    if not _stopped_study(out, options):
+        out = prepare_out(
+            out,
+            overwrite=options.overwrite,
+            inputs=input_paths(options),
+            marker="compare.json",
+            what="comparison",
+        )
     for strategy in strategies:
         check_options(_as_strategy(options, strategy))
     data = load_training_data(_as_strategy(options, strategies[0]))
@@ -134,6 +137,15 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     write_comparison(result, options)
     _log_results(result, tracker)
     return result
+
+
+def _stopped_study(out: Path, options: CompareOptions) -> bool:
+    """Whether ``out`` holds only the default study of a comparison that stopped before
+    writing its results (``trials.db``): the same command continues it."""
+    if options.storage is not None or options.trials_in_parallel == 1 or not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir()}
+    return "trials.db" in names and all(n.startswith("trials.db") for n in names)
 
 
 def _check_fold_sizes(data: LabeledData, options: CompareOptions) -> None:
