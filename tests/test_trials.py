@@ -1,6 +1,6 @@
-"""``compare``'s trials on an Optuna study: 2 worker processes on the embedded SQLite
-storage, and two "machines" sharing a real PostgreSQL server, give the scores of the
-one-after-another path, trial for trial."""
+"""``compare``'s trials on an Optuna study: 2 worker processes on the default storage
+(Optuna's journal file in --out), and two "machines" sharing a real PostgreSQL server,
+give the scores of the one-after-another path, trial for trial."""
 
 from __future__ import annotations
 
@@ -60,14 +60,15 @@ def one_by_one(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_two_workers_give_the_scores_of_one(one_by_one: Path, tmp_path: Path) -> None:
     import optuna
 
+    from headstart.choose.trials import _storage
+
     result = compare(CompareOptions(**BASE, out=str(tmp_path / "cmp"), trials_in_parallel=2))
     assert _scores(tmp_path / "cmp") == _scores(one_by_one)
     assert [s.strategy for s in result.scores] == ["linear", "scratch"] * 3
     # the study is in --out: one complete trial per (fold, strategy), its score attached
-    (summary,) = optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'cmp' / 'trials.db'}")
-    study = optuna.load_study(
-        study_name=summary.study_name, storage=f"sqlite:///{tmp_path / 'cmp' / 'trials.db'}"
-    )
+    storage = _storage(f"journal:{tmp_path / 'cmp' / 'trials.log'}")
+    (summary,) = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
     trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert sorted((t.params["fold"], t.params["strategy"]) for t in trials) == sorted(
         (f, s) for f in range(3) for s in ("linear", "scratch")
@@ -75,7 +76,7 @@ def test_two_workers_give_the_scores_of_one(one_by_one: Path, tmp_path: Path) ->
     assert all(t.value == t.user_attrs["accuracy"] for t in trials)
     # stopped before its results were written: the same command trains nothing again
     for written in (tmp_path / "cmp").iterdir():
-        if written.name != "trials.db":
+        if not written.name.startswith("trials.log"):
             written.unlink()
     compare(CompareOptions(**BASE, out=str(tmp_path / "cmp"), trials_in_parallel=2))
     assert _scores(tmp_path / "cmp") == _scores(one_by_one)
@@ -86,11 +87,23 @@ def test_a_study_made_for_other_options_is_refused(tmp_path: Path) -> None:
     """The same --study NAME with other options (here: 2 folds) would mix their trials."""
     from headstart.choose.trials import Grid, Study, _open
 
-    storage = f"sqlite:///{tmp_path / 'trials.db'}"
+    storage = f"journal:{tmp_path / 'trials.log'}"
     _open(Study("s", storage, Grid([{"fold": 0}]), {"folds": 3}))
     _open(Study("s", storage, Grid([{"fold": 0}]), {"folds": 3}))  # the same joins
     with pytest.raises(ConfigError, match="--study s .* was made for other options"):
         _open(Study("s", storage, Grid([{"fold": 0}]), {"folds": 2}))
+
+
+def test_sqlite_is_refused_for_several_workers(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="can take the same trial"):
+        compare(
+            CompareOptions(
+                **BASE,
+                out=str(tmp_path / "c"),
+                trials_in_parallel=2,
+                storage=f"sqlite:///{tmp_path / 's.db'}",
+            )
+        )
 
 
 def test_the_storage_password_stays_out_of_compare_json() -> None:

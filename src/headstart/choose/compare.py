@@ -36,7 +36,7 @@ from headstart.choose.comparison import (
     write_comparison,
 )
 from headstart.choose.recommend import recommend_for
-from headstart.choose.trials import Grid, RunTrial, Study, run_trials
+from headstart.choose.trials import JOURNAL, Grid, RunTrial, Study, run_trials
 from headstart.config.options import CompareOptions, FitOptions
 from headstart.config.strategies import is_auto, parse_strategy, strategy_of
 from headstart.data.checks import data_checks
@@ -49,6 +49,9 @@ from headstart.train.tracking import Tracker, open_tracker
 __all__ = ["compare"]
 
 log = logging.getLogger(__name__)
+
+# The default study of --trials-in-parallel, in --out: Optuna's journal file
+STUDY_FILE = "trials.log"
 
 
 def _strategies(text: str) -> list[str]:
@@ -141,11 +144,11 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
 
 def _stopped_study(out: Path, options: CompareOptions) -> bool:
     """Whether ``out`` holds only the default study of a comparison that stopped before
-    writing its results (``trials.db``): the same command continues it."""
+    writing its results (``trials.log``): the same command continues it."""
     if options.storage is not None or options.trials_in_parallel == 1 or not out.is_dir():
         return False
     names = {p.name for p in out.iterdir()}
-    return "trials.db" in names and all(n.startswith("trials.db") for n in names)
+    return STUDY_FILE in names and all(n.startswith(STUDY_FILE) for n in names)
 
 
 def _check_fold_sizes(data: LabeledData, options: CompareOptions) -> None:
@@ -233,14 +236,15 @@ def _run_study(
         json.dumps({"options": study_config(options), "data": data.fingerprint()}, default=str)
     )
     storage = options.storage
-    if storage is None:  # the embedded default: a SQLite file in --out
-        db = Path(options.out).resolve() / "trials.db"
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if storage is None:  # the embedded default: a journal file in --out, which we hold
+        journal = Path(options.out).resolve() / STUDY_FILE
+        journal.parent.mkdir(parents=True, exist_ok=True)
         if options.overwrite:
-            db.unlink(missing_ok=True)
-        storage = f"sqlite:///{db}"
+            journal.unlink(missing_ok=True)
+        storage = f"{JOURNAL}{journal}"
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
-    study = Study(options.study or f"compare-{digest}", storage, Grid(points), recipe)
+    name = options.study or f"compare-{digest}"
+    study = Study(name, storage, Grid(points), recipe, owned=options.storage is None)
     setup = functools.partial(_trial_runner, options.replace(progress=False), points)
     attrs = run_trials(study, setup, workers=options.trials_in_parallel)
     names = {f.name for f in dataclasses.fields(FoldScore)} - {"curve"}

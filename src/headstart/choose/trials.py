@@ -3,8 +3,8 @@ strategy on one fold), run by worker processes on this machine and on others tha
 the study's storage.
 
 Why Optuna: a study in a database is a queue that several processes and machines share
-without a coordinator (SQLite on one machine, PostgreSQL or MySQL for many), with
-heartbeats that mark a dead worker's trial failed.  Each grid point is put in the study's
+without a coordinator (a journal file on one machine, PostgreSQL or MySQL for many,
+with heartbeats that mark a dead worker's trial failed).  Each grid point is put in the study's
 queue (``enqueue_trial``) by the first worker that finds it missing; workers pop trials
 (``study.optimize``) until the queue is empty.  Two machines that enqueue the same point
 at once cost nothing: of two trials of one point, the later one sees the earlier one and
@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 30
 GRACE_S = 120
 POLL_S = 2.0
+JOURNAL = "journal:"
 
 # What one trial computes: its grid point -> JSON-able attributes, ``value`` among them.
 RunTrial = Callable[[dict[str, Any]], dict[str, Any]]
@@ -71,19 +72,34 @@ class Study:
     storage: str
     grid: Grid
     recipe: dict[str, Any]
+    # the storage is this command's alone (the default, in its --out): a trial it finds
+    # running was left so by a run that stopped
+    owned: bool = False
 
 
 def _storage(url: str) -> Any:
+    """``journal:PATH``: Optuna's journal file (several processes on one machine append to
+    it under a file lock); any other URL: a database (SQLAlchemy's URL), with heartbeats."""
     import optuna
-    from optuna.storages import RDBStorage
+    from optuna.storages import JournalStorage, RDBStorage
+    from optuna.storages.journal import JournalFileBackend
 
-    # SQLite: several writers wait for the file's lock instead of failing at once.
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-    with warnings.catch_warnings():  # heartbeats are "experimental" (since Optuna 2.9)
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
-        )
+    if url.startswith(JOURNAL):
+        return JournalStorage(JournalFileBackend(url[len(JOURNAL) :]))
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(3):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" (Optuna 2.9)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+        except (IntegrityError, ProgrammingError):
+            # machines that start together on a new database race to make its tables:
+            # the losers find them made a moment later
+            if attempt == 2:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _sampler() -> Any:
@@ -112,6 +128,8 @@ def _open(study: Study) -> Any:
         direction="maximize",
         load_if_exists=True,
     )
+    if study.owned:
+        _fail_left_running(opened)
     recorded = opened.user_attrs.get("recipe")
     if recorded is None:
         opened.set_user_attr("recipe", study.recipe)
@@ -122,6 +140,17 @@ def _open(study: Study) -> Any:
             "another --study"
         )
     return opened
+
+
+def _fail_left_running(opened: Any) -> None:
+    """Mark failed the trials a stopped run left running (the queue runs them again)."""
+    from optuna.trial import TrialState
+
+    storage = opened._storage
+    study_id = storage.get_study_id_from_name(opened.study_name)
+    for t in opened.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
 def _shown(url: str) -> str:
@@ -138,6 +167,12 @@ def run_trials(study: Study, setup: Callable[[], RunTrial], *, workers: int) -> 
     processes, each of which calls ``setup()`` once (load the data) and runs trials until
     the grid is done; then wait for those other machines still run; the grid's points'
     results (user attributes), in :meth:`Grid.points` order."""
+    if workers > 1 and study.storage.startswith("sqlite"):
+        raise ConfigError(
+            f"--storage {study.storage} with --trials-in-parallel {workers}: processes that "
+            "share a SQLite file can take the same trial (Optuna's SQLite storage is for one "
+            "worker); leave --storage out (a journal file in --out) or use PostgreSQL"
+        )
     _open(study)
     if workers == 1:
         _work(study, setup, threads=None, level=None)

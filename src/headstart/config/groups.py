@@ -411,8 +411,9 @@ class Trials(Checked):
     )
     storage: str | None = option(
         "the Optuna storage the trials' study lives in, shared by every machine that works "
-        "on it: postgresql://USER:PASSWORD@HOST:5432/DB (many machines) or sqlite:///PATH "
-        "(one); default with --trials-in-parallel > 1: sqlite:///OUT/trials.db",
+        "on it: postgresql+psycopg://USER:PASSWORD@HOST:5432/DB (many machines; a "
+        "SQLAlchemy URL), journal:PATH (Optuna's journal file); default with "
+        "--trials-in-parallel > 1: journal:OUT/trials.log",
         default=None,
         metavar="URL",
     )
