@@ -28,7 +28,8 @@ __all__ = ["HeadstartClassifier"]
 _DEFAULTS = FitOptions()
 # FitOptions fields that are not an estimator's parameters: the data is fit's argument,
 # and resuming a stopped run is the command line's business.
-_NOT_PARAMS = frozenset({"data", "resume"})
+# (nodes, node rank, main address: a group of machines is the command line's)
+_NOT_PARAMS = frozenset({"data", "resume", "nodes", "node_rank", "main_address"})
 
 
 class HeadstartClassifier(BaseEstimator):

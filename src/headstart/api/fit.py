@@ -43,7 +43,7 @@ from headstart.train.assemble import (
 )
 from headstart.train.checkpoint import Checkpointer, checkpoint_dir, is_resumable, kill_point
 from headstart.train.lr_find import plot_lr_curve
-from headstart.train.parallel import Parallel, in_launched_group
+from headstart.train.parallel import Parallel, group_size, in_launched_group
 from headstart.train.tracking import Tracker, open_tracker
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,8 @@ def _one_writer(options: FitOptions, kind: str) -> tuple[FitOptions, AbstractCon
     """The lock that makes this process the one writer of the run dir and its checkpoint
     folder (``rundir.writing``), held for the whole fit; taken by the process that writes
     them: not a launcher of several processes, nor the group's other processes."""
-    if int(os.environ.get("RANK", "0")) != 0 or (options.processes > 1 and not in_launched_group()):
+    launcher = group_size(options) > 1 and not in_launched_group()
+    if int(os.environ.get("RANK", "0")) != 0 or launcher:
         return options, nullcontext()
     if not (options.resume or options.out):
         if in_launched_group():  # refused by _fit: several processes need one --out
@@ -84,7 +85,7 @@ def _one_writer(options: FitOptions, kind: str) -> tuple[FitOptions, AbstractCon
 
 def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     t_start = time.perf_counter()
-    if options.processes > 1 and not in_launched_group():
+    if group_size(options) > 1 and not in_launched_group():
         return _launch_group(options, kind)
     parallel = Parallel.from_environment(options) if in_launched_group() else None
     main = parallel is None or parallel.is_main
@@ -127,7 +128,9 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
         if saved is None and not checkpointer.steps():
             checkpointer.remove()
         raise
-    if not main:  # only the main process writes the run dir
+    if not main:  # only the main process writes the run dir: wait until it has
+        assert parallel is not None
+        parallel.barrier()
         return _result(out, trained, data.classes, {})
     timings = dict(trained.timings)
     timings["load_s"] = (time.perf_counter() - t_start) - timings["train_s"]
@@ -141,6 +144,8 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
     meta = _meta(options, kind, trained, data.classes, data_meta, recommendation, saved, timings)
     run_dir = _write(out, options, trained, meta, timings, t_start, resumed=saved is not None)
     checkpointer.remove()  # the run dir is complete: nothing left to resume
+    if parallel is not None:  # the other machines read the run dir back once it is there
+        parallel.barrier()
     timings["total_s"] = time.perf_counter() - t_start
     rows = trained.history.rows()
     tracker.log_metrics({f"final_{k}": v for k, v in trained.metrics.items()}, step=len(rows))
@@ -150,10 +155,17 @@ def _fit(options: FitOptions, *, kind: str, tracker: Tracker) -> FitResult:
 
 
 def _launch_group(options: FitOptions, kind: str) -> FitResult:
-    """``--processes N``: spawn the group on one run dir and read its result back."""
+    """``--processes N`` (``--nodes M``): spawn this machine's share of the group on one
+    run dir and read its result back.  The main machine checks ``--out``; every machine
+    must name the same one."""
     if options.resume:
         options = replace(options, out=options.resume)
-    else:  # every process must write to (and check) the same folder
+    elif options.nodes > 1 and not options.out:
+        raise ConfigError(
+            f"--nodes {options.nodes}: the machines write one run dir: give the same --out "
+            "on each, a folder they all see"
+        )
+    elif options.node_rank == 0:  # every process must write to (and check) the same folder
         out = prepare_out(
             options.out or _default_out(kind),
             overwrite=options.overwrite,
@@ -252,7 +264,7 @@ def _race(
         len(train_data), len(train_data.classes), n_candidates=len(plans),
         min_per_class=int(counts.min()),
     )  # fmt: skip
-    if go and options.processes > 1:
+    if go and group_size(options) > 1:
         go, why = False, "several processes: the plan is decided from the measurements alone"
     if not go:
         log.info("auto: no race (%s)", why)
@@ -368,11 +380,19 @@ _RUNTIME_OPTIONS = frozenset(
         "device",
         "workers",
         "processes",
+        "nodes",
+        "node_rank",
+        "main_address",
         "cache_dir",
         "checkpoint_every",
         "deterministic",
     }
 )
+
+
+# Where this command's processes run in the group: never taken from the checkpoint (a
+# resumed group may meet elsewhere; a machine resumes with its own --node-rank).
+_PLACE_OPTIONS = ("nodes", "node_rank", "main_address")
 
 
 def _saved_options(options: FitOptions, out: Path) -> dict[str, Any]:
@@ -410,6 +430,8 @@ def resumed_options(given: FitOptions, saved: dict[str, Any]) -> FitOptions:
             "options it started with: drop these flags"
         )
     stored.pop("out", None)
+    for name in _PLACE_OPTIONS:  # where this command runs, as given now
+        stored.pop(name, None)
     # A runtime option given now wins; one left at its default keeps the saved value.
     defaults = {f.name: f.default for f in fields(given)}
     runtime = {

@@ -1,6 +1,14 @@
 """``fit --processes N``: start N training processes on this machine (torch's spawn),
 each running :func:`headstart.fit` inside the group that
 :class:`headstart.train.parallel.Parallel` joins, and read the main one's result back.
+
+With ``--nodes M --node-rank R --main-address HOST:PORT`` the group spans M machines, each
+running the same command: this machine's N processes take the global ranks ``R*N`` to
+``R*N + N - 1`` and meet the others through torch.distributed's ``env://`` rendezvous
+(``MASTER_ADDR``/``MASTER_PORT`` at the main machine, ``WORLD_SIZE = M*N``, ``RANK``,
+``LOCAL_RANK``), the variables torchrun and ``accelerate launch`` set too: a process that
+finds them already set (started by torchrun) joins that group instead of launching one
+(:func:`headstart.train.parallel.in_launched_group`).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ import torch
 
 from headstart import errors as errors_module
 from headstart.api.result import FitResult
+from headstart.config.groups import main_address
 from headstart.config.options import FitOptions
 from headstart.errors import ConfigError, HeadstartError
 from headstart.plan.make import Plan
@@ -33,26 +42,47 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclasses.dataclass(frozen=True)
+class _Group:
+    """Where this machine's processes sit in the group, and where the group meets."""
+
+    address: str
+    port: int
+    world: int  # processes over all machines
+    first: int  # the global rank of this machine's first process
+    local: int  # processes on this machine
+
+    @classmethod
+    def of(cls, options: FitOptions) -> _Group:
+        n = options.processes
+        if options.nodes == 1:
+            return cls("127.0.0.1", _free_port(), n, 0, n)
+        assert options.main_address is not None  # checked with the options
+        host, port = main_address(options.main_address)
+        return cls(host, port, n * options.nodes, options.node_rank * n, n)
+
+
 def _worker(
-    rank: int,
+    local_rank: int,
     fn: Callable[..., Any],
     options: FitOptions,
     kind: str,
-    world: int,
-    port: int,
+    group: _Group,
     level: int,
     errors: Any,
 ) -> None:
+    rank = group.first + local_rank
     # The processes share the machine's cores instead of each taking them all.
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // world)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // group.local)))
     os.environ.update(
         {
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(port),
-            "WORLD_SIZE": str(world),
+            "MASTER_ADDR": group.address,
+            "MASTER_PORT": str(group.port),
+            "WORLD_SIZE": str(group.world),
             "RANK": str(rank),
-            "LOCAL_RANK": str(rank),
-            "LOCAL_WORLD_SIZE": str(world),
+            "LOCAL_RANK": str(local_rank),
+            "LOCAL_WORLD_SIZE": str(group.local),
+            "GROUP_RANK": str(group.first // group.local),  # the machine's, as torchrun's
         }
     )
     handler = logging.StreamHandler(sys.stderr)
@@ -72,18 +102,26 @@ def _worker(
 
 
 def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> FitResult:
-    """Run ``fn(options, kind=kind)`` in ``options.processes`` processes on this machine.
+    """Run ``fn(options, kind=kind)`` in ``options.processes`` processes on this machine,
+    this machine's share of a group of ``options.nodes`` machines.
 
-    Returns the result as the main process wrote it (read back from the run dir).
+    Returns the result as the main process wrote it (read back from the run dir, which
+    every machine must see).
     """
     import torch.multiprocessing as mp
 
     n = options.processes
-    # (a resumed run's: checked later; auto: sized as a multiple of n)
-    if options.batch_size is not None and options.batch_size % n and not options.resume:
+    group = _Group.of(options)
+    # (a resumed run's: checked later; auto: sized as a multiple of the group)
+    if options.batch_size is not None and options.batch_size % group.world and not options.resume:
+        among = (
+            f"--processes {n}"
+            if group.world == n
+            else f"the group's {group.world} processes (--processes {n} x --nodes {options.nodes})"
+        )
         raise ConfigError(
             f"--batch-size {options.batch_size} is the global batch: it must be divisible by "
-            f"--processes {n}"
+            f"{among}"
         )
     if options.device.startswith("cuda") and torch.cuda.device_count() < n:
         raise ConfigError(
@@ -93,11 +131,18 @@ def launch(fn: Callable[..., FitResult], options: FitOptions, *, kind: str) -> F
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
     level = logging.getLogger("headstart").getEffectiveLevel()
-    log.info("starting %d training processes", n)
+    log.info(
+        "starting %d training processes%s",
+        n,
+        f" (ranks {group.first} to {group.first + n - 1} of {group.world}, meeting at "
+        f"{group.address}:{group.port})"
+        if options.nodes > 1
+        else "",
+    )
     try:
         mp.start_processes(
             _worker,
-            args=(fn, options, kind, n, _free_port(), level, queue),
+            args=(fn, options, kind, group, level, queue),
             nprocs=n,
             start_method="spawn",
         )

@@ -15,9 +15,15 @@ user's new data) and the strategy it picks is trained; each score records the ch
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,10 +32,12 @@ from headstart.choose.comparison import (
     CompareResult,
     FoldScore,
     run_config,
+    study_config,
     summarise,
     write_comparison,
 )
 from headstart.choose.recommend import recommend_for
+from headstart.choose.trials import JOURNAL, Grid, RunTrial, Study, run_trials
 from headstart.config.options import CompareOptions, FitOptions
 from headstart.config.strategies import is_auto, parse_strategy, strategy_of
 from headstart.data.checks import data_checks
@@ -42,6 +50,9 @@ from headstart.train.tracking import Tracker, open_tracker
 __all__ = ["compare"]
 
 log = logging.getLogger(__name__)
+
+# The default study of --trials-in-parallel, in --out: Optuna's journal file
+STUDY_FILE = "trials.log"
 
 
 def _strategies(text: str) -> list[str]:
@@ -101,13 +112,16 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     """Check everything a fold could trip on, train every fold, then write and log."""
     t0 = time.perf_counter()
     strategies = _strategies(options.strategies)
-    out = prepare_out(
-        options.out or f"runs/compare-{time.strftime('%Y%m%d-%H%M%S')}",
-        overwrite=options.overwrite,
-        inputs=input_paths(options),
-        marker="compare.json",
-        what="comparison",
-    )
+    assert options.out is not None  # named by compare()
+    out = Path(options.out)
+    if not _stopped_study(out, options):
+        out = prepare_out(
+            out,
+            overwrite=options.overwrite,
+            inputs=input_paths(options),
+            marker="compare.json",
+            what="comparison",
+        )
     for strategy in strategies:
         check_options(_as_strategy(options, strategy))
     data = load_training_data(_as_strategy(options, strategies[0]))
@@ -129,6 +143,15 @@ def _compare(options: CompareOptions, tracker: Tracker) -> CompareResult:
     return result
 
 
+def _stopped_study(out: Path, options: CompareOptions) -> bool:
+    """Whether ``out`` holds only the default study of a comparison that stopped before
+    writing its results (``trials.log``): the same command continues it."""
+    if options.storage is not None or options.trials_in_parallel == 1 or not out.is_dir():
+        return False
+    names = {p.name for p in out.iterdir()}
+    return STUDY_FILE in names and all(n.startswith(STUDY_FILE) for n in names)
+
+
 def _check_fold_sizes(data: LabeledData, options: CompareOptions) -> None:
     """Raises :class:`DataError` when a class has fewer examples than there are folds."""
     smallest = int(np.bincount(data.targets).min())
@@ -147,36 +170,109 @@ def _cross_validate(
     fractions: list[float],
     tracker: Tracker,
 ) -> list[FoldScore]:
-    """Every strategy trained on every fold of every repeat, at every share of labels."""
+    """Every strategy trained on every fold of every repeat, at every share of labels:
+    one after another here, or as the trials of a study (``--trials-in-parallel``,
+    ``--storage``); the scores in the same order either way."""
+    points = _points(options, strategies, fractions)
+    if options.trials_in_parallel > 1 or options.storage is not None:
+        return _run_study(options, data, points)
+    scores = []
+    with open_bar(len(points), "compare", enabled=options.progress, unit="fit") as bar:
+        for i, point in enumerate(points):
+            bar.set_postfix_str(f"fold {point['fold'] + 1} {point['strategy']}")
+            with inner():  # each fold's plan and epochs: -v only
+                scores.append(_run_point(options, data, points, i, tracker))
+            bar.update(1)
+    return scores
+
+
+def _points(
+    options: CompareOptions, strategies: list[str], fractions: list[float]
+) -> list[dict[str, Any]]:
+    """The trials: (repeat, fold, share of labels, strategy), in the order they are
+    reported."""
+    return [
+        {"repeat": repeat, "fold": fold, "labels": fraction, "strategy": strategy}
+        for repeat in range(options.seeds)
+        for fold in range(options.folds)
+        for fraction in fractions
+        for strategy in strategies
+    ]
+
+
+def _fold_data(
+    options: CompareOptions, data: LabeledData, repeat: int, fold: int, fraction: float
+) -> tuple[LabeledData, LabeledData]:
+    """Fold ``fold`` of repeat ``repeat``'s stratified split (shuffled by seed + repeat),
+    its training part cut to ``fraction`` of each class's labels; and its held-out part.
+    A function of these alone: the same whichever trial asks, in whatever order."""
     from sklearn.model_selection import StratifiedKFold
 
-    scores: list[FoldScore] = []
-    total = options.seeds * options.folds * len(strategies) * len(fractions)
-    with open_bar(total, "compare", enabled=options.progress, unit="fit") as bar:
-        for repeat in range(options.seeds):
-            seed = options.seed + repeat
-            splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
-            for fold, (train_idx, test_idx) in enumerate(
-                splitter.split(data.targets, data.targets)
-            ):
-                test_data = data.subset(
-                    test_idx, note=f"fold {fold + 1} held out (repeat {repeat})"
-                )
-                for fraction in fractions:
-                    idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
-                    train_data = data.subset(
-                        idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
-                    )
-                    for strategy in strategies:
-                        at = _Fold(repeat, fold, fraction, seed, len(scores) + 1, total)
-                        bar.set_postfix_str(f"fold {fold + 1} {strategy}")
-                        with inner():  # each fold's plan and epochs: -v only
-                            score = _train_fold(
-                                options, strategy, at, train_data, test_data, tracker
-                            )
-                        scores.append(score)
-                        bar.update(1)
-    return scores
+    seed = options.seed + repeat
+    splitter = StratifiedKFold(n_splits=options.folds, shuffle=True, random_state=seed)
+    train_idx, test_idx = list(splitter.split(data.targets, data.targets))[fold]
+    test_data = data.subset(test_idx, note=f"fold {fold + 1} held out (repeat {repeat})")
+    idx = _subsample(data.targets, train_idx, fraction, seed * 1000 + fold)
+    train_data = data.subset(
+        idx, note=f"fold {fold + 1} train, {fraction:g} of labels (repeat {repeat})"
+    )
+    return train_data, test_data
+
+
+def _run_point(
+    options: CompareOptions,
+    data: LabeledData,
+    points: list[dict[str, Any]],
+    i: int,
+    tracker: Tracker,
+) -> FoldScore:
+    """Trial ``i``: its strategy trained on its fold, seeded from seed + repeat (the same
+    for every strategy and fold of a repeat, never from the order trials run in)."""
+    p = points[i]
+    train_data, test_data = _fold_data(options, data, p["repeat"], p["fold"], p["labels"])
+    at = _Fold(p["repeat"], p["fold"], p["labels"], options.seed + p["repeat"], i + 1, len(points))
+    return _train_fold(options, p["strategy"], at, train_data, test_data, tracker)
+
+
+def _run_study(
+    options: CompareOptions, data: LabeledData, points: list[dict[str, Any]]
+) -> list[FoldScore]:
+    """The trials on an Optuna study (:mod:`headstart.choose.trials`): each trial's
+    score is its user attributes, read back by point."""
+    assert options.out is not None
+    recipe = json.loads(
+        json.dumps({"options": study_config(options), "data": data.fingerprint()}, default=str)
+    )
+    storage = options.storage
+    if storage is None:  # the embedded default: a journal file in --out, which we hold
+        journal = Path(options.out).resolve() / STUDY_FILE
+        journal.parent.mkdir(parents=True, exist_ok=True)
+        if options.overwrite:
+            journal.unlink(missing_ok=True)
+        storage = f"{JOURNAL}{journal}"
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    name = options.study or f"compare-{digest}"
+    study = Study(name, storage, Grid(points), recipe, owned=options.storage is None)
+    setup = functools.partial(_trial_runner, options.replace(progress=False), points)
+    attrs = run_trials(study, setup, workers=options.trials_in_parallel)
+    names = {f.name for f in dataclasses.fields(FoldScore)} - {"curve"}
+    return [
+        FoldScore(**{k: v for k, v in a.items() if k in names}, curve=tuple(a["curve"]))
+        for a in attrs
+    ]
+
+
+def _trial_runner(options: CompareOptions, points: list[dict[str, Any]]) -> RunTrial:
+    """In a worker: the data loaded once, and what runs one trial of ``points``."""
+    data = load_training_data(_as_strategy(options, points[0]["strategy"]))
+    keys = [sorted(p.items()) for p in points]
+    untracked = Tracker(mlflow_uri=None, tensorboard=None)
+
+    def run(point: dict[str, Any]) -> dict[str, Any]:
+        score = _run_point(options, data, points, keys.index(sorted(point.items())), untracked)
+        return {**dataclasses.asdict(score), "value": score.accuracy}
+
+    return run
 
 
 @dataclass(frozen=True)

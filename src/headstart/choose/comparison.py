@@ -9,6 +9,7 @@ import csv
 import io
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -412,5 +413,22 @@ def summarise(scores: list[FoldScore]) -> list[StrategySummary]:
 
 
 def run_config(options: CompareOptions) -> dict[str, Any]:
-    """The comparison's options as recorded in ``compare.json`` and the tracked run."""
-    return {k: v for k, v in asdict(options).items() if k != "progress"}
+    """The comparison's options as recorded in ``compare.json`` and the tracked run (the
+    storage's password left out)."""
+    config = {k: v for k, v in asdict(options).items() if k != "progress"}
+    if config.get("storage"):
+        config["storage"] = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", config["storage"])
+    return config
+
+
+# Options that change where or how fast the trials run, not what they compute.
+_PLACE = frozenset(
+    {"out", "overwrite", "trials_in_parallel", "storage", "study", "device", "workers"}
+    | {"cache_dir", "mlflow_uri", "tensorboard", "progress"}
+)
+
+
+def study_config(options: CompareOptions) -> dict[str, Any]:
+    """What a comparison's trials compute: the options every machine that joins its study
+    must share."""
+    return {k: v for k, v in asdict(options).items() if k not in _PLACE}

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from headstart.config.fields import Augment, Checked, Precision, Select, option
 from headstart.config.strategies import StrategyName, check_head_epochs
+from headstart.errors import ConfigError
 
 __all__ = [
     "Adapters",
@@ -33,6 +34,8 @@ __all__ = [
     "Texts",
     "Tracking",
     "Transfer",
+    "Trials",
+    "main_address",
 ]
 
 
@@ -330,6 +333,47 @@ class Resumable(Checked):
         default=1,
         at_least=1,
     )
+    nodes: int = option(
+        "machines in the data-parallel group, each running the same command with its own "
+        "--node-rank and --processes per machine; --out must be a folder all of them see",
+        default=1,
+        at_least=1,
+    )
+    node_rank: int = option(
+        "this machine's place in the group, 0 to --nodes - 1; machine 0 is the main one "
+        "(it writes the run dir and the checkpoints)",
+        default=0,
+        at_least=0,
+    )
+    main_address: str | None = option(
+        "with --nodes > 1: where the group meets, the main machine's HOST:PORT as the "
+        "others reach it (torch.distributed's MASTER_ADDR and MASTER_PORT)",
+        default=None,
+        metavar="HOST:PORT",
+    )
+
+    def _check(self) -> None:
+        if self.node_rank >= self.nodes:
+            raise ConfigError(
+                f"--node-rank {self.node_rank} with --nodes {self.nodes}: the ranks are 0 "
+                f"to {self.nodes - 1}"
+            )
+        if self.nodes > 1 and self.main_address is None:
+            raise ConfigError(
+                f"--nodes {self.nodes}: give --main-address HOST:PORT, the main machine's "
+                "address and a free port, the same on every machine"
+            )
+        if self.main_address is not None:
+            main_address(self.main_address)
+
+
+def main_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as ``(host, port)``, or a :class:`ConfigError`."""
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"--main-address {text!r}: give HOST:PORT, e.g. 10.0.0.1:29500")
+    return host, int(port)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -350,4 +394,32 @@ class Tracking(Checked):
         default=None,
         const="runs/tensorboard",
         metavar="DIR",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Trials(Checked):
+    """How ``compare``'s trials (one strategy on one fold each) run: one after another in
+    this process, or as the trials of an Optuna study, by several workers and machines."""
+
+    trials_in_parallel: int = option(
+        "worker processes on this machine that run the trials (one strategy on one fold "
+        "each) as an Optuna study's; 1: one after another in this process (unless "
+        "--storage is given)",
+        default=1,
+        at_least=1,
+    )
+    storage: str | None = option(
+        "the Optuna storage the trials' study lives in, shared by every machine that works "
+        "on it: postgresql+psycopg://USER:PASSWORD@HOST:5432/DB (many machines; a "
+        "SQLAlchemy URL), journal:PATH (Optuna's journal file); default with "
+        "--trials-in-parallel > 1: journal:OUT/trials.log",
+        default=None,
+        metavar="URL",
+    )
+    study: str | None = option(
+        "the study's name in --storage (default: compare- and a hash of what the trials "
+        "compute, so the same command on every machine joins one study)",
+        default=None,
+        metavar="NAME",
     )

@@ -35,6 +35,7 @@ from headstart.config.groups import (
     Texts,
     Tracking,
     Transfer,
+    Trials,
 )
 from headstart.config.strategies import StrategyName
 from headstart.config.train import TrainConfig
@@ -144,6 +145,7 @@ class PretrainOptions(
 @dataclass(frozen=True, kw_only=True)
 class CompareOptions(
     Command,
+    Trials,
     Tracking,
     Adapters,
     Speed,

@@ -38,6 +38,12 @@ def in_launched_group() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def group_size(options: FitOptions) -> int:
+    """The processes a fit's options ask for over all machines: ``--processes`` x
+    ``--nodes``."""
+    return options.processes * options.nodes
+
+
 class Parallel:
     """This process's place in a data-parallel run, and the few collectives training uses."""
 
@@ -62,6 +68,8 @@ class Parallel:
             raise ConfigError(
                 f"--batch-size {batch_size} is the global batch: it must be divisible by "
                 f"--processes {self.world}"
+                if self.world == int(os.environ.get("LOCAL_WORLD_SIZE", self.world))
+                else f"the group's {self.world} processes (--processes x --nodes)"
             )
 
     def wrap(self, model: nn.Module) -> nn.Module:
