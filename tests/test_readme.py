@@ -1,5 +1,6 @@
 """README.md stays true: every Python example runs as written, top to bottom, in one fresh
-process; recommend's rule is described with the code's thresholds."""
+process; recommend's rule is described with the code's thresholds; every time it quotes
+names where it comes from."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from headstart.choose.recommend import (
     SIMILAR_LEEP,
     SIMILAR_PROBE_GAIN,
 )
+from headstart.choose.trials import GRACE_S
 from tests.conftest import REPO
 
 
@@ -53,6 +55,13 @@ def test_readme_python_examples_run(tmp_path: Path) -> None:
     assert (tmp_path / "runs" / "readme-clf" / "headstart.json").is_file()
 
 
+def prose(markdown: str) -> str:
+    """README without its fenced code blocks (each replaced by as many blank lines)."""
+    return re.sub(
+        r"^```.*?^```", lambda m: "\n" * m.group(0).count("\n"), markdown, flags=re.S | re.M
+    )
+
+
 def section(markdown: str, heading: str) -> str:
     start = markdown.index(heading)
     end = markdown.find("\n#", start + len(heading))
@@ -75,3 +84,32 @@ def test_readme_recommend_rule_matches_code() -> None:
     leep, probe = text.index("*LEEP* decides"), text.index("the *probe gain* decides")
     assert leep < probe, "LEEP decides first (where the source has its head), then the probe"
     assert "classifier head" in text[leep - 80 : probe]
+
+
+# A duration: "20 s", "27 seconds", "about 3 minutes", "~8 min", "0.35 s" (not "CPU s").
+DURATION = re.compile(r"\b\d+(?:\.\d+)? ?(?:s|seconds|min|minutes|h|hours)\b")
+# Where a time may come from: a command in backquotes, a bench script, this repo's script.
+COMMAND = re.compile(
+    r"`(?:headstart|python|make|nice|PYTHONPATH=|OMP_NUM_THREADS=|CI=|\.venv/bin/)[^`]*`"
+    r"|bench/|readme_figures"
+)
+# Durations that are settings, not measurements, each from its constant in the code.
+SETTINGS = (f"after {GRACE_S // 60} minutes without its heartbeat",)
+
+
+def test_readme_times_name_their_source() -> None:
+    # Every wall time in README's prose has, in its paragraph, the command that measured it
+    # or a pointer to bench/ (RESULTS.md, a bench script, bench/readme_figures.py).
+    assert (REPO / "bench" / "readme_figures.py").is_file()  # what README points to
+    text = prose((REPO / "README.md").read_text())
+    for setting in SETTINGS:
+        assert setting in " ".join(text.split()), setting
+    unsourced = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        flat = " ".join(paragraph.split())
+        for setting in SETTINGS:
+            flat = flat.replace(setting, "")
+        times = DURATION.findall(flat)
+        if times and not COMMAND.search(flat):
+            unsourced.append(f"{times}: {flat[:160]}")
+    assert not unsourced, "README times with no command or bench/ pointer:\n" + "\n".join(unsourced)
