@@ -1,14 +1,14 @@
 """The README's cheap timed examples, re-run: each figure with the machine and the load.
 
-README.md quotes wall times (the demo's, the digits ``compare``'s). A time means little
-without the machine and what else ran on it, so each figure is printed as one JSON line
-with the command that produced it, the machine (CPU count, the CPU model from
-/proc/cpuinfo, torch's intra-op threads) and the 1/5/15-minute load averages before and
-after. Figures the script cannot re-measure cheaply (the first install, ``make test``,
-the benches in bench/RESULTS.md) are printed as ``not re-measured`` lines saying where
-they come from.
+README.md quotes wall times (the demo's, the digits ``compare``'s) and what a fixed budget
+scored against fit's defaults (``budget``). A time means little without the machine and
+what else ran on it, so each figure is printed as one JSON line with the command that
+produced it, the machine (CPU count, the CPU model from /proc/cpuinfo, torch's intra-op
+threads) and the 1/5/15-minute load averages before and after. Figures the script cannot
+re-measure cheaply (the first install, ``make test``, the benches in bench/RESULTS.md)
+are printed as ``not_remeasured`` lines saying where they come from.
 
-    PYTHONPATH=src nice -n 10 .venv/bin/python bench/readme_figures.py [--only demo,compare]
+    PYTHONPATH=src nice -n 10 .venv/bin/python bench/readme_figures.py [--only demo,compare,budget]
 
 Children run with ``OMP_NUM_THREADS=1`` unless it is set (bench/README.md says why).
 """
@@ -45,6 +45,14 @@ COMPARE_ARGS = [
     "--epochs",
     "15",
 ]
+
+# README's "Defaults sized from the data": the fixed defaults of old against no flag, on
+# digits 5-9 with 20 labels per class, each scored on the held-out digits.
+BUDGET_DATA = "builtin:digits?classes=5-9&per_class=20"
+BUDGET_FITS = {
+    "fixed": ["--epochs", "10", "--batch-size", "32", "--lr", "1e-3"],
+    "defaults": [],
+}
 
 # Figures README.md quotes that this script does not re-run, and where each comes from.
 NOT_REMEASURED = [
@@ -113,7 +121,9 @@ def timed(name: str, argv: list[str], cwd: Path, host: dict[str, Any]) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default="demo,compare", help="comma-separated: demo,compare")
+    parser.add_argument(
+        "--only", default="demo,compare,budget", help="comma-separated: demo,compare,budget"
+    )
     parser.add_argument("--out", default=None, help="folder for the runs (default: a temp dir)")
     args = parser.parse_args()
     only = {x.strip() for x in args.only.split(",") if x.strip()}
@@ -139,6 +149,25 @@ def main() -> None:
             csv = out / "compare" / "compare.csv"
             result["compare_csv"] = csv.read_text().splitlines() if csv.is_file() else []
             print(json.dumps(result), flush=True)
+        if "budget" in only:
+            for label, flags in BUDGET_FITS.items():
+                run = out / f"budget-{label}"
+                argv = ["fit", BUDGET_DATA, "--strategy", "full", *flags, "--out", str(run)]
+                result = timed(f"budget: {label}", [*py, "headstart", *argv], out, host)
+                scored = subprocess.run(
+                    [*py, "headstart", "evaluate", str(run), BUDGET_DATA + "&split=rest", "--json"],
+                    cwd=out,
+                    capture_output=True,
+                    text=True,
+                    check=False,
+                )
+                try:
+                    report = json.loads(scored.stdout)
+                    keep = ("accuracy", "macro_f1", "n_items")
+                    result["held_out"] = {k: report[k] for k in keep}
+                except (ValueError, KeyError):
+                    result["held_out"] = {"error": scored.stderr.strip().splitlines()[-3:]}
+                print(json.dumps(result), flush=True)
     for line in NOT_REMEASURED:
         print(json.dumps({**line, "not_remeasured": True}), flush=True)
 
