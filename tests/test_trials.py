@@ -98,6 +98,24 @@ def test_a_study_made_for_other_options_is_refused(tmp_path: Path) -> None:
         _open(Study("s", storage, Grid([{"fold": 0}]), {"folds": 2}))
 
 
+def test_a_bad_input_in_the_workers_is_one_line(tmp_path: Path) -> None:
+    """A source every trial fails on: the user reads one line, as without workers, and no
+    worker's traceback (Optuna's trial warning, multiprocessing's report)."""
+    flags = [f for f in FLAGS if f not in ("--weights", "none", "--quiet")]
+    flags[flags.index("builtin:digits-cnn")] = "builtin:small-cnn"  # no default weights
+    # a real process: the workers write to its stderr, which an in-process run cannot catch
+    result = subprocess.run(
+        [sys.executable, "-m", "headstart", "compare", *flags, "--trials-in-parallel", "2",
+         "--out", str(tmp_path / "c")],
+        capture_output=True, text=True, timeout=300, cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "has no default weights" in errors[0], result.stderr
+
+
 def test_sqlite_is_refused_for_several_workers(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="can take the same trial"):
         compare(

@@ -231,7 +231,8 @@ def _work(
         root.handlers[:] = [handler]
         root.setLevel(level)
         root.propagate = False
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # a trial's failure is the parent's to report, once and in one line
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     if threads is not None:
         import torch
 
@@ -264,8 +265,15 @@ def _work(
         if not s.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
             s.stop()
 
-    while _enqueue_missing(opened, study.grid):
-        opened.optimize(objective, n_trials=len(study.grid.points), callbacks=[stop_when_empty])
+    try:
+        while _enqueue_missing(opened, study.grid):
+            opened.optimize(objective, n_trials=len(study.grid.points), callbacks=[stop_when_empty])
+    except HeadstartError:
+        if level is None:  # in the command's own process: it reports the error
+            raise
+        # a spawned worker: the trial holds the error, which the parent says in one line
+        # (no traceback from multiprocessing for a bad input)
+        sys.exit(1)
 
 
 def _enqueue_missing(opened: Any, grid: Grid) -> bool:
