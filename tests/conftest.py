@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 if TYPE_CHECKING:
-    from headstart.config.options import FitOptions
+    from headstart.config.options import CompareOptions, FitOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,6 +59,26 @@ def tiny_fit_options(tmp_path: Path, name: str, **kw: Any) -> FitOptions:
     )
     base.update(kw)
     return FitOptions(**base)
+
+
+def tiny_compare_options(out: Path, **kw: Any) -> CompareOptions:
+    """CompareOptions for a few seconds' comparison of linear and scratch on 36 digits
+    0-2 at random weights (3 folds, 2 epochs), out to ``out``; ``kw`` overrides any field."""
+    from headstart.config.options import CompareOptions
+
+    base: dict[str, Any] = dict(
+        data="builtin:digits?classes=0-2&per_class=12",
+        source="builtin:digits-cnn",
+        weights="none",
+        strategies="linear,scratch",
+        folds=3,
+        epochs=2,
+        batch_size=16,
+        out=str(out),
+        progress=False,
+    )
+    base.update(kw)
+    return CompareOptions(**base)
 
 
 @pytest.fixture(scope="session", autouse=True)

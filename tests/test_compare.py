@@ -16,6 +16,7 @@ from headstart.choose.compare import compare
 from headstart.choose.comparison import FoldScore, format_table, summarise
 from headstart.config.options import CompareOptions
 from headstart.errors import ConfigError, DataError
+from tests.conftest import tiny_compare_options
 
 
 def _score(strategy: str, fold: int, acc: float) -> FoldScore:
@@ -43,17 +44,7 @@ def test_summary_orders_and_pairs_against_the_best() -> None:
 
 
 def test_compare_writes_everything_on_the_same_folds(tmp_path: Path) -> None:
-    options = CompareOptions(
-        data="builtin:digits?classes=0-2&per_class=12",
-        source="builtin:digits-cnn",
-        weights="none",
-        strategies="linear,scratch",
-        folds=3,
-        epochs=2,
-        batch_size=16,
-        out=str(tmp_path / "cmp"),
-        progress=False,
-    )
+    options = tiny_compare_options(tmp_path / "cmp")
     result = compare(options)
     out = tmp_path / "cmp"
     for name in (

@@ -11,12 +11,11 @@ from PIL import Image
 
 from headstart.choose.compare import compare
 from headstart.choose.report import benefits, report_runs
-from headstart.config.options import CompareOptions
 from headstart.errors import RunError
 from headstart.rundir import write_run
 from headstart.sources import build_source
 from headstart.sources.target import TargetModel
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_compare_options
 
 
 def test_benefits_read_start_slope_and_asymptote() -> None:
@@ -111,20 +110,7 @@ def test_report_refuses_runs_without_a_validation_curve(tmp_path: Path) -> None:
 
 
 def test_compare_report_with_label_fractions(tmp_path: Path) -> None:
-    result = compare(
-        CompareOptions(
-            data="builtin:digits?classes=0-2&per_class=12",
-            source="builtin:digits-cnn",
-            weights="none",
-            strategies="linear,scratch",
-            folds=2,
-            epochs=2,
-            batch_size=16,
-            label_fractions="0.5,1",
-            out=str(tmp_path / "cmp"),
-            progress=False,
-        )
-    )
+    result = compare(tiny_compare_options(tmp_path / "cmp", folds=2, label_fractions="0.5,1"))
     half = [s for s in result.scores if s.fraction == 0.5]
     full = [s for s in result.scores if s.fraction == 1.0]
     assert len(half) == len(full) == 2 * 2

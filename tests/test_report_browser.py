@@ -24,8 +24,7 @@ import pytest
 from headstart.api.fit import fit
 from headstart.choose.compare import compare
 from headstart.choose.report import report_runs
-from headstart.config.options import CompareOptions
-from tests.conftest import REPO, tiny_fit_options
+from tests.conftest import REPO, tiny_compare_options, tiny_fit_options
 
 PHONE = (390, 844)  # CSS pixels: a common phone held upright
 RESULT_ID = "headstart-test-result"
@@ -127,20 +126,7 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     full = fit(tiny_fit_options(tmp, "full", strategy="full", epochs=2)).run_dir
     scratch = fit(tiny_fit_options(tmp, "scratch", strategy="scratch", epochs=2)).run_dir
     report_runs([full, scratch], tmp / "report")
-    compare(
-        CompareOptions(
-            data="builtin:digits?classes=0-2&per_class=12",
-            source="builtin:digits-cnn",
-            weights="none",
-            strategies="linear,scratch",
-            folds=2,
-            epochs=2,
-            batch_size=16,
-            label_fractions="0.5,1",
-            out=str(tmp / "compare"),
-            progress=False,
-        )
-    )
+    compare(tiny_compare_options(tmp / "compare", folds=2, label_fractions="0.5,1"))
     return {
         "fit": Path(full) / "report.html",
         "report": tmp / "report" / "report.html",
