@@ -150,3 +150,33 @@ def test_a_sweep_of_noise_does_not_leave_the_head_at_the_sweeps_start(
     # a curve the rule read normally is left alone
     fine = LrCurve(lrs, losses, losses, 5e-3, "minimum/10", "reached end_lr", 30, 0.1)
     assert safe_rate(fine) is fine
+
+
+def test_random_weights_train_at_adamws_rate_not_the_curves(
+    tmp_path: Path, digits_folder: Path
+) -> None:
+    """scratch with --lr auto: no range test (its curve misleads on random weights), the
+    rate and why in headstart.json and the report; lr-find still plots the curve and says
+    that fit does not read it."""
+    from headstart.train.auto import RANDOM_WEIGHTS_LR
+
+    out = tmp_path / "scratch"
+    r = run_cli("fit", digits_folder, "--strategy", "scratch", "--epochs", "2", "--out", out)
+    assert r.code == 0, r.stderr
+    meta = json.loads((out / "headstart.json").read_text())
+    found = meta["lr_find"]
+    assert found["lr"] == RANDOM_WEIGHTS_LR == meta["plan"]["head_lr"]
+    assert "random weights" in found["rule"] and found["plot"] is None
+    assert not (out / "lr_find.png").exists()
+    assert f"learning rate: {RANDOM_WEIGHTS_LR:.3g} (random weights" in (
+        out / "report.md"
+    ).read_text()
+    given = run_cli("fit", digits_folder, "--strategy", "scratch", "--epochs", "1",
+                    "--lr", "0.02", "--out", tmp_path / "given")  # fmt: skip
+    assert given.code == 0, given.stderr
+    assert json.loads((tmp_path / "given" / "headstart.json").read_text())["lr_find"] is None
+    lrf = run_cli("lr-find", digits_folder, "--strategy", "scratch", "--epochs", "2",
+                  "--out", tmp_path / "lrf", "--json")  # fmt: skip
+    assert lrf.code == 0, lrf.stderr
+    assert lrf.json()["fixed_by_fit"] == RANDOM_WEIGHTS_LR
+    assert "does not read this curve" in lrf.stderr

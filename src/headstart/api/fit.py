@@ -314,7 +314,15 @@ def _meta(
 def _lr_find_record(trained: Trained) -> dict[str, Any] | None:
     curve = trained.lr_find
     if curve is None:
-        return None
+        if trained.lr_rule is None:
+            return None
+        return {
+            "lr": trained.plan.head_lr,
+            "rule": trained.lr_rule,
+            "plot": None,
+            "steps": 0,
+            "seconds": 0.0,
+        }
     return {"lr": curve.suggestion, "rule": curve.rule, "plot": "lr_find.png", **curve.to_dict()}
 
 

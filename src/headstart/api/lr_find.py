@@ -24,6 +24,7 @@ from headstart.train.assemble import (
     load_training_data,
     prepare,
 )
+from headstart.train.auto import RANDOM_WEIGHTS_LR
 from headstart.train.budget import Budget
 from headstart.train.lr_find import LrCurve, plot_lr_curve
 
@@ -38,6 +39,7 @@ class LrFindResult:
     solved: bool  # fit solves this head and needs no rate
     out_dir: Path
     seconds: float
+    fixed_by_fit: float | None = None  # random weights: fit takes this rate, not the curve's
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -45,6 +47,7 @@ class LrFindResult:
             "rule": self.curve.rule,
             "strategy": self.strategy,
             "solved_by_fit": self.solved,
+            "fixed_by_fit": self.fixed_by_fit,
             "budget": self.budget.to_dict(),
             "out_dir": str(self.out_dir),
             "plot": str(self.out_dir / "lr_find.png"),
@@ -59,6 +62,11 @@ class LrFindResult:
             if self.solved
             else ""
         )
+        if self.fixed_by_fit is not None:
+            note = (
+                f" (random weights: fit --lr auto does not read this curve and trains at "
+                f"{self.fixed_by_fit:g}, AdamW's usual rate; pass --lr to use this one)"
+            )
         return (
             f"learning rate {self.curve.suggestion:.3g}: {self.curve.rule} of a "
             f"{self.curve.steps}-step range test ({self.curve.seconds:.1f}s){note}\n"
@@ -92,8 +100,9 @@ def _lr_find(options: LrFindOptions) -> LrFindResult:
     title = f"{run.source.spec} · {run.plan.strategy} · {options.data}"
     plot_lr_curve(run.lr_curve, out / "lr_find.png", title=title)
     seconds = time.perf_counter() - t0
+    fixed = RANDOM_WEIGHTS_LR if run.plan.reinitialise and not run.solved else None
     result = LrFindResult(
-        run.lr_curve, str(run.plan.strategy), run.budget, run.solved, out, seconds
+        run.lr_curve, str(run.plan.strategy), run.budget, run.solved, out, seconds, fixed
     )
     atomic_write_json(out / "lr_find.json", result.summary())
     return result

@@ -181,7 +181,9 @@ def _schedule_lines(meta: dict[str, Any]) -> list[str]:
             f"({budget['steps']} optimizer steps), the {budget['select']} epoch kept: "
             + "; ".join(budget["why"])
         )
-    if found:
+    if found and not found.get("plot"):
+        lines.append(f"- learning rate: {found['lr']:.3g} ({found['rule']})")
+    elif found:
         lines += [
             f"- learning rate: {found['lr']:.3g}, by a range test ({found['rule']}, "
             f"{found['steps']} steps)",

@@ -35,12 +35,14 @@ from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import lora_settings, merge_adapters
 from headstart.plan.make import Plan, format_plan, make_plan
 from headstart.rundir import save_model
-from headstart.runtime import resolve_device, seed_everything
+from headstart.runtime import loader_workers, resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.auto import (
+    RANDOM_WEIGHTS_LR,
+    RANDOM_WEIGHTS_RULE,
     find_lr,
     solve_frozen_head,
     solved_start,
@@ -165,6 +167,7 @@ class Trained:
     augmentation: dict[str, Any] | None = None  # what --augment asked for and what was applied
     budget: dict[str, Any] | None = None  # batch, epochs, steps, selection and why (the loop)
     lr_find: LrCurve | None = None  # --lr auto: the range test's curve and pick
+    lr_rule: str | None = None  # --lr auto without a range test (random weights): why
     head_solver: dict[str, Any] | None = None  # a solved head: C, its CV accuracies
 
 
@@ -252,7 +255,13 @@ def _train_on(
     adapter = None
     if plan.lora is not None:
         adapter = merge_adapters(model.backbone)  # prediction runs on the merged weights
-    speed = None if loaders.cached else {**run.speedups.to_dict(), "batch_size": options.batch_size}
+    speed = None
+    if not loaders.cached:
+        speed = {
+            **run.speedups.to_dict(),
+            "batch_size": options.batch_size,
+            "workers": options.workers,
+        }
     return Trained(
         model,
         run.source,
@@ -270,6 +279,7 @@ def _train_on(
         ),
         budget=None if run.solved else run.budget.to_dict(),
         lr_find=run.lr_curve,
+        lr_rule=run.lr_rule,
         head_solver=solver_record(head_solution or run.start, start=run.start is not None),
     )
 
@@ -295,6 +305,7 @@ class Prepared:
     lr_curve: LrCurve | None  # --lr auto (or sweep): the range test
     requested_augment: str
     t_start: float
+    lr_rule: str | None = None  # --lr auto with no range test (random weights): the rule
 
 
 def prepare(
@@ -328,13 +339,21 @@ def prepare(
     if parallel is not None and inputs.why_one_process is not None:
         raise ConfigError(inputs.why_one_process)
     speedups = accel.resolve(options, device)
+    options = options.replace(
+        workers=loader_workers(options.workers, device, parallel.world if parallel else 1)
+    )
     loaders = build_loaders(
         options, source, inputs, plan, model, (train_data, val_data),
         generator=generator, device=device, parallel=parallel, speedups=speedups,
     )  # fmt: skip
     solved = solves_head(options, plan, loaders, inputs, parallel, train_data)
-    lr_curve = None
-    if (options.lr is None and not solved) or sweep:
+    lr_curve, lr_rule = None, None
+    if options.lr is None and not solved and plan.reinitialise and not sweep:
+        options = options.replace(lr=RANDOM_WEIGHTS_LR)
+        plan = _plan(options, source)
+        lr_rule = RANDOM_WEIGHTS_RULE
+        log.info("learning rate: %.3g (%s)", RANDOM_WEIGHTS_LR, lr_rule)
+    elif (options.lr is None and not solved) or sweep:
         # on the new (random) head: a solved one starts at the curve's lowest loss and
         # would make every rate look too high
         lr_curve = find_lr(
@@ -358,7 +377,7 @@ def prepare(
         _warn_few_steps(len(loaders.train), config.epochs)
     return Prepared(
         options, config, budget, source, inputs, plan, model, loaders, device, speedups,
-        solved, start, lr_curve, requested_augment, t_start,
+        solved, start, lr_curve, requested_augment, t_start, lr_rule,
     )  # fmt: skip
 
 
