@@ -50,6 +50,7 @@ def test_fit_records_precision(tmp_path: Path) -> None:
             strategy="full",
             epochs=1,
             precision="bf16",
+            device="cpu",  # channels_last is for a GPU: on one it would be on
             out=str(tmp_path / "run"),
             progress=False,
         )
@@ -60,6 +61,7 @@ def test_fit_records_precision(tmp_path: Path) -> None:
         "channels_last": False,
         "compile": False,
         "batch_size": 8,  # sized for 24 training items (train.budget)
+        "workers": 0,  # on the CPU the training's threads use the cores
     }
 
 
@@ -96,3 +98,17 @@ def test_halve_on_oom() -> None:
 
     with pytest.raises(ValueError):
         accel.halve_on_oom(_Opts(32), other)
+
+
+def test_loader_workers_default_to_the_gpu_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from headstart import runtime
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert runtime.loader_workers(None, cpu) == 0  # the training's threads use the cores
+    assert runtime.loader_workers(3, cpu) == 3  # what is given is kept
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    assert runtime.loader_workers(None, gpu) == runtime.MAX_AUTO_WORKERS
+    assert runtime.loader_workers(None, gpu, processes=4) == 3  # 4 each, one kept back
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 1)
+    assert runtime.loader_workers(None, gpu) == 0
+    assert runtime.loader_workers(0, gpu) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 from typing import TYPE_CHECKING
 
@@ -14,6 +15,32 @@ from headstart.errors import ConfigError
 if TYPE_CHECKING:
     pass
 log = logging.getLogger(__name__)
+
+
+# Data-loader workers when --workers is not given.  On a CUDA GPU the model waits for the
+# CPU that decodes and augments the images: one H200, resnet50 at 224 pixels, 1,198
+# images, headstart's defaults with no workers, 318 images/s (bench/gpu_precision.py,
+# bench/RESULTS.md "One GPU").  On the CPU the training's own threads use the cores, and
+# workers would take them away: none there.
+MAX_AUTO_WORKERS = 8
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS says, else all)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def loader_workers(workers: int | None, device: torch.device, processes: int = 1) -> int:
+    """``--workers``, or when not given: on a CUDA device, up to :data:`MAX_AUTO_WORKERS`
+    of this machine's CPUs (shared by ``processes`` training processes, one left for each
+    of them); on the CPU, none."""
+    if workers is not None:
+        return workers
+    if device.type != "cuda":
+        return 0
+    return max(0, min(MAX_AUTO_WORKERS, usable_cpus() // max(1, processes) - 1))
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -54,7 +54,7 @@ from headstart.data.labelled import UNLABELLED, LabeledData, list_inputs
 from headstart.errors import ConfigError, DataError
 from headstart.plan.make import Plan, format_plan, make_plan
 from headstart.rundir import input_paths, prepare_out, write_run, writing
-from headstart.runtime import resolve_device, seed_everything
+from headstart.runtime import loader_workers, resolve_device, seed_everything
 from headstart.sources.base import Source
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
@@ -192,19 +192,20 @@ def _loaders(
     options: AdaptOptions, data: _Data, inputs: Inputs, generator: torch.Generator
 ) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any] | None, DataLoader[Any] | None]:
     """The labelled, target, validation and --eval loaders."""
-    seed = options.seed
+    seed, workers = options.seed, options.workers
+    assert workers is not None, "adapt resolves --workers (runtime.loader_workers)"
 
     def training(items: LabeledData, generator: torch.Generator, seed: int) -> DataLoader[Any]:
         return inputs.train_loader(
             items, augment=options.augment, batch_size=options.batch_size,
-            workers=options.workers, generator=generator, seed=seed,
+            workers=workers, generator=generator, seed=seed,
         )  # fmt: skip
 
     def evaluation(items: LabeledData | None) -> DataLoader[Any] | None:
         if items is None or not len(items):
             return None
         batch_size = max(options.batch_size, EVAL_BATCH)
-        return inputs.eval_loader(items, batch_size=batch_size, workers=options.workers)[0]
+        return inputs.eval_loader(items, batch_size=batch_size, workers=workers)[0]
 
     return (
         training(data.train, generator, seed),
@@ -250,6 +251,7 @@ def _adapt(options: AdaptOptions) -> AdaptResult:
     model = TargetModel(source.backbone, len(data.all.classes), dropout=options.dropout)
     domain = DomainClassifier(source.feature_dim, options.domain_hidden)
     device = resolve_device(options.device)
+    options = replace(options, workers=loader_workers(options.workers, device))
     domain.to(device)
     source_loader, target_loader, val_loader, eval_loader = _loaders(
         options, data, source.inputs, generator

@@ -62,7 +62,7 @@ class HeadstartClassifier(BaseEstimator):
         dropout: float = _DEFAULTS.dropout,
         label_smoothing: float = _DEFAULTS.label_smoothing,
         warmup_epochs: float = _DEFAULTS.warmup_epochs,
-        workers: int = _DEFAULTS.workers,
+        workers: int | None = _DEFAULTS.workers,
         feature_cache: bool = _DEFAULTS.feature_cache,
         feature_cache_views: int = _DEFAULTS.feature_cache_views,
         solve_head: bool = _DEFAULTS.solve_head,

@@ -34,7 +34,7 @@ from headstart.config.options import EmbedOptions
 from headstart.data.images import load_data
 from headstart.errors import ConfigError
 from headstart.features.cache import EVAL_VIEW, cached_features, extract
-from headstart.runtime import resolve_device
+from headstart.runtime import loader_workers, resolve_device
 from headstart.sources import build_source
 from headstart.train.assemble import build_options
 
@@ -143,7 +143,7 @@ def embed(options: EmbedOptions) -> EmbedResult:
     common: dict[str, Any] = dict(
         device=device,
         batch_size=options.batch_size,
-        workers=options.workers,
+        workers=loader_workers(options.workers, device),
         progress=options.progress,
     )
     if options.feature_cache:

@@ -57,7 +57,12 @@ class Inputs(Checked):
         "run's report) instead of stopping",
         default=False,
     )
-    workers: int = option("data loader worker processes", default=0, at_least=0)
+    workers: int | None = option(
+        "data loader worker processes (default: on a CUDA GPU up to 8 of the CPUs, one kept "
+        "for the training; on the CPU none, the training's threads use them)",
+        default=None,
+        at_least=0,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 from headstart._progress import bar
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError
-from headstart.runtime import resolve_device
+from headstart.runtime import loader_workers, resolve_device
 from headstart.sources.base import Source
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def extract_features(
     batch_size: int = 128,
     device: str = "cpu",
     with_source_logits: bool = False,
-    workers: int = 0,
+    workers: int | None = 0,
     progress: bool = True,
     max_length: int | None = None,
 ) -> Features:
@@ -89,12 +89,13 @@ def extract_features(
     """
     if batch_size < 1:
         raise ConfigError(f"batch size must be at least 1 (got {batch_size})")
+    dev = resolve_device(device)
     loader, order = feature_loader(
-        source, data, max_length=max_length, batch_size=batch_size, workers=workers
-    )
+        source, data, max_length=max_length, batch_size=batch_size,
+        workers=loader_workers(workers, dev),
+    )  # fmt: skip
     head = source.old_head if with_source_logits else None
     modules = [m for m in (source.backbone, head) if m is not None]
-    dev = resolve_device(device)
     restore = [(m, m.training, _device_of(m)) for m in modules]
     feats: list[torch.Tensor] = []
     probs: list[torch.Tensor] = []

@@ -66,6 +66,8 @@ def build_loaders(
     train_data, val_data = split
     batch_size = options.batch_size
     assert batch_size is not None, "the budget is sized before the loaders are built"
+    workers = options.workers
+    assert workers is not None, "prepare resolves --workers (runtime.loader_workers)"
     use_cache, why_not = use_feature_cache(options, inputs, plan, parallel)
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
@@ -84,7 +86,7 @@ def build_loaders(
         train_data,
         augment=options.augment,
         batch_size=batch_size,
-        workers=options.workers,
+        workers=workers,
         generator=generator,
         seed=options.seed,
         world=world,
@@ -93,6 +95,6 @@ def build_loaders(
     val_loader = None
     if val_data is not None and len(val_data):
         val_loader, _ = inputs.eval_loader(
-            val_data, batch_size=max(batch_size, EVAL_BATCH), workers=options.workers
+            val_data, batch_size=max(batch_size, EVAL_BATCH), workers=workers
         )
     return Loaders(fit_model, train_loader, val_loader, feature_cache)
