@@ -6,8 +6,9 @@ The data is scikit-learn's digits (all 1,797, drawn as 64-pixel PNGs, read at
 anywhere with no download.  For each model it runs:
 
 1. ``fit DATA --source MODEL --weights none --strategy full --device cuda``: what a user
-   gets (``--precision auto`` is bf16 on a GPU that has it; every training setting is
-   headstart's default);
+   gets (``--precision auto`` is bf16 on a GPU that has it, ``--workers`` loader workers
+   on a GPU; every training setting is headstart's default); with ``--workers-ab`` the
+   same with ``--workers 0`` beside it;
 2. the same fit at fixed settings, ``--precision fp32`` and ``--precision bf16``, back to
    back, twice in alternating order.  The settings are fixed because they are the
    measurement (the same steps in both arms, no range test): ``--epochs``,
@@ -93,6 +94,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=4, help="fixed")
     parser.add_argument("--per-class", type=int, default=200, help="digits per class (<=183 exist)")
     parser.add_argument("--test-per-class", type=int, default=30)
+    parser.add_argument(
+        "--workers-ab", action="store_true", help="also the defaults with --workers 0"
+    )
     args = parser.parse_args()
 
     import torch
@@ -116,6 +120,10 @@ def main() -> None:
         runs: dict[str, list[dict[str, Any]]] = {"fp32": [], "bf16": []}
         row = one_fit(base, args.out / f"{tag}-defaults", test)
         print(json.dumps({"model": model, "settings": "defaults", "gpu": gpu, **row}), flush=True)
+        if args.workers_ab:
+            row = one_fit([*base, "--workers", "0"], args.out / f"{tag}-defaults-w0", test)
+            settings = "defaults but --workers 0 (the default before loader workers on a GPU)"
+            print(json.dumps({"model": model, "settings": settings, **row}), flush=True)
         for r in range(args.repeats):
             for precision in ("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32"):
                 argv = [*base, *flags(fixed), "--precision", precision]
