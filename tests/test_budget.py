@@ -171,6 +171,12 @@ def test_random_weights_train_at_adamws_rate_not_the_curves(
     assert f"learning rate: {RANDOM_WEIGHTS_LR:.3g} (random weights" in (
         out / "report.md"
     ).read_text()
+    # a source with --weights none is random weights too, whatever the strategy
+    none = run_cli("fit", digits_folder, "--strategy", "full", "--weights", "none",
+                   "--epochs", "1", "--out", tmp_path / "none")  # fmt: skip
+    assert none.code == 0, none.stderr
+    found = json.loads((tmp_path / "none" / "headstart.json").read_text())["lr_find"]
+    assert found["lr"] == RANDOM_WEIGHTS_LR and "random weights" in found["rule"]
     given = run_cli("fit", digits_folder, "--strategy", "scratch", "--epochs", "1",
                     "--lr", "0.02", "--out", tmp_path / "given")  # fmt: skip
     assert given.code == 0, given.stderr

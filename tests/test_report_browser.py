@@ -123,8 +123,13 @@ def pages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The smallest real runs' pages: a fit's report (with its range test), ``report``
     over that fit and a scratch one, and a comparison."""
     tmp = tmp_path_factory.mktemp("pages")
-    full = fit(tiny_fit_options(tmp, "full", strategy="full", epochs=2)).run_dir
     scratch = fit(tiny_fit_options(tmp, "scratch", strategy="scratch", epochs=2)).run_dir
+    # weights that are not random get a range test (random ones train at a fixed rate)
+    full = fit(
+        tiny_fit_options(
+            tmp, "full", strategy="full", epochs=2, source=f"file:{scratch}", weights="default"
+        )
+    ).run_dir
     report_runs([full, scratch], tmp / "report")
     compare(tiny_compare_options(tmp / "compare", folds=2, label_fractions="0.5,1"))
     return {

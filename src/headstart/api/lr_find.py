@@ -24,7 +24,7 @@ from headstart.train.assemble import (
     load_training_data,
     prepare,
 )
-from headstart.train.auto import RANDOM_WEIGHTS_LR
+from headstart.train.auto import RANDOM_WEIGHTS_LR, random_weights
 from headstart.train.budget import Budget
 from headstart.train.lr_find import LrCurve, plot_lr_curve
 
@@ -100,7 +100,7 @@ def _lr_find(options: LrFindOptions) -> LrFindResult:
     title = f"{run.source.spec} · {run.plan.strategy} · {options.data}"
     plot_lr_curve(run.lr_curve, out / "lr_find.png", title=title)
     seconds = time.perf_counter() - t0
-    fixed = RANDOM_WEIGHTS_LR if run.plan.reinitialise and not run.solved else None
+    fixed = RANDOM_WEIGHTS_LR if random_weights(run.plan, run.source) and not run.solved else None
     result = LrFindResult(
         run.lr_curve, str(run.plan.strategy), run.budget, run.solved, out, seconds, fixed
     )

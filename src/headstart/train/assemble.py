@@ -44,6 +44,7 @@ from headstart.train.auto import (
     RANDOM_WEIGHTS_LR,
     RANDOM_WEIGHTS_RULE,
     find_lr,
+    random_weights,
     solve_frozen_head,
     solved_start,
     solver_record,
@@ -348,7 +349,7 @@ def prepare(
     )  # fmt: skip
     solved = solves_head(options, plan, loaders, inputs, parallel, train_data)
     lr_curve, lr_rule = None, None
-    if options.lr is None and not solved and plan.reinitialise and not sweep:
+    if options.lr is None and not solved and random_weights(plan, source) and not sweep:
         options = options.replace(lr=RANDOM_WEIGHTS_LR)
         plan = _plan(options, source)
         lr_rule = RANDOM_WEIGHTS_RULE

@@ -49,6 +49,7 @@ __all__ = [
     "extracted_features",
     "find_lr",
     "loader_features",
+    "random_weights",
     "safe_rate",
     "solve_frozen_head",
     "solve_head",
@@ -93,6 +94,14 @@ LR_RULE = "minimum/3"
 # pixels) the sweep read 1e-4 the other way: test 0.38 against 0.70 at 1e-3.
 RANDOM_WEIGHTS_LR = 1e-3
 RANDOM_WEIGHTS_RULE = "random weights: AdamW's usual 1e-3 (no range test)"
+
+
+def random_weights(plan: Plan, source: Source) -> bool:
+    """Whether the backbone trains from random weights: ``scratch``, or a source built
+    with ``--weights none`` (these take :data:`RANDOM_WEIGHTS_LR` under ``--lr auto``)."""
+    return plan.reinitialise or not source.weights.pretrained
+
+
 MIN_SWEEP, MAX_SWEEP = 30, 100
 
 
