@@ -168,9 +168,9 @@ def test_random_weights_train_at_adamws_rate_not_the_curves(
     assert found["lr"] == RANDOM_WEIGHTS_LR == meta["plan"]["head_lr"]
     assert "random weights" in found["rule"] and found["plot"] is None
     assert not (out / "lr_find.png").exists()
-    assert f"learning rate: {RANDOM_WEIGHTS_LR:.3g} (random weights" in (
-        out / "report.md"
-    ).read_text()
+    assert (
+        f"learning rate: {RANDOM_WEIGHTS_LR:.3g} (random weights" in (out / "report.md").read_text()
+    )
     # a source with --weights none is random weights too, whatever the strategy
     none = run_cli("fit", digits_folder, "--strategy", "full", "--weights", "none",
                    "--epochs", "1", "--out", tmp_path / "none")  # fmt: skip
