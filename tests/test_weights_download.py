@@ -258,7 +258,8 @@ def test_a_fit_killed_mid_download_leaves_no_file_and_the_next_run_completes_it(
     cache = tmp_path / "cache"
     dest, part = cache / "w.safetensors", partial_path(cache / "w.safetensors")
     args = ["fit", digits_folder, "--source", "builtin:small-cnn", "--weights", url]
-    args += ["--cache-dir", cache, "--epochs", "1", "--image-size", "32"]
+    # a strategy that loads the weights (auto may race to scratch, which loads none)
+    args += ["--strategy", "full", "--cache-dir", cache, "--epochs", "1", "--image-size", "32"]
     env = {**os.environ, "HEADSTART_OFFLINE": "0"}
     child = subprocess.Popen(
         [sys.executable, "-m", "headstart", *map(str, [*args, "--out", tmp_path / "killed"])],
