@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import headstart, run_cli
 from headstart import _progress
 from headstart.cli.output import OnceAndOuter
 
@@ -115,6 +115,11 @@ def test_predict_labels_go_to_stdout_once(run: Path, digits_folder: Path) -> Non
     code, lines = _on_a_terminal("predict", run, digits_folder / "d0")
     _said_once(code, lines)
     assert sum("\t" in line for line in lines) == len(list((digits_folder / "d0").iterdir()))
+    # --json: the labels are in the JSON; the lines are for people, and -q silences them
+    # (a child process: -q in this one would switch the bars off for the later tests)
+    r = headstart("predict", run, digits_folder / "d0", "--json", "-q")
+    assert r.code == 0 and r.stderr == "", r.stderr
+    assert len(r.json()["predictions"]) == len(list((digits_folder / "d0").iterdir()))
 
 
 def test_compare_is_short_and_verbose_shows_the_folds(tmp_path: Path) -> None:

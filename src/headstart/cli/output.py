@@ -76,8 +76,10 @@ def print_human(args: argparse.Namespace, lines: Sequence[str], stream: Any = No
 
 
 def print_data(args: argparse.Namespace, lines: Sequence[str]) -> None:
-    """Output meant for another program (labels, a path): stdout, or stderr when stdout
-    carries ``--json``."""
-    out = sys.stderr if args.json else sys.stdout
+    """Output meant for another program (labels, a path): stdout; with ``--json`` the
+    JSON carries it, and the lines are for people: stderr, none with ``-q``."""
+    if args.json:
+        print_human(args, lines)
+        return
     for line in lines:
-        print(line, file=out)
+        print(line, file=sys.stdout)
