@@ -112,3 +112,23 @@ def test_loader_workers_default_to_the_gpu_only(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 1)
     assert runtime.loader_workers(None, gpu) == 0
     assert runtime.loader_workers(0, gpu) == 0
+
+
+def test_the_saved_options_keep_workers_unresolved(tmp_path: Path) -> None:
+    """headstart.json says how many loader workers ran (accel) and keeps --workers as given
+    (config): a run resumed on another device chooses again."""
+    result = fit(
+        FitOptions(
+            data="builtin:digits?classes=0-2&per_class=10",
+            source="builtin:digits-cnn",
+            weights="none",
+            strategy="full",
+            epochs=1,
+            augment="light",
+            device="cpu",
+            out=str(tmp_path / "run"),
+            progress=False,
+        )  # fmt: skip
+    )
+    meta = json.loads((result.run_dir / "headstart.json").read_text())
+    assert meta["accel"]["workers"] == 0 and meta["config"]["workers"] is None

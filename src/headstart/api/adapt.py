@@ -189,11 +189,10 @@ def _plan(options: AdaptOptions, source: Source) -> Plan:
 
 
 def _loaders(
-    options: AdaptOptions, data: _Data, inputs: Inputs, generator: torch.Generator
+    options: AdaptOptions, data: _Data, inputs: Inputs, generator: torch.Generator, workers: int
 ) -> tuple[DataLoader[Any], DataLoader[Any], DataLoader[Any] | None, DataLoader[Any] | None]:
     """The labelled, target, validation and --eval loaders."""
-    seed, workers = options.seed, options.workers
-    assert workers is not None, "adapt resolves --workers (runtime.loader_workers)"
+    seed = options.seed
 
     def training(items: LabeledData, generator: torch.Generator, seed: int) -> DataLoader[Any]:
         return inputs.train_loader(
@@ -251,10 +250,9 @@ def _adapt(options: AdaptOptions) -> AdaptResult:
     model = TargetModel(source.backbone, len(data.all.classes), dropout=options.dropout)
     domain = DomainClassifier(source.feature_dim, options.domain_hidden)
     device = resolve_device(options.device)
-    options = replace(options, workers=loader_workers(options.workers, device))
     domain.to(device)
     source_loader, target_loader, val_loader, eval_loader = _loaders(
-        options, data, source.inputs, generator
+        options, data, source.inputs, generator, loader_workers(options.workers, device)
     )
     objective = DomainObjective(options, model, domain, plan, target_loader, eval_loader, device)
     t_loaded = time.perf_counter()

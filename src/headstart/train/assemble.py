@@ -35,7 +35,7 @@ from headstart.errors import ConfigError, DataError
 from headstart.plan.lora import lora_settings, merge_adapters
 from headstart.plan.make import Plan, format_plan, make_plan
 from headstart.rundir import save_model
-from headstart.runtime import loader_workers, resolve_device, seed_everything
+from headstart.runtime import resolve_device, seed_everything
 from headstart.sources import BuildOptions, Source, build_source, parse_source_spec
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
@@ -261,7 +261,7 @@ def _train_on(
         speed = {
             **run.speedups.to_dict(),
             "batch_size": options.batch_size,
-            "workers": options.workers,
+            "workers": loaders.workers,
         }
     return Trained(
         model,
@@ -340,9 +340,6 @@ def prepare(
     if parallel is not None and inputs.why_one_process is not None:
         raise ConfigError(inputs.why_one_process)
     speedups = accel.resolve(options, device)
-    options = options.replace(
-        workers=loader_workers(options.workers, device, parallel.world if parallel else 1)
-    )
     loaders = build_loaders(
         options, source, inputs, plan, model, (train_data, val_data),
         generator=generator, device=device, parallel=parallel, speedups=speedups,

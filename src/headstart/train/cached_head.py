@@ -57,6 +57,7 @@ from headstart.features.cache import (
     state_digest,
 )
 from headstart.plan.make import Plan
+from headstart.runtime import loader_workers
 from headstart.sources.base import Source
 from headstart.sources.target import TargetModel
 from headstart.train.loop import EVAL_BATCH
@@ -252,7 +253,7 @@ class _Extractor:
             device=self.device,
             cache=options.cache_dir,
             batch_size=max(options.batch_size, EVAL_BATCH),
-            workers=options.workers,
+            workers=loader_workers(options.workers, self.device),
             progress=options.progress,
             weights_digest=self.weights,
             on_extract=self._count,

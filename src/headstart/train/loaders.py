@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
 from headstart.plan.make import Plan
+from headstart.runtime import loader_workers
 from headstart.sources import Source
 from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
@@ -33,6 +34,7 @@ class Loaders:
     val: DataLoader[Any] | None
     feature_cache: dict[str, Any]
     cached: bool = False  # the model is the head on cached features
+    workers: int = 0  # loader processes (--workers, or runtime.loader_workers' choice)
 
 
 def use_feature_cache(
@@ -66,8 +68,9 @@ def build_loaders(
     train_data, val_data = split
     batch_size = options.batch_size
     assert batch_size is not None, "the budget is sized before the loaders are built"
-    workers = options.workers
-    assert workers is not None, "prepare resolves --workers (runtime.loader_workers)"
+    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
+    # resolved here, not in the options: a run resumed on another device chooses again
+    workers = loader_workers(options.workers, device, world)
     use_cache, why_not = use_feature_cache(options, inputs, plan, parallel)
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
@@ -81,7 +84,6 @@ def build_loaders(
             )
         feature_cache = cached.info  # partial:K: its prefix cannot be cached
     fit_model = accel.wrap(model, speedups, device) if inputs.speedups else model
-    world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
     train_loader = inputs.train_loader(
         train_data,
         augment=options.augment,
@@ -97,4 +99,4 @@ def build_loaders(
         val_loader, _ = inputs.eval_loader(
             val_data, batch_size=max(batch_size, EVAL_BATCH), workers=workers
         )
-    return Loaders(fit_model, train_loader, val_loader, feature_cache)
+    return Loaders(fit_model, train_loader, val_loader, feature_cache, workers=workers)
