@@ -128,7 +128,7 @@ def test_the_saved_options_keep_workers_unresolved(tmp_path: Path) -> None:
             device="cpu",
             out=str(tmp_path / "run"),
             progress=False,
-        )  # fmt: skip
+        )
     )
     meta = json.loads((result.run_dir / "headstart.json").read_text())
     assert meta["accel"]["workers"] == 0 and meta["config"]["workers"] is None
