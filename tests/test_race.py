@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from headstart.choose import race as race_module
+from headstart.choose import race_trials
 from headstart.choose.race import (
     DEFAULT_BUDGET,
     RACE_MAX_ITEMS,
@@ -90,7 +90,7 @@ def _fake(
             timings={"load_s": 0.25 * secs, "train_s": 0.75 * secs},
         )
 
-    monkeypatch.setattr(race_module, "train_on", train_on)
+    monkeypatch.setattr(race_trials, "train_on", train_on)
     return calls
 
 
@@ -427,3 +427,30 @@ def test_a_real_tiny_race_of_the_open_plans(options: FitOptions, data: LabeledDa
     json.dumps(result.to_dict())
     # the winner's changes make the fit's options
     assert options.replace(**result.options()).strategy == result.changes["strategy"]
+
+
+@pytest.mark.slow
+def test_two_workers_race_to_the_same_numbers(
+    options: FitOptions, data: LabeledData, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fit --trials-in-parallel 2: each round's fits are trials in two worker processes;
+    the folds, fits and numbers are those of the race run one fit after another (at the
+    same threads per fit: another thread count adds up in another order)."""
+    pytest.importorskip("optuna")
+    import torch
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the workers' threads (choose.trials)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        plans = recommend_for(options, data).candidates()
+        bad = Candidate({"strategy": "partial:9", "backbone_lr_mult": 0.1}, "cannot train")
+        one = race(options, data, [*plans, bad], folds=2, budget=None)
+        two = race(options.replace(trials_in_parallel=2), data, [*plans, bad], folds=2, budget=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert two.winner == one.winner
+    for a, b in zip(one.entries, two.entries, strict=True):
+        assert (a.label, a.accuracies, a.losses) == (b.label, b.accuracies, b.losses)
+        assert a.failed == b.failed and (a.failed == "") == (a.label != "partial:9 (x0.1)")
+    assert [r.kept for r in two.rounds] == [r.kept for r in one.rounds]

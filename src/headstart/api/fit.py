@@ -393,6 +393,7 @@ _RUNTIME_OPTIONS = frozenset(
         "main_address",
         "cache_dir",
         "checkpoint_every",
+        "trials_in_parallel",
         "deterministic",
     }
 )

@@ -31,10 +31,14 @@ Large data are decided from the measurements alone (:func:`should_race`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,12 +50,11 @@ from headstart.choose.race_record import (
     RaceRound,
     report_lines,
 )
-from headstart.choose.rank_validate import validation_folds
+from headstart.choose.race_trials import FoldFit, fit_on_fold, fold_parts, round_on_trials
 from headstart.config.fields import Select
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError
-from headstart.train.assemble import train_on
 from headstart.train.budget import MAX_BATCH, MIN_EPOCHS, TARGET_STEPS
 
 __all__ = [
@@ -174,22 +177,28 @@ def _run_rounds(
     state: _Race, options: FitOptions, train_data: LabeledData, k: int, seed: int
 ) -> str:
     """Successive halving over ``k`` folds of ``train_data``; why the race stopped."""
-    splits = validation_folds(train_data, k, seed)
     fold_options = options.replace(
         val_fraction=0.0, select=Select.LAST, patience=None, seed=seed, checkpoint_every=0
     )
-    for r, (train_idx, test_idx) in enumerate(splits):
-        if r > 0:
-            stopped = state.over_budget_for_round(r)
+    workers = options.trials_in_parallel
+    with tempfile.TemporaryDirectory(prefix="headstart-race-") as tmp:
+        for r in range(k):
+            if r > 0:
+                stopped = state.over_budget_for_round(r)
+                if stopped:
+                    return stopped
+            fold_train, fold_held = fold_parts(train_data, k, seed, r)
+            trials = None
+            if workers > 1:
+                trials = functools.partial(
+                    round_on_trials, fold_options, train_data, k=k, seed=seed, r=r,
+                    workers=workers, journal=str(Path(tmp) / "race.log"),
+                )  # fmt: skip
+            stopped = state.run_round(r, fold_options, fold_train, fold_held, trials)
             if stopped:
                 return stopped
-        fold_train = train_data.subset(train_idx, note=f"race fold {r + 1} of {k}, train")
-        fold_held = train_data.subset(test_idx, note=f"race fold {r + 1} of {k}, held out")
-        stopped = state.run_round(r, fold_options, fold_train, fold_held)
-        if stopped:
-            return stopped
-        if len(state.alive) == 1:
-            break
+            if len(state.alive) == 1:
+                break
     left, rounds = len(state.alive), len(state.rounds)
     if left == 1:
         return f"one plan left after {rounds} round{'s' if rounds != 1 else ''}"
@@ -277,14 +286,25 @@ class _Race:
         return float(np.mean(own)) if own else (self.fit_s or 0.0)
 
     def run_round(
-        self, r: int, options: FitOptions, fold_train: LabeledData, fold_held: LabeledData
+        self,
+        r: int,
+        options: FitOptions,
+        fold_train: LabeledData,
+        fold_held: LabeledData,
+        trials: Callable[[dict[int, dict[str, Any]]], dict[int, FoldFit]] | None = None,
     ) -> str:
-        """Train the plans still in on fold ``r``, keep the better half; why the race
-        stops here (a budget reached mid-round, in round 1), or ""."""
+        """Train the plans still in on fold ``r`` (one after another, or all at once as
+        ``trials``), keep the better half; why the race stops here (a budget reached
+        mid-round, in round 1, one after another), or ""."""
         t0 = time.perf_counter()
         trained: list[int] = []
         stopped = ""
-        for i in list(self.alive):
+        if trials is not None:
+            fits = trials({i: self.entries[i].changes for i in self.alive})
+            trained = [i for i in self.alive if self._record(i, r, fits[i])]
+            if r == 0 and trained:
+                self.fit_s = max(self.entries[i].seconds[-1] for i in trained)
+        for i in list(self.alive) if trials is None else []:
             if r == 0 and trained:
                 limit = self.budget.limit_s(self.fit_s)
                 projected = self.elapsed + (self.fit_s or 0.0)
@@ -295,7 +315,9 @@ class _Race:
                         f"({self.budget.describe()}); the leader so far wins"
                     )
                     break
-            if self._fit(i, r, options, fold_train, fold_held):
+            if self._record(
+                i, r, fit_on_fold(options, self.entries[i].changes, fold_train, fold_held)
+            ):
                 trained.append(i)
                 if r == 0:
                     self.fit_s = max(self.fit_s or 0.0, self.entries[i].seconds[-1])
@@ -328,29 +350,17 @@ class _Race:
         self.alive = sorted(keep)
         return stopped
 
-    def _fit(
-        self,
-        i: int,
-        r: int,
-        options: FitOptions,
-        fold_train: LabeledData,
-        fold_held: LabeledData,
-    ) -> bool:
-        """Train plan ``i`` on fold ``r``; False (and the entry out) when it cannot train."""
+    def _record(self, i: int, r: int, fit: FoldFit) -> bool:
+        """Plan ``i``'s fit on fold ``r``; False (and the entry out) when it cannot train."""
         entry = self.entries[i]
-        try:
-            trained = train_on(options.replace(**entry.changes), fold_train, fold_held)
-        except ConfigError as exc:
-            entry.failed = str(exc)
-            entry.out = f"cannot train: {exc}"
-            log.info("race: %s cannot train: %s", entry.label, exc)
+        if fit["failed"]:
+            entry.failed = fit["failed"]
+            entry.out = f"cannot train: {fit['failed']}"
+            log.info("race: %s cannot train: %s", entry.label, fit["failed"])
             return False
-        accuracy = float(trained.metrics["val_acc"])
-        loss = trained.metrics.get("val_loss")
-        # the fit's own measure of its time: loading (source, loaders, range test) + training
-        seconds = float(sum(trained.timings.get(k, 0.0) for k in ("load_s", "train_s")))
+        accuracy, seconds = float(fit["accuracy"]), float(fit["seconds"])
         entry.accuracies.append(accuracy)
-        entry.losses.append(float(loss) if loss is not None else math.inf)
+        entry.losses.append(float(fit["loss"]))
         entry.seconds.append(seconds)
         self.elapsed += seconds
         log.info(

@@ -181,6 +181,13 @@ class Choosing(Checked):
         "small data): a multiple of one fit (5x), seconds (600, 600s, 10m, 1h) or none",
         default="5x",
     )
+    trials_in_parallel: int = option(
+        "worker processes on this machine that train each round of --strategy auto's race "
+        "(the plans on one fold) as the trials of an Optuna study; 1: one after another "
+        "in this process",
+        default=1,
+        at_least=1,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
