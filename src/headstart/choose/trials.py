@@ -182,9 +182,13 @@ def run_trials(study: Study, setup: Callable[[], RunTrial], *, workers: int) -> 
 
 
 def _start_workers(study: Study, setup: Callable[[], RunTrial], workers: int) -> None:
-    """``workers`` processes (spawned: torch is not fork-safe), each running trials with
-    its share of the cores; one that fails stops the others."""
+    """``workers`` workers, each running trials with its share of the cores: this process
+    and ``workers - 1`` spawned ones (spawned: torch is not fork-safe; this process has
+    torch and the data already, a new one pays seconds for them); one that fails stops
+    the others."""
     from multiprocessing.connection import wait
+
+    import torch
 
     context = multiprocessing.get_context("spawn")
     # each trial's own thread count: as many threads as one worker alone would take
@@ -195,11 +199,22 @@ def _start_workers(study: Study, setup: Callable[[], RunTrial], workers: int) ->
         context.Process(
             target=_work, args=(study, setup), kwargs=dict(threads=threads, level=level)
         )
-        for _ in range(workers)
+        for _ in range(workers - 1)
     ]
     log.info("%d workers run the trials of study %s", workers, study.name)
     for p in procs:
         p.start()
+    own = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        _work(study, setup, threads=None, level=None)  # this process is a worker too
+    except BaseException:
+        for p in procs:
+            p.terminate()
+            p.join()
+        raise
+    finally:
+        torch.set_num_threads(own)
     try:
         running = list(procs)
         while running:
@@ -231,8 +246,8 @@ def _work(
         root.handlers[:] = [handler]
         root.setLevel(level)
         root.propagate = False
-        # a trial's failure is the parent's to report, once and in one line
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # a trial's failure is the command's to report, once and in one line
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if threads is not None:
         import torch
 
