@@ -112,6 +112,8 @@ def test_loader_workers_default_to_the_gpu_only(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(runtime, "usable_cpus", lambda: 1)
     assert runtime.loader_workers(None, gpu) == 0
     assert runtime.loader_workers(0, gpu) == 0
+    monkeypatch.setattr(runtime, "usable_cpus", lambda: 16)
+    assert runtime.loader_workers(None, gpu, kind="texts") == 0  # tokenised up front
 
 
 def test_the_saved_options_keep_workers_unresolved(tmp_path: Path) -> None:

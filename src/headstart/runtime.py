@@ -32,13 +32,17 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def loader_workers(workers: int | None, device: torch.device, processes: int = 1) -> int:
-    """``--workers``, or when not given: on a CUDA device, up to :data:`MAX_AUTO_WORKERS`
-    of this machine's CPUs (shared by ``processes`` training processes, one left for each
-    of them); on the CPU, none."""
+def loader_workers(
+    workers: int | None, device: torch.device, processes: int = 1, *, kind: str = "images"
+) -> int:
+    """``--workers``, or when not given: for images on a CUDA device, up to
+    :data:`MAX_AUTO_WORKERS` of this machine's CPUs (shared by ``processes`` training
+    processes, one left for each of them); else none (texts are tokenised once, before
+    the loader: a worker would only pad batches, and forking after the tokenizer's
+    threads ran makes it warn)."""
     if workers is not None:
         return workers
-    if device.type != "cuda":
+    if device.type != "cuda" or kind != "images":
         return 0
     return max(0, min(MAX_AUTO_WORKERS, usable_cpus() // max(1, processes) - 1))
 

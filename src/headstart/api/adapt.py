@@ -252,7 +252,11 @@ def _adapt(options: AdaptOptions) -> AdaptResult:
     device = resolve_device(options.device)
     domain.to(device)
     source_loader, target_loader, val_loader, eval_loader = _loaders(
-        options, data, source.inputs, generator, loader_workers(options.workers, device)
+        options,
+        data,
+        source.inputs,
+        generator,
+        loader_workers(options.workers, device, kind=source.inputs.kind),
     )
     objective = DomainObjective(options, model, domain, plan, target_loader, eval_loader, device)
     t_loaded = time.perf_counter()

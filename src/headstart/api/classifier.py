@@ -46,6 +46,7 @@ class HeadstartClassifier(BaseEstimator):
         weights: str = _DEFAULTS.weights,
         strategy: str = _DEFAULTS.strategy,
         budget: str = _DEFAULTS.budget,
+        trials_in_parallel: int = _DEFAULTS.trials_in_parallel,
         epochs: int | None = _DEFAULTS.epochs,
         lr: float | None = _DEFAULTS.lr,
         backbone_lr_mult: float = _DEFAULTS.backbone_lr_mult,

@@ -143,7 +143,7 @@ def embed(options: EmbedOptions) -> EmbedResult:
     common: dict[str, Any] = dict(
         device=device,
         batch_size=options.batch_size,
-        workers=loader_workers(options.workers, device),
+        workers=loader_workers(options.workers, device, kind=source.inputs.kind),
         progress=options.progress,
     )
     if options.feature_cache:

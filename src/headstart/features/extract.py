@@ -92,7 +92,7 @@ def extract_features(
     dev = resolve_device(device)
     loader, order = feature_loader(
         source, data, max_length=max_length, batch_size=batch_size,
-        workers=loader_workers(workers, dev),
+        workers=loader_workers(workers, dev, kind=source.inputs.kind),
     )  # fmt: skip
     head = source.old_head if with_source_logits else None
     modules = [m for m in (source.backbone, head) if m is not None]

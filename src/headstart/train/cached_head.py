@@ -253,7 +253,7 @@ class _Extractor:
             device=self.device,
             cache=options.cache_dir,
             batch_size=max(options.batch_size, EVAL_BATCH),
-            workers=loader_workers(options.workers, self.device),
+            workers=loader_workers(options.workers, self.device, kind=self.source.inputs.kind),
             progress=options.progress,
             weights_digest=self.weights,
             on_extract=self._count,

@@ -70,7 +70,7 @@ def build_loaders(
     assert batch_size is not None, "the budget is sized before the loaders are built"
     world, rank = (parallel.world, parallel.rank) if parallel is not None else (1, 0)
     # resolved here, not in the options: a run resumed on another device chooses again
-    workers = loader_workers(options.workers, device, world)
+    workers = loader_workers(options.workers, device, world, kind=inputs.kind)
     use_cache, why_not = use_feature_cache(options, inputs, plan, parallel)
     feature_cache: dict[str, Any] = {"used": False, "reason": why_not}
     if use_cache:
