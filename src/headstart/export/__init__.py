@@ -7,7 +7,8 @@ runtimes and ecosystems.
   pretrained=True)`` loads, for runs of a ``timm:`` source.
 - ``hf`` (:mod:`.hf`): a folder transformers' Auto classes load, for runs of an ``hf:``
   source (texts pooled by the first token: ``AutoModelForSequenceClassification``; texts
-  pooled otherwise: a sentence-transformers folder; images:
+  pooled by mean or max: the same with ``trust_remote_code=True``, the folder's own
+  :mod:`.modeling_headstart`, and a sentence-transformers folder too; images:
   ``AutoModelForImageClassification``).
 
 The folders carry a model card (:mod:`.card`) and are written by :mod:`.folder`. Every

@@ -49,7 +49,13 @@ def front_matter(loaded: LoadedRun, written: Written) -> dict[str, Any]:
     out: dict[str, Any] = {
         "library_name": written.library,
         "pipeline_tag": written.pipeline_tag,
-        "tags": [written.pipeline_tag, written.library, "headstart", "transfer-learning"],
+        "tags": [
+            written.pipeline_tag,
+            written.library,
+            *written.tags,
+            "headstart",
+            "transfer-learning",
+        ],
         "metrics": ["accuracy"],
     }
     found = accuracy(meta)
@@ -97,6 +103,13 @@ def model_card(loaded: LoadedRun, written: Written, path: Path) -> str:
     notes = "".join(f"\n- {n}" for n in written.notes)
     notes = f"\n\nOf note:\n{notes}" if notes else ""
     data = (meta.get("data") or {}).get("spec", "?")
+    code = (
+        f"\n\n`trust_remote_code=True` runs `{written.code}`, the Python file in this "
+        "folder (it imports only torch and transformers): read it before you run it. "
+        "Why the folder needs its own code is the first note below."
+        if written.code
+        else ""
+    )
     return f"""{_block(head)}
 
 # {loaded.path.name}
@@ -109,7 +122,7 @@ order: {classes}. {score}.
 ## How to load it
 
 ```python
-{usage}```
+{usage}```{code}
 
 Exported from the run dir `{loaded.path}`. Loaded back with the code above before it
 was kept, it gave the run's logits on a random batch to within {written.max_abs_diff:.2g}.{notes}

@@ -11,21 +11,31 @@
   ``tanh(eps x) / eps = x (1 - (eps x)^2 / 3 ...)`` agrees with ``x`` to about 1e-7
   relative for the activations encoders make; the check below measures it.
 - Texts pooled by ``mean`` or ``max`` (sentence-transformers encoders, all-MiniLM):
-  no transformers class pools so, and a model that would load but pool otherwise gives
-  other labels.  The folder is then a sentence-transformers model: the encoder
-  (``AutoModel``), its pooling, and the head as a ``Dense`` layer without activation:
-  ``SentenceTransformer(PATH).encode(texts)`` returns the logits, ``config.json``'s
-  ``id2label`` names them.
+  no built-in transformers class pools so, and a model that would load but pool otherwise
+  gives other labels.  The folder then carries its own class, ``modeling_headstart.py``
+  (:mod:`.modeling_headstart`: the encoder, the run's pooling over the attention mask,
+  the linear head), and ``config.json`` names it in ``auto_map``:
+  ``AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)``
+  loads it, with ``id2label``.  ``model.safetensors`` holds the encoder's own keys (no
+  prefix) and ``head.*``.  The same folder is a sentence-transformers model: the encoder
+  (``AutoModel``, which leaves ``head.*`` unused), its pooling, and the head again as a
+  ``Dense`` layer without activation: ``SentenceTransformer(PATH).encode(texts)`` returns
+  the logits.  Runs pooled by the first token whose architecture's head is not
+  ``out(tanh(dense(.)))`` get this folder too.
 
-Each folder is loaded back before it is kept and run against the run's model (the
-sentence-transformers one as ``AutoModel`` + the pooling + the ``Dense`` weights).
+Each folder is loaded back before it is kept and run against the run's model; the
+custom-code folder both ways (its class through ``AutoModelForSequenceClassification``,
+with every weight loaded, and ``AutoModel`` + the pooling + the ``Dense`` weights).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import shutil
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,8 @@ __all__ = ["write_hf"]
 
 EPS = 1e-4  # the near-identity first layer of a sequence-classification head
 TOLERANCE = 1e-3  # max |logit difference|, relative to the largest logit (at least 1)
+CODE = Path(__file__).with_name("modeling_headstart.py")  # copied into the folder as is
+CLASS = "HeadstartForSequenceClassification"
 
 TEXT_USAGE = """\
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -51,13 +63,23 @@ model = AutoModelForSequenceClassification.from_pretrained("{path}").eval()
 batch = tokenizer(["a text to label"], padding=True, truncation=True, return_tensors="pt")
 labels = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
 """
-ST_USAGE = """\
+REMOTE_USAGE = """\
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+{why}
+tokenizer = AutoTokenizer.from_pretrained("{path}")
+model = AutoModelForSequenceClassification.from_pretrained(
+    "{path}", trust_remote_code=True
+).eval()
+batch = tokenizer(["a text to label"], padding=True, truncation=True, return_tensors="pt")
+labels = [model.config.id2label[i] for i in model(**batch).logits.argmax(-1).tolist()]
+
+# or with sentence-transformers, no custom code: encode() returns the logits
 from sentence_transformers import SentenceTransformer
 from transformers import AutoConfig
 
-model = SentenceTransformer("{path}")
 id2label = AutoConfig.from_pretrained("{path}").id2label
-logits = model.encode(["a text to label"], convert_to_tensor=True)
+logits = SentenceTransformer("{path}").encode(["a text to label"], convert_to_tensor=True)
 labels = [id2label[i] for i in logits.argmax(-1).tolist()]
 """
 IMAGE_USAGE = """\
@@ -236,33 +258,129 @@ def _st_files(loaded: LoadedRun, folder: Path, pooling: str) -> None:
     )
 
 
+def _why(pooling: str) -> str:
+    """Why the folder needs its own class, for the usage text and the card."""
+    if pooling == "cls":
+        return (
+            "the run's linear head on the first token is not the architecture's "
+            "sequence-classification head, so no built-in class computes it"
+        )
+    return (
+        f"the run pools the tokens by {pooling}, and no built-in transformers "
+        "sequence-classification class pools so (they take the first token)"
+    )
+
+
+def _comment(text: str) -> str:
+    return "\n".join(textwrap.wrap(text, 86, initial_indent="# ", subsequent_indent="# "))
+
+
+def _forget_module(cls: type) -> None:
+    """Remove the copy of modeling_headstart.py that transformers made in its module
+    cache for the staging folder (named after it, so nobody else's) and its import."""
+    module = cls.__module__
+    try:
+        package = Path(inspect.getfile(cls)).parent.parent  # .../transformers_modules/<folder>
+    except (TypeError, OSError):
+        return
+    prefix = module.rsplit(".", 2)[0]  # transformers_modules.<folder>
+    if package.name != prefix.rsplit(".", 1)[-1] or not prefix.startswith("transformers_modules."):
+        return
+    for name in [m for m in sys.modules if m == prefix or m.startswith(prefix + ".")]:
+        sys.modules.pop(name, None)
+    shutil.rmtree(package, ignore_errors=True)
+
+
+def _remote_logits(loaded: LoadedRun, folder: Path, ids: torch.Tensor, mask: torch.Tensor) -> Any:
+    """The logits of the folder loaded as its users will: the Auto class, custom code;
+    every weight of the class must come from the folder."""
+    from transformers import AutoModelForSequenceClassification
+
+    what = f"AutoModelForSequenceClassification (trust_remote_code=True, {CODE.name})"
+    try:
+        back, info = AutoModelForSequenceClassification.from_pretrained(
+            str(folder), trust_remote_code=True, output_loading_info=True
+        )
+    except Exception as exc:  # the custom code or the weights: say which export failed
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RunError(
+            f"{loaded.path}: the hf folder does not load with {what} "
+            f"({type(exc).__name__}: {first[:300]}); export it as onnx"
+        ) from exc
+    try:
+        if type(back).__name__ != CLASS:
+            raise RunError(f"{loaded.path}: {what} loaded {type(back).__name__}, not {CLASS}")
+        bad = {
+            k: sorted(info.get(k) or ())[:4]
+            for k in ("missing_keys", "unexpected_keys", "mismatched_keys")
+            if info.get(k)
+        }
+        if bad:
+            raise RunError(
+                f"{loaded.path}: {what} does not load every weight from the folder ({bad}); "
+                "export it as onnx"
+            )
+        with torch.inference_mode():
+            return back.eval()(input_ids=ids, attention_mask=mask).logits
+    finally:
+        _forget_module(type(back))
+
+
 def _sentence_transformers(loaded: LoadedRun, folder: Path, pooling: str) -> Written:
+    """The folder both loaders take: the custom class and sentence-transformers'."""
     from transformers import AutoModel
 
     encoder: Any = copy.deepcopy(_encoder(loaded))
-    encoder.config = _labelled_config(loaded)
+    config = _labelled_config(loaded)
+    config.headstart_pooling = pooling
+    config.auto_map = {"AutoModelForSequenceClassification": f"{CODE.stem}.{CLASS}"}
+    encoder.config = config
+    if hasattr(encoder, "head"):
+        raise RunError(
+            f"{loaded.path}: {type(encoder).__name__} has a head of its own; export it as onnx"
+        )
+    # the head as one more module, so that save_pretrained writes its keys (head.*)
+    # beside the encoder's, unprefixed, however it shards or deduplicates the encoder's
+    encoder.add_module("head", copy.deepcopy(loaded.model.head).cpu())
     encoder.save_pretrained(str(folder))
+    shutil.copyfile(CODE, folder / CODE.name)
     _save_tokenizer(loaded, folder)
     _st_files(loaded, folder, pooling)
+    ids, mask = _text_batch(loaded)
+    want = _run_logits(loaded, ids, mask)
+    remote = _relative_diff(_remote_logits(loaded, folder, ids, mask), want)
+    _check(remote, loaded, f"AutoModelForSequenceClassification with {CODE.name}")
     back: Any = AutoModel.from_pretrained(str(folder)).eval()
     dense = load_file(str(folder / "2_Dense" / "model.safetensors"))
-    ids, mask = _text_batch(loaded)
     with torch.inference_mode():
         hidden = back(input_ids=ids, attention_mask=mask).last_hidden_state
         got = pool(hidden, mask, pooling) @ dense["linear.weight"].T + dense["linear.bias"]
-    diff = _relative_diff(got, _run_logits(loaded, ids, mask))
+    st = _check(_relative_diff(got, want), loaded, "the sentence-transformers folder")
+    why = _why(pooling)
     return Written(
-        library="sentence-transformers",
+        library="transformers",
         pipeline_tag="text-classification",
-        loader='SentenceTransformer("{path}")',
-        usage=ST_USAGE,
-        max_abs_diff=_check(diff, loaded, "the sentence-transformers folder"),
-        notes=(
-            f"the run pools the tokens by {pooling}, which no transformers "
-            "sequence-classification class does: AutoModelForSequenceClassification would "
-            "load this folder with a new, untrained head (transformers warns so); load it "
-            "with sentence-transformers, whose Pooling and Dense modules are the run's",
+        loader=(
+            'AutoModelForSequenceClassification.from_pretrained("{path}", trust_remote_code=True)'
         ),
+        usage=REMOTE_USAGE.replace(
+            "{why}", _comment(f"trust_remote_code=True runs this folder's {CODE.name}: {why}")
+        ),
+        max_abs_diff=max(remote, st),
+        notes=(
+            f"{why}: the folder carries its own class, {CODE.name} ({CLASS}: the encoder, "
+            f"the {pooling} pooling over the attention mask, the linear head), which "
+            "config.json's auto_map names; trust_remote_code=True lets transformers run it. "
+            "Without it, AutoModelForSequenceClassification loads the architecture's own "
+            "class with a new, untrained head (its load report says so) and other labels",
+            "the folder is also a sentence-transformers model (modules.json: the encoder, "
+            "1_Pooling, 2_Dense holding the head), loaded without custom code; transformers' "
+            "load report then lists head.* as unexpected (the custom class's copy of the "
+            "head) and the pooler, if the architecture has one, as missing (headstart "
+            "dropped it; neither loader uses its output)",
+        ),
+        code=CODE.name,
+        tags=("sentence-transformers", "custom_code"),
     )
 
 

@@ -41,7 +41,9 @@ class ExportResult:
 @dataclass
 class Written:
     """What a folder writer (timm, hf) reports: the library that loads the folder and
-    how, the Hub's pipeline tag, and how far the folder, loaded back, is from the run."""
+    how, the Hub's pipeline tag, and how far the folder, loaded back, is from the run;
+    ``code``: the Python file in the folder that loading runs (``trust_remote_code``),
+    if any; ``tags``: more tags for the Hub."""
 
     library: str
     pipeline_tag: str
@@ -49,3 +51,5 @@ class Written:
     usage: str  # a few lines of Python: load, prepare an input, predict
     max_abs_diff: float
     notes: tuple[str, ...] = ()
+    code: str | None = None
+    tags: tuple[str, ...] = ()
