@@ -41,6 +41,8 @@ from headstart.sources.inputs import Inputs
 from headstart.sources.target import TargetModel
 from headstart.train import accel, cached_head
 from headstart.train.auto import (
+    LR_RULE,
+    LR_RULES,
     RANDOM_WEIGHTS_LR,
     RANDOM_WEIGHTS_RULE,
     find_lr,
@@ -355,8 +357,9 @@ def prepare(
         # on the new (random) head: a solved one starts at the curve's lowest loss and
         # would make every rate look too high
         lr_curve = find_lr(
-            loaders.model, plan, loaders.train, config, device=device, fit_steps=budget.steps
-        )
+            loaders.model, plan, loaders.train, config, device=device, fit_steps=budget.steps,
+            rule=LR_RULES.get(inputs.kind, LR_RULE),
+        )  # fmt: skip
         found = lr_curve.suggestion if parallel is None else parallel.gather(lr_curve.suggestion)[0]
         if options.lr is None:
             options = options.replace(lr=found)

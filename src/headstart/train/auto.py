@@ -43,6 +43,7 @@ from headstart.train.parallel import Parallel
 
 __all__ = [
     "LR_RULE",
+    "LR_RULES",
     "LR_SWEEP",
     "RANDOM_WEIGHTS_LR",
     "RANDOM_WEIGHTS_RULE",
@@ -83,6 +84,12 @@ LR_SWEEP = (1e-6, 1.0)
 # A third loses half a point on the digits and gains 2 to 3.4 on clip-art, where batches
 # of 8 noisy images make the loss bottom out early: a third it is.
 LR_RULE = "minimum/3"
+# Text encoders (transformers) read a tenth: all-MiniLM-L6-v2 on BBC News (bench/defaults.py's
+# case, `--strategy full`): a third (4.6e-3) scored 0.908 and 0.912 on seeds 0 and 1 where
+# a tenth scored 0.926 and 0.914, and at a third plain full diverged to chance on one of
+# the race's folds (seed 2, held-out 0.204).  Transformers are fine-tuned at rates a
+# decade below a small CNN's (BERT: 2e-5 to 5e-5 for the body, here a tenth of the head's).
+LR_RULES = {"images": LR_RULE, "texts": "minimum/10"}
 # A network from random weights (``scratch``) gets AdamW's usual rate, not a reading of
 # the range test: with random weights the loss falls on any rate of a short sweep, and
 # its curve misleads both ways.  The bench grid (bench/defaults.py, 2398ccc; lr
@@ -118,6 +125,7 @@ def find_lr(
     *,
     device: torch.device,
     fit_steps: int,
+    rule: str = LR_RULE,
 ) -> LrCurve:
     """The range test on what the loop will train (``plan``'s groups, their ratios kept),
     in the loop's train/eval modes and loss; everything restored afterwards."""
@@ -142,7 +150,7 @@ def find_lr(
         num_steps=steps,
         # fastai's 0.98 averages over ~50 steps: too long a memory for a short sweep
         smooth=1 - 4 / steps,
-        rule=LR_RULE,
+        rule=rule,
         device=device,
         generators=[loader.generator] if loader.generator is not None else [],
     )
