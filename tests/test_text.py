@@ -476,6 +476,9 @@ def test_minilm_other_strategies_leave_complete_runs(
     assert r.code == 0, r.stderr
     assert (run / "model.safetensors").is_file() and (run / "hf" / "tokenizer.json").is_file()
     assert (run / "adapter_model.safetensors").is_file() == (strategy == "lora")
+    # --lr auto: a text encoder reads a tenth of the curve's lowest point (train.auto)
+    rule = json.loads((run / "headstart.json").read_text())["lr_find"]["rule"]
+    assert rule.startswith("random weights" if strategy == "scratch" else "minimum/10"), rule
     r = run_cli("predict", run, "--text", "We ate a lovely curry.", "--json")
     assert r.code == 0, r.stderr
 
