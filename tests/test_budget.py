@@ -187,3 +187,17 @@ def test_random_weights_train_at_adamws_rate_not_the_curves(
     assert lrf.code == 0, lrf.stderr
     assert lrf.json()["fixed_by_fit"] == RANDOM_WEIGHTS_LR
     assert "does not read this curve" in lrf.stderr
+
+
+def test_epochs_given_to_a_solved_head_are_said_to_be_unused(
+    tmp_path: Path, digits_folder: Path
+) -> None:
+    r = run_cli("fit", digits_folder, "--strategy", "linear", "--epochs", "20",
+                "--out", tmp_path / "lin")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "--epochs 20: the head is solved" in r.stderr and "--no-solve-head" in r.stderr
+
+
+def test_an_unknown_strategy_lists_auto_too(digits_folder: Path) -> None:
+    r = run_cli("fit", digits_folder, "--strategy", "bogus")
+    assert r.code != 0 and "auto (the default)" in r.stderr and "partial:K" in r.stderr

@@ -128,3 +128,17 @@ def test_export_refusals(run_dir: Path, tmp_path: Path) -> None:
     )
     usage = run_cli("export", run_dir, "--format", "tflite")
     assert usage.code == 2
+
+
+def test_each_format_has_its_own_default_place(run_dir: Path, tmp_path: Path) -> None:
+    """ONNX and then TorchScript of one run, both to the default place: each in its own
+    folder (they would share model.preprocessing.json), neither refused."""
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    for fmt, name in (("onnx", "model.onnx"), ("torchscript", "model.pt")):
+        result = run_cli("export", run, "--format", fmt, "--json")
+        assert result.code == 0, result.stderr
+        assert (run / "export" / fmt / name).is_file()
+        spec = json.loads((run / "export" / fmt / "model.preprocessing.json").read_text())
+        assert spec["format"] == fmt

@@ -243,12 +243,17 @@ def _add_export_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         "Each export is loaded back and checked against the run's PyTorch model.",
     )
     p.add_argument("run", metavar="RUN", help="a run dir written by fit or pretrain")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "timm", "hf"])
+    p.add_argument(
+        "--format",
+        default="onnx",
+        choices=["onnx", "torchscript", "timm", "hf"],
+        help="what to write (default: onnx)",
+    )
     p.add_argument(
         "--out",
         default=None,
         help="file (onnx, torchscript) or folder (timm, hf) to write (default "
-        "RUN/export/model.onnx, model.pt, timm or hf)",
+        "RUN/export/FORMAT/: model.onnx, model.pt, or the timm or hf folder)",
     )
     p.add_argument("--opset", type=int, default=18, metavar="N", help="ONNX opset (default: 18)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

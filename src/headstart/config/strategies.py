@@ -165,7 +165,7 @@ def parse_strategy(text: str) -> tuple[str, int | None]:
     name, _, arg = str(text).partition(":")
     valid = ", ".join(n + (":K" if STRATEGIES.get(n).takes_k else "") for n in STRATEGIES.names())
     if name not in STRATEGIES:
-        raise ConfigError(f"unknown strategy {text!r}; valid: {valid}")
+        raise ConfigError(f"unknown strategy {text!r}; valid: {AUTO} (the default), {valid}")
     if STRATEGIES.get(name).takes_k:
         if not arg.isdigit():
             raise ConfigError(f"strategy {text!r}: give the number of frozen stages, e.g. {name}:2")

@@ -33,8 +33,9 @@ FORMATS = (*FILE_FORMATS, *FOLDER_FORMATS)
 
 
 def _default_out(loaded: LoadedRun, format: str) -> Path:
+    # a folder per format: ONNX and TorchScript would share model.preprocessing.json
     if format in FILE_FORMATS:
-        return loaded.path / "export" / f"model{FILE_FORMATS[format]}"
+        return loaded.path / "export" / format / f"model{FILE_FORMATS[format]}"
     return loaded.path / "export" / format
 
 

@@ -324,6 +324,7 @@ def prepare(
     with ``--lr auto`` the rate of the range test.  ``sweep``: run the range test even
     when no rate is needed (``headstart lr-find``)."""
     t_start = time.perf_counter()
+    given_epochs = options.epochs
     options, budget = _sized(options, train_data, val_data, parallel)
     config = options.train_config()
     requested_augment = options.augment
@@ -347,6 +348,12 @@ def prepare(
         generator=generator, device=device, parallel=parallel, speedups=speedups,
     )  # fmt: skip
     solved = solves_head(options, plan, loaders, inputs, parallel, train_data)
+    if solved and given_epochs is not None:  # said with the plan (inner runs: -v only)
+        log.info(
+            "--epochs %d: the head is solved on the frozen features in one step (L-BFGS), "
+            "not trained by epochs; --no-solve-head trains it by epochs instead",
+            given_epochs,
+        )
     lr_curve, lr_rule = None, None
     if options.lr is None and not solved and random_weights(plan, source) and not sweep:
         options = options.replace(lr=RANDOM_WEIGHTS_LR)
