@@ -113,6 +113,8 @@ def test_lr_find_plots_the_rate_fit_would_take(tmp_path: Path, digits_folder: Pa
     assert (tmp_path / "lrf" / "lr_find.png").stat().st_size > 0
     saved = json.loads((tmp_path / "lrf" / "lr_find.json").read_text())
     assert saved["lr"] == s["lr"] > 0 and s["strategy"] == "full" and not s["solved_by_fit"]
+    said = [line for line in r.stderr.splitlines() if "range test" in line]
+    assert len(said) == 1 and f"{s['lr']:.3g}" in said[0], r.stderr  # once (#18)
     fit = run_cli("fit", digits_folder, "--strategy", "full", "--seed", "3", "--epochs", "1",
                   "--out", tmp_path / "fit")  # fmt: skip
     assert fit.code == 0, fit.stderr

@@ -105,7 +105,7 @@ def test_report_refuses_runs_without_a_validation_curve(tmp_path: Path) -> None:
         meta=meta,
         metrics_rows=[{"epoch": 1, "train_acc": 1.0, "val_acc": None}],
     )
-    with pytest.raises(RunError, match="no validation curve"):
+    with pytest.raises(RunError, match="no validation curve.*--val-fraction 0.2"):
         report_runs([run], tmp_path / "out")
 
 

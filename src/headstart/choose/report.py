@@ -300,8 +300,10 @@ def _read_curve(path: Path) -> _Curve:
     curve = [float(r["val_acc"]) for r in rows if r.get("val_acc")]
     if not curve:
         raise RunError(
-            f"{path}: has no validation curve (trained with --val-fraction 0); "
-            "fit with a validation split to report on it"
+            f"{path}: has no validation curve: it trained every label (no validation "
+            "split: --val-fraction 0, or auto below 200 items to hold out); fit with "
+            "--val-fraction 0.2 to report on its curve, or cross-validate with headstart "
+            "compare"
         )
     info = {
         "run": str(path),

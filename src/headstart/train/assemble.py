@@ -365,7 +365,7 @@ def prepare(
         # would make every rate look too high
         lr_curve = find_lr(
             loaders.model, plan, loaders.train, config, device=device, fit_steps=budget.steps,
-            rule=LR_RULES.get(inputs.kind, LR_RULE),
+            rule=LR_RULES.get(inputs.kind, LR_RULE), announce=not sweep,
         )  # fmt: skip
         found = lr_curve.suggestion if parallel is None else parallel.gather(lr_curve.suggestion)[0]
         if options.lr is None:

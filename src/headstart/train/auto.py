@@ -126,6 +126,7 @@ def find_lr(
     device: torch.device,
     fit_steps: int,
     rule: str = LR_RULE,
+    announce: bool = True,
 ) -> LrCurve:
     """The range test on what the loop will train (``plan``'s groups, their ratios kept),
     in the loop's train/eval modes and loss; everything restored afterwards."""
@@ -155,6 +156,8 @@ def find_lr(
         generators=[loader.generator] if loader.generator is not None else [],
     )
     curve = safe_rate(curve)
+    if not announce:  # the caller says it (headstart lr-find)
+        return curve
     log.info(
         "learning rate: %.3g by the range test (%s; %d steps, %.1fs)",
         curve.suggestion,

@@ -168,7 +168,7 @@ def lr_range_test(
     seconds = time.perf_counter() - t0
     stopped = trace.stopped or f"reached end_lr {end_lr:g}"
     lr, why = suggest_explained(trace.lrs, trace.smoothed, rule, skip_begin=num_steps // 10)
-    log.info(
+    log.debug(  # the callers say the rate (train.auto.find_lr, lr-find)
         "learning-rate range test: %d steps, %s; suggestion %.3g (%s)",
         trace.steps,
         stopped,
