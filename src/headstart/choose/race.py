@@ -297,30 +297,10 @@ class _Race:
         ``trials``), keep the better half; why the race stops here (a budget reached
         mid-round, in round 1, one after another), or ""."""
         t0 = time.perf_counter()
-        trained: list[int] = []
-        stopped = ""
         if trials is not None:
-            fits = trials({i: self.entries[i].changes for i in self.alive})
-            trained = [i for i in self.alive if self._record(i, r, fits[i])]
-            if r == 0 and trained:
-                self.fit_s = max(self.entries[i].seconds[-1] for i in trained)
-        for i in list(self.alive) if trials is None else []:
-            if r == 0 and trained:
-                limit = self.budget.limit_s(self.fit_s)
-                projected = self.elapsed + (self.fit_s or 0.0)
-                if limit is not None and projected > limit:
-                    stopped = (
-                        f"budget: a fit of {self.entries[i].label} would take the race to "
-                        f"about {projected:.1f}s, past {limit:.1f}s "
-                        f"({self.budget.describe()}); the leader so far wins"
-                    )
-                    break
-            if self._record(
-                i, r, fit_on_fold(options, self.entries[i].changes, fold_train, fold_held)
-            ):
-                trained.append(i)
-                if r == 0:
-                    self.fit_s = max(self.fit_s or 0.0, self.entries[i].seconds[-1])
+            trained, stopped = self._train_together(r, trials), ""
+        else:
+            trained, stopped = self._train_one_by_one(r, options, fold_train, fold_held)
         if stopped:
             for i in self.alive:
                 if i not in trained:
@@ -349,6 +329,39 @@ class _Race:
         )
         self.alive = sorted(keep)
         return stopped
+
+    def _train_together(
+        self, r: int, trials: Callable[[dict[int, dict[str, Any]]], dict[int, FoldFit]]
+    ) -> list[int]:
+        """Every plan still in, trained on fold ``r`` as trials; those that trained."""
+        fits = trials({i: self.entries[i].changes for i in self.alive})
+        trained = [i for i in self.alive if self._record(i, r, fits[i])]
+        if r == 0 and trained:
+            self.fit_s = max(self.entries[i].seconds[-1] for i in trained)
+        return trained
+
+    def _train_one_by_one(
+        self, r: int, options: FitOptions, fold_train: LabeledData, fold_held: LabeledData
+    ) -> tuple[list[int], str]:
+        """The plans still in, trained on fold ``r`` one after another; those that trained,
+        and why round 1 stopped before the rest (its budget), or ""."""
+        trained: list[int] = []
+        for i in list(self.alive):
+            if r == 0 and trained:
+                limit = self.budget.limit_s(self.fit_s)
+                projected = self.elapsed + (self.fit_s or 0.0)
+                if limit is not None and projected > limit:
+                    return trained, (
+                        f"budget: a fit of {self.entries[i].label} would take the race to "
+                        f"about {projected:.1f}s, past {limit:.1f}s "
+                        f"({self.budget.describe()}); the leader so far wins"
+                    )
+            fit = fit_on_fold(options, self.entries[i].changes, fold_train, fold_held)
+            if self._record(i, r, fit):
+                trained.append(i)
+                if r == 0:
+                    self.fit_s = max(self.fit_s or 0.0, self.entries[i].seconds[-1])
+        return trained, ""
 
     def _record(self, i: int, r: int, fit: FoldFit) -> bool:
         """Plan ``i``'s fit on fold ``r``; False (and the entry out) when it cannot train."""
