@@ -198,6 +198,10 @@ def test_epochs_given_to_a_solved_head_are_said_to_be_unused(
                 "--out", tmp_path / "lin")  # fmt: skip
     assert r.code == 0, r.stderr
     assert "--epochs 20: the head is solved" in r.stderr and "--no-solve-head" in r.stderr
+    r = run_cli("fit", digits_folder, "--strategy", "linear", "--epochs", "20", "--lr", "0.01",
+                "--out", tmp_path / "lin2")  # fmt: skip
+    assert r.code == 0, r.stderr
+    assert "--epochs 20 and --lr 0.01: the head is solved" in r.stderr
 
 
 def test_an_unknown_strategy_lists_auto_too(digits_folder: Path) -> None:

@@ -29,11 +29,11 @@ def _check_run(run: Path, classes: list[str]) -> dict:
 
 def _use_run(run: Path, folder: Path, cli: Callable[..., CliResult] = run_cli) -> None:
     one = sorted(folder.glob("d1/*.png"))[0]
-    pred = cli("predict", run, one, folder / "d2", "--json")
+    pred = cli("predict", run, folder / "d2", one, "--json")
     assert pred.code == 0, pred.stderr
     rows = pred.json()["predictions"]
     assert len(rows) == 1 + len(list((folder / "d2").glob("*.png")))
-    assert rows[0]["path"] == str(one)
+    assert rows[-1]["path"] == str(one)  # in the order given, not sorted
     assert all(r["label"] in ("d0", "d1", "d2") and 0 <= r["probability"] <= 1 for r in rows)
     ev = cli("evaluate", run, folder, "--json")
     assert ev.code == 0, ev.stderr

@@ -362,8 +362,9 @@ def test_subset_keeps_classes_and_notes_the_cut(folder: Path) -> None:
 
 def test_list_inputs(folder: Path, tmp_path: Path) -> None:
     loose = _png(tmp_path / "loose.jpg", 3)
-    found = list_inputs([folder / "dog", loose, folder / "cat" / "0.png"])
-    assert found == sorted(found)
+    found = list_inputs([folder / "dog", loose, folder / "cat" / "0.png", loose])
+    # in the order given, a folder's images sorted in its place, each once
+    assert found[:-2] == sorted(found[:-2]) and found[-2:] == [loose, folder / "cat" / "0.png"]
     assert len(found) == 6
     assert loose in found and folder / "dog" / "nested" / "3.png" in found
     with pytest.raises(DataError, match="ghost.png: no such file"):

@@ -124,7 +124,8 @@ def test_a_command_hands_its_fits_what_it_fixes() -> None:
     assert (fit.data, fit.epochs, fit.head_epochs, fit.strategy) == ("d", 4, 1, "full")
     assert fit.select is Select.LAST and fit.val_fraction == 0.0  # scored on the fold
     pre = PretrainOptions(data="d").fit_options()
-    assert (pre.strategy, pre.weights, pre.epochs) == ("scratch", "none", 20)
+    # epochs sized from the data as fit's are (not a fixed default said "as given")
+    assert (pre.strategy, pre.weights, pre.epochs) == ("scratch", "none", None)
     adapt = AdaptOptions(data="d", target="t").fit_options()
     assert adapt.select is Select.LAST and adapt.feature_cache is False
     assert RecommendOptions(data="d", lr=0.5).fit_options().lr == 0.5

@@ -283,7 +283,7 @@ def _adapt(options: AdaptOptions) -> AdaptResult:
         metrics["target_acc"] = result.accuracy
         metrics["target_f1"] = result.macro_f1
     timings["total_s"] = time.perf_counter() - t_start
-    log.info("run dir: %s", run_dir)
+    log.debug("run dir: %s", run_dir)  # the command says it, with the result
     return AdaptResult(
         run_dir=run_dir, method=options.method, metrics=metrics, timings=timings, rows=rows
     )

@@ -139,7 +139,6 @@ class PretrainOptions(
         "the architecture to train from scratch, e.g. builtin:digits-cnn",
         default="builtin:digits-cnn",
     )
-    epochs: int = option("training epochs", default=20, at_least=1)
 
 
 @dataclass(frozen=True, kw_only=True)

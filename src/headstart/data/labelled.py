@@ -188,12 +188,13 @@ class LabeledData:
 def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
     """Image files for ``predict``: files as given, folders searched recursively.
 
-    Returns the files sorted, each once.  Raises :class:`DataError` for a missing path or
-    a folder without images.
+    Returns the files in the order given (a folder's images sorted in its place), each
+    once, where it first appears: ``predict a.png b.png`` labels a then b, as ``ls`` would
+    not.  Raises :class:`DataError` for a missing path or a folder without images.
     """
     if not inputs:
         raise DataError("no inputs given; pass image files or folders")
-    found: set[Path] = set()
+    found: dict[Path, None] = {}  # ordered, each once
     for given in inputs:
         path = Path(given).expanduser()
         if not path.exists() and not path.is_symlink():  # a bad link: the scan says why
@@ -204,10 +205,10 @@ def list_inputs(inputs: Sequence[str | os.PathLike[str]]) -> list[Path]:
                 raise DataError(
                     f"{path}: folder has no images (extensions: {', '.join(IMG_EXTENSIONS)})"
                 )
-            found.update(images)
+            found.update(dict.fromkeys(images))
         else:
-            found.add(path)
-    return sorted(found)
+            found[path] = None
+    return list(found)
 
 
 def stratified_split(

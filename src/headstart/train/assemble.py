@@ -348,11 +348,12 @@ def prepare(
         generator=generator, device=device, parallel=parallel, speedups=speedups,
     )  # fmt: skip
     solved = solves_head(options, plan, loaders, inputs, parallel, train_data)
-    if solved and given_epochs is not None:  # said with the plan (inner runs: -v only)
+    unused = [f"--{k} {v:g}" for k, v in (("epochs", given_epochs), ("lr", options.lr)) if v]
+    if solved and unused:  # said with the plan (inner runs: -v only)
         log.info(
-            "--epochs %d: the head is solved on the frozen features in one step (L-BFGS), "
-            "not trained by epochs; --no-solve-head trains it by epochs instead",
-            given_epochs,
+            "%s: the head is solved on the frozen features in one step (L-BFGS), not "
+            "trained by epochs at a rate; --no-solve-head trains it by epochs instead",
+            " and ".join(unused),
         )
     lr_curve, lr_rule = None, None
     if options.lr is None and not solved and random_weights(plan, source) and not sweep:
