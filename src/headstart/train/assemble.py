@@ -237,7 +237,7 @@ def _train_on(
         if run.solved:
             history, head_solution = solve_frozen_head(
                 model, loaders, run.source, (train_data, val_data),
-                max_length=run.inputs.length, device=run.device, seed=options.seed,
+                max_length=run.inputs.length, device=run.device,
             )  # fmt: skip
             if on_epoch is not None:  # the solved head's one measurement, as an epoch's
                 on_epoch(history.epochs[0])
@@ -375,7 +375,7 @@ def prepare(
     start = None
     if starts_solved(options, plan, inputs, parallel):
         feats = cached_head.backbone_features(options, source, train_data, device)
-        start = solved_start(model, feats, torch.as_tensor(train_data.targets), seed=options.seed)
+        start = solved_start(model, feats, torch.as_tensor(train_data.targets))
         log.info("the %d head-only epochs: the head is solved instead", plan.head_epochs)
         plan = replace(plan, head_epochs=0)
     log.info("%s", format_plan(plan))

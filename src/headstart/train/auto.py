@@ -223,14 +223,13 @@ def solve_head(
     val: FeatureSet | None,
     *,
     device: torch.device,
-    seed: int,
 ) -> tuple[History, HeadSolution]:
     """Fit ``model``'s head on the frozen backbone's training features to convergence,
     and measure it as one epoch of the loop would (training and validation loss and
     accuracy)."""
     t0 = time.perf_counter()
     features, targets = train
-    solution = solve(features.flatten(1), targets, model.num_classes, seed=seed)
+    solution = solve(features.flatten(1), targets, model.num_classes)
     solution.load_into(model.head)
     log.info("head: %s", solution.describe())
     model.to(device).eval()
@@ -255,13 +254,11 @@ def solve_head(
     return History(epochs=[row], best_epoch=1), solution
 
 
-def solved_start(model: TargetModel, features: Any, targets: Any, *, seed: int) -> HeadSolution:
+def solved_start(model: TargetModel, features: Any, targets: Any) -> HeadSolution:
     """Start fine-tuning from the head solved on the frozen backbone's features (linear
     probing, then fine-tuning: Kumar et al. 2022, LP-FT): the backbone's first steps then
     follow a head that already fits, not a random one."""
-    solution = solve(
-        torch.as_tensor(features).flatten(1), targets, model.head.out_features, seed=seed
-    )
+    solution = solve(torch.as_tensor(features).flatten(1), targets, model.head.out_features)
     solution.load_into(model.head)
     log.info("head: starts solved on the frozen features: %s", solution.describe())
     return solution
@@ -275,7 +272,6 @@ def solve_frozen_head(
     *,
     max_length: int | None,
     device: torch.device,
-    seed: int,
 ) -> tuple[History, HeadSolution]:
     """The head solved on the frozen backbone's features: the cached ones (images), or
     extracted once in memory (texts)."""
@@ -286,7 +282,7 @@ def solve_frozen_head(
         train = extracted_features(source, split[0], device=device, max_length=max_length)
         val = extracted_features(source, split[1], device=device, max_length=max_length)
     assert train is not None
-    return solve_head(CachedHead(model), train, val, device=device, seed=seed)
+    return solve_head(CachedHead(model), train, val, device=device)
 
 
 def starts_solved(
