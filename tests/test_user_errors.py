@@ -284,13 +284,19 @@ def _labels_csv(data: Path, name: str, header: str, sep: str, extra: str = "") -
 
 
 @pytest.mark.parametrize(
-    ("header", "sep"),
-    [("path,label", ";"), ("path,label", "\t"), ("file,label", ","), ("Image,label", ";")],
+    ("header", "sep", "name"),
+    [
+        ("path,label", ";", "labels.csv"),
+        ("path,label", "\t", "labels.csv"),
+        ("path,label", "\t", "labels.tsv"),  # an image list, not texts: it names paths
+        ("file,label", ",", "labels.csv"),
+        ("Image,label", ";", "labels.csv"),
+    ],
 )
 def test_labels_csv_with_other_delimiters_or_a_file_column_is_read(
-    header: str, sep: str, data: Path, tmp_path: Path
+    header: str, sep: str, name: str, data: Path, tmp_path: Path
 ) -> None:
-    labels = _labels_csv(data, "labels.csv", header, sep)
+    labels = _labels_csv(data, name, header, sep)
     result = run_cli("fit", labels, "--out", tmp_path / "run", *FAST, "--json")
     assert result.code == 0, result.stderr
     meta = json.loads((tmp_path / "run" / "headstart.json").read_text())

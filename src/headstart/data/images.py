@@ -81,14 +81,16 @@ def load_data(
         data = _load_folder(path, allow_empty=known is not None)
         if known is not None:
             data = _reindex(data, known, lambda label: f"class folder {path / label}")
-    elif path.suffix.lower() == ".csv":
+    elif path.suffix.lower() in (".csv", ".tsv"):
         data = _load_csv(path)
         if known is not None:
             data = _reindex(data, known, lambda label: f"label {label!r} in {path}")
     else:
         raise DataError(
-            f"{path}: not a data set; give a folder (one sub-folder per class), a .csv file "
-            "with path,label columns, or builtin:NAME (" + ", ".join(DATASETS.names()) + ")"
+            f"{path}: not a data set; give a folder (one sub-folder per class), a .csv (or "
+            ".tsv) file with path,label columns, or builtin:NAME ("
+            + ", ".join(DATASETS.names())
+            + ")"
         )
     if check_images:
         data = _checked(data, skip_bad=skip_bad, progress=progress, allow_empty=known is not None)

@@ -99,8 +99,9 @@ def _is_text_folder(path: Path) -> bool:
 
 
 def is_text_data(spec: str | os.PathLike[str]) -> bool:
-    """Whether ``spec`` is text data: a TSV/JSONL, a CSV without an image column (``path``
-    or another name: ``csvfiles.path_column``), or class folders of ``.txt`` (no images)."""
+    """Whether ``spec`` is text data: a JSONL, a CSV or TSV without an image column
+    (``path`` or another name: ``csvfiles.path_column``), or class folders of ``.txt`` (no
+    images)."""
     text = os.fspath(spec)
     if text.startswith("builtin:"):
         return False
@@ -108,9 +109,9 @@ def is_text_data(spec: str | os.PathLike[str]) -> bool:
     suffix = path.suffix.lower()
     if path.is_dir():
         return _is_text_folder(path)
-    if suffix in (".tsv", ".jsonl"):
+    if suffix == ".jsonl":
         return True
-    if suffix == ".csv" and path.is_file():
+    if suffix in (".csv", ".tsv") and path.is_file():
         try:
             header = read_header(path)
         except (OSError, UnicodeDecodeError, csv.Error):
@@ -132,11 +133,11 @@ def _pick(header: list[str], given: str | None, defaults: Sequence[str], what: s
 def _column_error(path: Path, header: list[str], given: str | None, kind: str) -> DataError:
     defaults = TEXT_COLUMNS if kind == "text" else LABEL_COLUMNS
     asked = f"no column {given!r}" if given else f"no {kind} column ({', '.join(defaults)})"
-    images = kind == "text" and not given and path.suffix.lower() == ".csv"  # or images?
+    images = kind == "text" and not given and path.suffix.lower() in (".csv", ".tsv")
     return DataError(
         f"{path}: {asked}; found columns: {', '.join(repr(h) for h in header) or '(none)'}; "
         f"pass --{kind}-col NAME"
-        + ("; a CSV of images needs the columns 'path' and 'label'" if images else "")
+        + ("; a table of images needs the columns 'path' and 'label'" if images else "")
     )
 
 
