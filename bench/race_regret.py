@@ -12,8 +12,10 @@ and seed, in this process:
    and scored on the test part: the plan's own test accuracy at that seed.
 
 Then it replays policies on the recorded folds: ``race`` (successive halving as
-choose.race runs it: the better half by mean held-out accuracy, ties to the lower
-loss, then the plan listed first; at most 5 fits, the default budget's ``5x``),
+choose.race runs it: the better half by mean held-out accuracy, a tie within half a
+held-out item to scratch, other ties to the lower loss, then the plan listed first; at
+most 5 fits, the default budget's ``5x``), ``race-loss-ties`` (the race before ties went
+to scratch),
 ``cv3`` (every plan on all 3 folds: 9 fits for 3 plans), ``cv2``, ``loss`` (the race
 ranked by held-out loss) and ``first`` (the recommended plan, no race).  A policy's
 *regret* at a seed is the best plan's test accuracy minus the picked plan's.  One JSON
@@ -51,10 +53,12 @@ def record_case(data: Path, source: str, seed: int, out: Path) -> dict[str, Any]
 
     folds: Folds = {}
     plans: list[dict[str, Any]] = []
+    sizes: list[int] = []
     real_race = race_module.race
 
     def race_recording_all(options: Any, train_data: Any, candidates: Any, **kw: Any) -> Any:
         k, _ = race_module._fold_count(train_data, race_module.DEFAULT_FOLDS)
+        sizes[:] = [len(train_data), k]
         fold_options = options.replace(
             val_fraction=0.0, select=Select.LAST, patience=None, seed=seed, checkpoint_every=0
         )
@@ -91,21 +95,32 @@ def record_case(data: Path, source: str, seed: int, out: Path) -> dict[str, Any]
         "seed": seed,
         "winner": meta["recommendation"]["race"].get("winner"),
         "plans": [p["label"] for p in plans],
+        "n_items": sizes[0],
+        "k": sizes[1],
         "folds": folds,
         "test": test,
     }
 
 
-def race_policy(plans: list[str], folds: Folds, *, key: str = "accuracy", budget: int = 5) -> str:
+def race_policy(
+    plans: list[str],
+    folds: Folds,
+    *,
+    key: str = "accuracy",
+    budget: int = 5,
+    tie: float = 0.5 * 3 / 100,
+) -> str:
     """Successive halving as choose.race: the better half (rounded up) by mean held-out
-    accuracy, ties to the lower mean loss, then the plan listed first (``key="loss"``:
-    by loss first); a round that would pass ``budget`` fits is not run."""
+    accuracy, scratch ahead by ``tie`` (half a held-out item: 0 for the race before
+    that rule), other ties to the lower mean loss, then the plan listed first
+    (``key="loss"``: by loss first); a round that would pass ``budget`` fits is not run."""
     alive, fits = list(range(len(plans))), 0
     seen: dict[int, list[dict[str, float]]] = {i: [] for i in alive}
 
     def rank(ids: list[int]) -> list[int]:
         def order(i: int) -> tuple[float, float, int]:
             acc = statistics.mean(f["accuracy"] for f in seen[i])
+            acc += tie if plans[i] == "scratch" else 0.0
             loss = statistics.mean(f["loss"] for f in seen[i])
             pair = (
                 (round(loss, 9), -round(acc, 9))
@@ -144,7 +159,8 @@ def cv_policy(plans: list[str], folds: Folds, n: int) -> str:
 
 POLICIES: dict[str, Callable[[list[str], Folds], str]] = {
     "race": race_policy,
-    "loss": lambda p, f: race_policy(p, f, key="loss"),
+    "race-loss-ties": lambda p, f: race_policy(p, f, tie=0.0),
+    "loss": lambda p, f: race_policy(p, f, key="loss", tie=0.0),
     "cv2": lambda p, f: cv_policy(p, f, 2),
     "cv3": lambda p, f: cv_policy(p, f, 3),
     "first": lambda p, f: p[0],

@@ -15,8 +15,18 @@ also what makes checking cheap, so there auto trains the rivals and keeps the wi
   JMLR 2018): round 1 trains every plan on fold 1; the better half (rounded up, so that
   three plans are not cut to one on a single small fold) goes on to the next fold, and is
   ranked by its mean held-out accuracy over the folds so far; until one plan is left or
-  the folds run out.  A tie goes to the lower mean held-out loss, then to the plan
-  listed first (the recommended one);
+  the folds run out.  A tie goes to ``scratch``, the plan that does not use the source,
+  where it races (the source is in doubt: the measurements found it dissimilar): two
+  means within half a held-out item of each other (accuracy on a fold of 33 images moves
+  in steps of 3 points) are no evidence that the source helps, and a source that does
+  not help is the negative transfer the race is there to catch.  Measured with
+  bench/race_regret.py (every plan on every fold, each alone on the test set; RESULTS.md
+  "Does the race pick well?"), the mean regret against the best plan on the test set went
+  from 0.37 to 0 points over 12 seeds of shifted digits, stayed 0.23 on clip-art (6
+  seeds) and went from 0.27 to 0.35 on digits 5-9 (6 seeds, where the plans are within a
+  point and a source plan wins by a few tenths).
+  Other ties go to the lower mean held-out loss, then to the plan listed first (the
+  recommended one);
 * **the budget**: before each fit of round 1 and before each later round, the race
   projects its time from the fits measured so far and stops, keeping the current leader,
   where it would pass the budget: seconds, or a multiple of one fit (``5x``; one fit
@@ -53,6 +63,7 @@ from headstart.choose.race_record import (
 from headstart.choose.race_trials import FoldFit, fit_on_fold, fold_parts, round_on_trials
 from headstart.config.fields import Select
 from headstart.config.options import FitOptions
+from headstart.config.strategies import strategy_of
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError
 from headstart.train.budget import MAX_BATCH, MIN_EPOCHS, TARGET_STEPS
@@ -148,6 +159,7 @@ def race(
     k, note = _fold_count(train_data, folds)
     if note:
         state.notes.append(note)
+    state.tie = 0.5 * k / max(1, len(train_data))
     skip = ""
     if len(entries) == 1:
         skip = "one plan open: nothing to race"
@@ -249,14 +261,18 @@ class _Race:
         self.elapsed = 0.0  # the fits' own seconds, summed
         self.fit_s: float | None = None  # one fit: the slowest of round 1 so far
         self.notes: list[str] = []
+        self.tie = 0.0  # half a held-out item, as accuracy: set once the folds are known
 
-    def ranked(self, indices: Sequence[int]) -> list[int]:
-        """Best mean held-out accuracy first; a tie (common: a third of 100 items moves
-        accuracy in steps of 3 points) to the lower mean held-out loss, which every item
-        moves a little; then to the plan listed first."""
+    def ranked(self, indices: Sequence[int], *, scratch_ties: bool = True) -> list[int]:
+        """Best mean held-out accuracy first; ``scratch`` wins a tie (within ``tie``:
+        common, a third of 100 items moves accuracy in steps of 3 points); other ties go
+        to the lower mean held-out loss, which every item moves a little; then to the
+        plan listed first."""
 
         def key(i: int) -> tuple[float, float, int]:
             mean, loss = self.entries[i].mean, self.entries[i].mean_loss
+            if mean is not None and scratch_ties and _no_source(self.entries[i]):
+                mean += self.tie
             return (
                 -round(mean, 9) if mean is not None else math.inf,
                 round(loss, 9) if loss is not None else math.inf,
@@ -278,6 +294,19 @@ class _Race:
             f"budget: fold {r + 1} for {len(self.alive)} plans would take the race to about "
             f"{projected:.1f}s, past {limit:.1f}s ({self.budget.describe()}); the leader "
             "so far wins"
+        )
+
+    def _tie_note(self, r: int, keep: list[int], by_accuracy: list[int]) -> str:
+        """What the tie rule decided after fold ``r``, with the means it weighed."""
+        kept = [i for i in keep if i not in by_accuracy]
+        instead = [i for i in by_accuracy if i not in keep]
+
+        def said(ids: list[int]) -> str:
+            return ", ".join(f"{self.entries[i].label} {self.entries[i].mean:.3f}" for i in ids)
+
+        return (
+            f"after fold {r + 1}: {said(kept)} kept over {said(instead)} on a tie (within half "
+            f"a held-out item, {self.tie:.3f}): no evidence that the source helps"
         )
 
     def _estimate(self, i: int) -> float:
@@ -311,6 +340,9 @@ class _Race:
             raise ConfigError(f"no plan could train on this data: {failures}")
         ranked = self.ranked(self.alive)
         keep = ranked[:1] if stopped else ranked[: max(1, math.ceil(len(ranked) / 2))]
+        plain = self.ranked(self.alive, scratch_ties=False)
+        if set(plain[: len(keep)]) != set(keep):
+            self.notes.append(self._tie_note(r, keep, plain[: len(keep)]))
         for place, i in enumerate(ranked, 1):
             if i not in keep:
                 mean = self.entries[i].mean
@@ -416,6 +448,11 @@ class _Race:
             seed=seed,
             notes=list(self.notes),
         )
+
+
+def _no_source(entry: RaceEntry) -> bool:
+    """Whether ``entry``'s plan starts from random weights (``scratch``)."""
+    return strategy_of(str(entry.changes.get("strategy", ""))).reinitialise
 
 
 def _ordinal(n: int) -> str:
