@@ -274,9 +274,9 @@ def test_a_tie_goes_to_scratch_where_it_races(
     _fake(monkeypatch, accuracy, loss=loss)
     result = race(options, data, [PARTIAL, _c("full"), SCRATCH], folds=3, budget=None)
     assert result.rounds[0].kept == [PARTIAL.label, SCRATCH.label]
-    assert any(
-        "scratch 0.720 kept over full (x0.1) 0.750 on a tie" in n for n in result.notes
-    ), result.notes
+    assert any("scratch 0.720 kept over full (x0.1) 0.750 on a tie" in n for n in result.notes), (
+        result.notes
+    )
     assert "kept over full (x0.1) 0.750 on a tie" in result.describe()
     # a whole held-out item behind is not a tie: the source's plan stays
     _fake(monkeypatch, {**accuracy, "scratch": [0.75 - 1 / 12] * 3}, loss=loss)
