@@ -278,6 +278,21 @@ def test_a_tie_goes_to_scratch_where_it_races(
         result.notes
     )
     assert "kept over full (x0.1) 0.750 on a tie" in result.describe()
+    assert _entry(result, "full").out.endswith("(a tie with scratch, which wins ties)")
+    # the folds run out with two plans left: the tie names the winner, and says so
+    ran_out = {
+        "full": [0.5, 0.9],
+        "linear": [0.6, 0.9],
+        "partial:1": [0.65, 0.8],
+        "partial:2": [0.7, 0.6],
+        "scratch": [0.9, 0.5],
+    }
+    _fake(monkeypatch, ran_out)
+    plans = [FULL, LINEAR, _c("partial:1"), PARTIAL, SCRATCH]
+    result = race(options, data, plans, folds=2, budget=None)
+    assert result.stopped.startswith("the folds ran out with 2 plans left")
+    assert result.winner == "scratch"  # 0.70 against partial:1's 0.725: within 1/24
+    assert any(n.startswith("at the end: scratch 0.700 kept over") for n in result.notes)
     # a whole held-out item behind is not a tie: the source's plan stays
     _fake(monkeypatch, {**accuracy, "scratch": [0.75 - 1 / 12] * 3}, loss=loss)
     result = race(options, data, [PARTIAL, _c("full"), SCRATCH], folds=3, budget=None)

@@ -171,6 +171,7 @@ def race(
             0, skip, raced=False, folds=0, folds_asked=folds, n=len(train_data), seed=seed, t0=t0
         )
     stopped = _run_rounds(state, options, train_data, k, seed)
+    state.leader_note()
     result = state.result(
         state.leader(),
         stopped,
@@ -296,8 +297,15 @@ class _Race:
             "so far wins"
         )
 
-    def _tie_note(self, r: int, keep: list[int], by_accuracy: list[int]) -> str:
-        """What the tie rule decided after fold ``r``, with the means it weighed."""
+    def leader_note(self) -> None:
+        """A note when the tie rule named the winner among the plans left (folds ran out)."""
+        if len(self.alive) > 1:
+            plain = self.ranked(self.alive, scratch_ties=False)[0]
+            if plain != self.leader():
+                self.notes.append(self._tie_note("at the end", [self.leader()], [plain]))
+
+    def _tie_note(self, when: str, keep: list[int], by_accuracy: list[int]) -> str:
+        """What the tie rule decided (``when``), with the means it weighed."""
         kept = [i for i in keep if i not in by_accuracy]
         instead = [i for i in by_accuracy if i not in keep]
 
@@ -305,7 +313,7 @@ class _Race:
             return ", ".join(f"{self.entries[i].label} {self.entries[i].mean:.3f}" for i in ids)
 
         return (
-            f"after fold {r + 1}: {said(kept)} kept over {said(instead)} on a tie (within half "
+            f"{when}: {said(kept)} kept over {said(instead)} on a tie (within half "
             f"a held-out item, {self.tie:.3f}): no evidence that the source helps"
         )
 
@@ -341,14 +349,16 @@ class _Race:
         ranked = self.ranked(self.alive)
         keep = ranked[:1] if stopped else ranked[: max(1, math.ceil(len(ranked) / 2))]
         plain = self.ranked(self.alive, scratch_ties=False)
-        if set(plain[: len(keep)]) != set(keep):
-            self.notes.append(self._tie_note(r, keep, plain[: len(keep)]))
+        tied_out = set(plain[: len(keep)]) - set(keep)
+        if tied_out:
+            self.notes.append(self._tie_note(f"after fold {r + 1}", keep, plain[: len(keep)]))
         for place, i in enumerate(ranked, 1):
             if i not in keep:
                 mean = self.entries[i].mean
                 self.entries[i].out = (
                     f"out after fold {r + 1}: mean held-out accuracy {mean:.3f}, "
                     f"{_ordinal(place)} of {len(ranked)}"
+                    + (" (a tie with scratch, which wins ties)" if i in tied_out else "")
                 )
         self.rounds.append(
             RaceRound(
