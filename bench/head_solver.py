@@ -7,7 +7,7 @@ For each case, on the same training rows:
   folds LogisticRegressionCV's default ``cv`` uses, so its chosen C can be compared with
   scikit-learn's one for one);
 - ``ours_shuffled``: the same with ``seed=0``, the folds shuffled (the default until
-  main's ebe7e64+1);
+  main's 3813873);
 - ``lrcv``: ``make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=10, max_iter=5000))``,
   the reference;
 

@@ -47,8 +47,7 @@ def record_case(data: Path, source: str, seed: int, out: Path) -> dict[str, Any]
     import headstart.choose.race as race_module
     from headstart.api.fit import fit
     from headstart.api.predict import evaluate
-    from headstart.choose.race_trials import fit_on_fold, fold_parts
-    from headstart.config.fields import Select
+    from headstart.choose.race_trials import fit_on_fold, fold_options, fold_parts
     from headstart.config.options import FitOptions
 
     folds: Folds = {}
@@ -59,15 +58,13 @@ def record_case(data: Path, source: str, seed: int, out: Path) -> dict[str, Any]
     def race_recording_all(options: Any, train_data: Any, candidates: Any, **kw: Any) -> Any:
         k, _ = race_module._fold_count(train_data, race_module.DEFAULT_FOLDS)
         sizes[:] = [len(train_data), k]
-        fold_options = options.replace(
-            val_fraction=0.0, select=Select.LAST, patience=None, seed=seed, checkpoint_every=0
-        )
+        per_fold = fold_options(options, seed)
         for c in candidates:
             plans.append({"label": c.label, "changes": dict(c.changes)})
         for r in range(k):
             fold_train, fold_held = fold_parts(train_data, k, seed, r)
             for c in candidates:
-                fitted = fit_on_fold(fold_options, dict(c.changes), fold_train, fold_held)
+                fitted = fit_on_fold(per_fold, dict(c.changes), fold_train, fold_held)
                 folds.setdefault(c.label, []).append(
                     {"accuracy": fitted.get("accuracy", math.nan), "loss": fitted.get("loss")}
                 )
@@ -108,7 +105,7 @@ def race_policy(
     *,
     key: str = "accuracy",
     budget: int = 5,
-    tie: float = 0.5 * 3 / 100,
+    tie: float,
 ) -> str:
     """Successive halving as choose.race: the better half (rounded up) by mean held-out
     accuracy, scratch ahead by ``tie`` (half a held-out item: 0 for the race before
@@ -157,14 +154,21 @@ def cv_policy(plans: list[str], folds: Folds, n: int) -> str:
     return plans[min(range(len(plans)), key=order)]
 
 
-POLICIES: dict[str, Callable[[list[str], Folds], str]] = {
-    "race": race_policy,
-    "race-loss-ties": lambda p, f: race_policy(p, f, tie=0.0),
-    "loss": lambda p, f: race_policy(p, f, key="loss", tie=0.0),
-    "cv2": lambda p, f: cv_policy(p, f, 2),
-    "cv3": lambda p, f: cv_policy(p, f, 3),
-    "first": lambda p, f: p[0],
+# each: (plans, folds, tie: half a held-out item as accuracy) -> the plan picked
+POLICIES: dict[str, Callable[[list[str], Folds, float], str]] = {
+    "race": lambda p, f, tie: race_policy(p, f, tie=tie),
+    "race-loss-ties": lambda p, f, tie: race_policy(p, f, tie=0.0),
+    "loss": lambda p, f, tie: race_policy(p, f, key="loss", tie=0.0),
+    "cv2": lambda p, f, tie: cv_policy(p, f, 2),
+    "cv3": lambda p, f, tie: cv_policy(p, f, 3),
+    "first": lambda p, f, tie: p[0],
 }
+
+
+def half_an_item(row: dict[str, Any]) -> float:
+    """The race's tie margin for a row: half of one of ``n_items / k`` held-out items
+    (rows recorded before ``n_items`` and ``k`` were: 100 items, 3 folds)."""
+    return 0.5 * row.get("k", 3) / row.get("n_items", 100)
 
 
 def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,7 +176,7 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for case in dict.fromkeys(r["case"] for r in rows):
         mine = [r for r in rows if r["case"] == case]
         for name, policy in POLICIES.items():
-            picked = [r["test"][policy(r["plans"], r["folds"])] for r in mine]
+            picked = [r["test"][policy(r["plans"], r["folds"], half_an_item(r))] for r in mine]
             regret = [max(r["test"].values()) - p for r, p in zip(mine, picked, strict=True)]
             out.append({
                 "case": case, "policy": name, "seeds": len(mine),

@@ -60,8 +60,13 @@ from headstart.choose.race_record import (
     RaceRound,
     report_lines,
 )
-from headstart.choose.race_trials import FoldFit, fit_on_fold, fold_parts, round_on_trials
-from headstart.config.fields import Select
+from headstart.choose.race_trials import (
+    FoldFit,
+    fit_on_fold,
+    fold_options,
+    fold_parts,
+    round_on_trials,
+)
 from headstart.config.options import FitOptions
 from headstart.config.strategies import strategy_of
 from headstart.data.labelled import LabeledData
@@ -155,11 +160,11 @@ def race(
     t0 = time.perf_counter()
     seed = options.seed if seed is None else seed
     entries = _entries(candidates)
-    state = _Race(entries, RaceBudget.parse(budget))
     k, note = _fold_count(train_data, folds)
+    # half a held-out item, as accuracy: a fold holds out about n / k items
+    state = _Race(entries, RaceBudget.parse(budget), tie=0.5 * k / max(1, len(train_data)))
     if note:
         state.notes.append(note)
-    state.tie = 0.5 * k / max(1, len(train_data))
     skip = ""
     if len(entries) == 1:
         skip = "one plan open: nothing to race"
@@ -190,9 +195,7 @@ def _run_rounds(
     state: _Race, options: FitOptions, train_data: LabeledData, k: int, seed: int
 ) -> str:
     """Successive halving over ``k`` folds of ``train_data``; why the race stopped."""
-    fold_options = options.replace(
-        val_fraction=0.0, select=Select.LAST, patience=None, seed=seed, checkpoint_every=0
-    )
+    per_fold = fold_options(options, seed)
     workers = options.trials_in_parallel
     with tempfile.TemporaryDirectory(prefix="headstart-race-") as tmp:
         for r in range(k):
@@ -204,10 +207,10 @@ def _run_rounds(
             trials = None
             if workers > 1:
                 trials = functools.partial(
-                    round_on_trials, fold_options, train_data, k=k, seed=seed, r=r,
+                    round_on_trials, per_fold, train_data, k=k, seed=seed, r=r,
                     workers=workers, journal=str(Path(tmp) / "race.log"),
                 )  # fmt: skip
-            stopped = state.run_round(r, fold_options, fold_train, fold_held, trials)
+            stopped = state.run_round(r, per_fold, fold_train, fold_held, trials)
             if stopped:
                 return stopped
             if len(state.alive) == 1:
@@ -254,7 +257,7 @@ def _fold_count(data: LabeledData, folds: int) -> tuple[int, str]:
 class _Race:
     """The race's state: the entries, those still in (by index), the rounds, the time."""
 
-    def __init__(self, entries: list[RaceEntry], budget: RaceBudget) -> None:
+    def __init__(self, entries: list[RaceEntry], budget: RaceBudget, *, tie: float) -> None:
         self.entries = entries
         self.budget = budget
         self.alive = list(range(len(entries)))
@@ -262,7 +265,7 @@ class _Race:
         self.elapsed = 0.0  # the fits' own seconds, summed
         self.fit_s: float | None = None  # one fit: the slowest of round 1 so far
         self.notes: list[str] = []
-        self.tie = 0.0  # half a held-out item, as accuracy: set once the folds are known
+        self.tie = tie  # means this close are a tie (which scratch wins where it races)
 
     def ranked(self, indices: Sequence[int], *, scratch_ties: bool = True) -> list[int]:
         """Best mean held-out accuracy first; ``scratch`` wins a tie (within ``tie``:

@@ -23,14 +23,24 @@ from typing import Any
 
 from headstart.choose.rank_validate import validation_folds
 from headstart.choose.trials import JOURNAL, Grid, RunTrial, Study, run_trials
+from headstart.config.fields import Select
 from headstart.config.options import FitOptions
 from headstart.data.labelled import LabeledData
 from headstart.errors import ConfigError
 from headstart.train.assemble import train_on
 
-__all__ = ["FoldFit", "fit_on_fold", "round_on_trials"]
+__all__ = ["FoldFit", "fit_on_fold", "fold_options", "fold_parts", "round_on_trials"]
 
 FoldFit = dict[str, Any]  # accuracy, loss, seconds; or failed: why the plan cannot train
+
+
+def fold_options(options: FitOptions, seed: int) -> FitOptions:
+    """A fit's ``options`` as every fold fit of the race runs them: no validation split
+    of its own (the fold's held-out part scores it), its last epoch, no early stopping
+    or checkpoints, the race's ``seed``."""
+    return options.replace(
+        val_fraction=0.0, select=Select.LAST, patience=None, seed=seed, checkpoint_every=0
+    )
 
 
 def fit_on_fold(
