@@ -30,14 +30,14 @@ def _proba(logits: np.ndarray) -> np.ndarray:
     return torch.softmax(torch.from_numpy(logits), dim=1).numpy()
 
 
-def _lrcv(x: np.ndarray, y: np.ndarray, cv: object = None) -> object:
+def _lrcv(x: np.ndarray, y: np.ndarray, cv: object = None, **kwargs: object) -> object:
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # its FutureWarning about the scoring default
-        lrcv = LogisticRegressionCV(Cs=10, max_iter=5000, **({"cv": cv} if cv else {}))
+        lrcv = LogisticRegressionCV(Cs=10, max_iter=5000, **({"cv": cv} if cv else {}), **kwargs)
         return make_pipeline(StandardScaler(), lrcv).fit(x, y)
 
 
@@ -50,29 +50,53 @@ def test_accuracy_is_within_half_a_point_of_logistic_regression_cv(digits) -> No
     assert accuracy == pytest.approx(ref.score(x[test], y[test]), abs=0.005)
     assert ours.cs == DEFAULT_CS and ours.folds == 5 and len(ours.cv_accuracy) == 10
     assert ours.converged and ours.weight.dtype == torch.float32
+    i = ours.cs.index(ours.c)
+    tied = sum(abs(a - ours.cv_accuracy[i]) < 1e-9 for a in ours.cv_accuracy)
+    assert tied == 5  # on these 300 digits five C share the best held-out accuracy
     assert ours.describe() == (
         f"L-BFGS logistic head, C={ours.c:.3g} chosen by 5-fold CV "
-        f"(held-out accuracy {max(ours.cv_accuracy):.2f})"
+        f"(held-out accuracy {max(ours.cv_accuracy):.2f}, the best held-out log-loss "
+        f"({ours.cv_log_loss[i]:.3f}) of 5 tied)"
     )
 
 
 @pytest.mark.parametrize("seed", [None, 0])
-def test_chosen_c_is_logistic_regression_cvs_on_the_same_folds(digits, seed) -> None:
+def test_held_out_scores_are_logistic_regression_cvs_on_the_same_folds(digits, seed) -> None:
     # seed=None (our default): LogisticRegressionCV's default folds (StratifiedKFold
     # unshuffled); seed=0: the same splitter shuffled with that seed.  On the same
-    # folds the held-out accuracies agree to within an example or two per C (both solve
-    # to a gradient tolerance of 1e-4, so at large C the two solutions differ a little),
-    # and the chosen C is the same where the choice is not decided by such an example.
+    # folds the held-out accuracies and log-losses agree per C (both solve to a gradient
+    # tolerance of 1e-4, so at large C the two solutions differ a little: an example or
+    # two of accuracy); the C chosen has LogisticRegressionCV's best accuracy, and of
+    # those tied on it, the lowest log-loss.
     from sklearn.model_selection import StratifiedKFold
 
     x, y = digits[0][:300], digits[1][:300]
     ours = solve_head(x, y, 10) if seed is None else solve_head(x, y, 10, seed=seed)
     cv = None if seed is None else StratifiedKFold(5, shuffle=True, random_state=seed)
     ref = _lrcv(x, y, cv)[-1]
-    assert ours.c == pytest.approx(float(ref.C_[0]), rel=1e-12)
     ref_accuracy = ref.scores_[0].mean(axis=0).ravel()
     np.testing.assert_allclose(ours.cv_accuracy, ref_accuracy, atol=0.01)
     assert list(ours.cs) == pytest.approx(list(ref.Cs_), rel=1e-12)
+    i = ours.cs.index(ours.c)
+    assert ref_accuracy[i] == pytest.approx(ref_accuracy.max(), abs=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ll = _lrcv(x, y, cv or 5, scoring="neg_log_loss")[-1].scores_[0].mean(axis=0)
+    np.testing.assert_allclose(ours.cv_log_loss, -ll.ravel(), rtol=0.05, atol=0.005)
+    tied = [j for j, a in enumerate(ours.cv_accuracy) if abs(a - ours.cv_accuracy[i]) < 1e-9]
+    assert ours.cv_log_loss[i] == min(ours.cv_log_loss[j] for j in tied)
+
+
+def test_ties_of_held_out_accuracy_go_to_the_lowest_log_loss() -> None:
+    from headstart.train.head_solver import _best
+
+    accuracy = np.array([0.6, 0.85, 0.85 + 1e-12, 0.84, 0.85])
+    # the best accuracy alone decides; of the three tied at 0.85 the lowest log-loss
+    assert _best(accuracy, np.array([0.1, 0.5, 0.4, 0.2, 0.45])) == 2
+    assert _best(np.array([0.6, 0.9, 0.85]), np.array([0.1, 0.5, 0.2])) == 1
+    # equal log-losses too: the first, the smallest C (scikit-learn's argmax)
+    assert _best(accuracy, np.array([0.1, 0.4, 0.4, 0.2, 0.4])) == 1
+    assert _best(np.array([0.5, 0.5]), np.array([0.3, 0.3])) == 0
 
 
 @pytest.mark.parametrize("classes", [None, (3, 8)], ids=["multinomial", "binary"])
@@ -162,7 +186,11 @@ def test_absent_classes_get_zero_rows_and_are_never_predicted(digits) -> None:
     assert "2 class(es) without examples are never predicted" in s.describe()
     proba = _proba(_logits(s, x[rows]))
     assert proba[:, [2, 4]].max() <= 1.0 / len(rows) + 1e-9
-    assert set(_logits(s, x).argmax(1)) <= {0, 1, 3}  # not even on the other digits
+    # nor on any other input: other digits, noise a thousand times the pixels' range (the
+    # present logits average 0 everywhere, the absent ones are -log N)
+    noise = np.random.default_rng(0).normal(0, 16_000, (200, x.shape[1]))
+    assert set(_logits(s, np.vstack([x, noise])).argmax(1)) <= {0, 1, 3}
+    assert s.c > 100  # (a large C, chosen on separable folds: the logits are large too)
     # the present classes' rows are the solution without the absent ones
     compact = solve_head(x[rows], np.searchsorted([0, 1, 3], y[rows]), 3)
     np.testing.assert_allclose(s.weight[[0, 1, 3]], compact.weight, atol=1e-5)

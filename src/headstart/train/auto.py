@@ -335,6 +335,7 @@ def solver_record(solution: HeadSolution | None, *, start: bool) -> dict[str, An
         "c": solution.c,
         "cs": list(solution.cs),
         "cv_accuracy": list(solution.cv_accuracy),
+        "cv_log_loss": list(solution.cv_log_loss),
         "folds": solution.folds,
         "converged": solution.converged,
         "seconds": solution.seconds,
