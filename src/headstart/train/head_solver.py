@@ -109,12 +109,12 @@ class HeadSolution:
     ``c`` is the inverse L2 strength used for them; ``cs`` the grid tried,
     ``cv_accuracy`` the mean held-out accuracy at each and ``cv_log_loss`` the mean
     held-out log-loss (both empty without cross-validation: a grid of one C, or a class
-    of one example); ``folds`` the number of folds (0
-    without); ``seconds`` the wall time of the whole solve; ``converged`` whether the
-    final fit stopped before ``max_iter`` (at the gradient tolerance, or where float64
-    rounding stops the objective from decreasing: scikit-learn's notion); ``iterations``
-    the L-BFGS iterations of all fits; ``note`` what was adapted (fewer folds, no
-    cross-validation, absent classes).
+    of one example); ``folds`` the number of folds (0 without); ``seconds`` the wall
+    time of the whole solve; ``converged`` whether the final fit stopped before
+    ``max_iter`` (at the gradient tolerance, or where float64 rounding stops the
+    objective from decreasing: scikit-learn's notion); ``iterations`` the L-BFGS
+    iterations of all fits; ``note`` what was adapted (fewer folds, no cross-validation,
+    absent classes).
     """
 
     weight: torch.Tensor
