@@ -402,7 +402,9 @@ def _linear_over_draws(name: str, train: Path, test: Path) -> dict[str, Any]:
         "lrcv": round(ref, 4),
         "lrcv_tol1e-6": round(tight, 4),
         "vs_lrcv_pts": round(100 * (ours - ref), 2),
-        "behind_by_more_than_half_a_point": sum(r["points_behind_lrcv"] > 0.5 for r in rows),
+        "behind_by_more_than_half_a_point": sum(
+            r["accuracy"]["lrcv"] - r["accuracy"]["ours"] > 0.005 for r in rows
+        ),
         "command": f"bench/head_solver.py --npz {name}={train},{test} --draws {LINEAR_DRAWS}",
     }
 

@@ -58,7 +58,7 @@ the solvers' tolerance: at large C both stop at the gradient tolerance well shor
 exact optimum, a prediction near a tie can come out either way, and the test accuracy
 moves with it. That is noise of up to a point on a hundred examples, in scikit-learn
 too: over the same 193 cases ``LogisticRegressionCV`` at ``tol=1e-6`` scores more than
-half a point below itself at the default 1e-4 on 13, this solver on 9.
+half a point below itself at the default 1e-4 on 13, this solver on 12.
 
 Fewer folds are used when the smallest class has fewer than ``folds`` examples (at least
 2); with a class of a single example there is no stratified split at all, so C = 1.0
